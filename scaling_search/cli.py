@@ -1,0 +1,312 @@
+"""Command line: parse, call, print. Every bad input ends in one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import UsageError
+
+PROG = "scaling-search"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line, exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# ---------------------------------------------------------------- value types
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def _positive_float(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def _coefficient(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number >= 1, got {text!r}") from None
+        if not math.isfinite(value) or value < 1:
+            raise argparse.ArgumentTypeError(f"{name} = {text} is below 1: compound scaling only grows a network (use values >= 1)")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        from .atomic import atomic_write_text
+
+        path = Path(output)
+        if path.is_dir():
+            raise UsageError(f"--output {output} is a folder: give a file path")
+        if not path.parent.exists():
+            raise UsageError(f"--output folder {path.parent} does not exist: create it first")
+        atomic_write_text(path, text)
+    else:
+        sys.stdout.write(text)
+
+
+# ------------------------------------------------------------------- flops
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--width", type=_positive_float("width"), help="width multiplier (with NAME 'efficientnet')")
+    p.add_argument("--depth", type=_positive_float("depth"), help="depth multiplier (with NAME 'efficientnet')")
+    p.add_argument("--resolution", type=_positive_int("resolution"), help="input size in pixels (default: the model's own)")
+    p.add_argument("--num-classes", type=_positive_int("num-classes"), help="classifier outputs (default 1000)")
+
+
+def _model_config(args: argparse.Namespace):
+    from .models import get_config
+
+    options = {k: getattr(args, k, None) for k in ("width", "depth", "resolution", "num_classes", "phi")}
+    return get_config(args.model, **{k: v for k, v in options.items() if v is not None})
+
+
+def _cmd_flops(args: argparse.Namespace) -> int:
+    from .flops import count, count_fvcore
+
+    config = _model_config(args)
+    counted = count(config, breakdown=args.breakdown)
+    result = {
+        "model": args.model if args.model != "efficientnet" else f"efficientnet(w={config.width:g},d={config.depth:g})",
+        "resolution": counted.resolution,
+        "params": counted.params,
+        "macs": counted.macs,
+        "macs_fvcore": None,
+    }
+    if not args.no_fvcore:
+        fv = count_fvcore(config)
+        result["macs_fvcore"] = fv.total
+        result["fvcore_conv_linear"] = fv.conv_linear
+        result["fvcore_elementwise"] = fv.elementwise
+        result["fvcore_by_operator"] = fv.by_operator
+    if args.breakdown:
+        result["per_module_macs"] = counted.per_module
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['model']} at {result['resolution']} px")
+    print(f"  params       {result['params']:>16,}")
+    print(f"  MACs         {result['macs']:>16,}  ({result['macs'] / 1e9:.3f} G; conv + linear multiply-adds, the paper's FLOPs)")
+    if result["macs_fvcore"] is not None:
+        print(f"  fvcore       {result['macs_fvcore']:>16,}  ({result['macs_fvcore'] / 1e9:.3f} G; adds BN, pooling, upsampling)")
+        print(f"  elementwise  {result['fvcore_elementwise']:>16,}  (SiLU, sigmoid, mul, add: not in either total)")
+    if args.breakdown:
+        print("  per module (MACs):")
+        for name, macs in counted.per_module.items():
+            print(f"    {name:<40} {macs:>16,}")
+    return 0
+
+
+# -------------------------------------------------------------- candidates
+
+
+def _add_grid_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", default="2x", help="FLOPs multiplier of one scaling step (default 2x, the paper's phi = 1)")
+    p.add_argument("--grid", choices=("full", "derived"), default="full", help="full step grid, or alpha/beta on the grid with gamma derived (default full)")
+    p.add_argument("--step", type=float, default=None, help="grid step (default 0.05 full, 0.1 derived)")
+    p.add_argument("--tolerance", type=float, default=0.05, help="relative tolerance around the budget (default 0.05)")
+    p.add_argument("--constraint", choices=("theoretical", "measured"), default="theoretical", help="alpha*beta^2*gamma^2 (paper) or MACs of the rounded network")
+    p.add_argument("--max-alpha", type=_coefficient("max-alpha"), default=2.0)
+    p.add_argument("--max-beta", type=_coefficient("max-beta"), default=2.0)
+    p.add_argument("--max-gamma", type=_coefficient("max-gamma"), default=2.0)
+    p.add_argument("--base-resolution", type=_positive_int("base-resolution"), default=224, help="baseline input size (default 224)")
+    p.add_argument("--multiple", type=_positive_int("multiple"), default=8, help="round scaled resolutions to this multiple (default 8)")
+
+
+def grid_candidates(args: argparse.Namespace):
+    from .extrapolate import measured_ratio
+    from .models import EfficientNetConfig
+    from .scaling import candidate_grid, derived_step_default
+
+    base = EfficientNetConfig(resolution=args.base_resolution)
+    return candidate_grid(
+        args.budget,
+        step=derived_step_default(args.grid, args.step),
+        tolerance=args.tolerance,
+        max_alpha=args.max_alpha,
+        max_beta=args.max_beta,
+        max_gamma=args.max_gamma,
+        grid=args.grid,
+        constraint=args.constraint,
+        measure=lambda c: measured_ratio(c, base, args.multiple),
+    )
+
+
+def _cmd_candidates(args: argparse.Namespace) -> int:
+    from .scaling import parse_budget
+
+    budget = parse_budget(args.budget)
+    cands = grid_candidates(args)
+    if not cands:
+        raise UsageError(
+            f"no (alpha, beta, gamma) on this grid is within {args.tolerance:g} of a {budget:g}x budget: "
+            "widen --tolerance, refine --step or raise the --max-* bounds"
+        )
+    rows = [c.to_dict() | {"paper": c.is_paper} for c in cands]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from .tables import Column, num, ratio, to_markdown
+
+    columns = [
+        Column("alpha", "alpha", num),
+        Column("beta", "beta", num),
+        Column("gamma", "gamma", num),
+        Column("theoretical_ratio", "a*b^2*g^2", ratio),
+        Column("measured_ratio", "measured MACs ratio", ratio),
+        Column("paper", "paper", lambda v: "<- paper" if v else ""),
+    ]
+    print(to_markdown(rows, columns), end="")
+    print(
+        f"\n{len(rows)} candidates for a {budget:g}x budget ({args.grid} grid, {args.constraint} constraint, "
+        f"tolerance {args.tolerance:g}); measured ratios are MACs of the rounded B0 at phi = 1 over B0 at {args.base_resolution} px."
+    )
+    return 0
+
+
+# ------------------------------------------------------------------- table
+
+
+def _add_table_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--alpha", type=_coefficient("alpha"), required=True, help="depth coefficient (>= 1)")
+    p.add_argument("--beta", type=_coefficient("beta"), required=True, help="width coefficient (>= 1)")
+    p.add_argument("--gamma", type=_coefficient("gamma"), required=True, help="resolution coefficient (>= 1)")
+    p.add_argument("--family", choices=("efficientnet",), default="efficientnet")
+    p.add_argument("--format", choices=("md", "csv", "json", "latex"), default="md")
+    p.add_argument("--max-phi", type=_positive_int("max-phi"), default=7)
+    p.add_argument("--budget", default="2x", help="target FLOPs growth per phi step (default 2x)")
+    p.add_argument("--base-resolution", type=_positive_int("base-resolution"), default=224)
+    p.add_argument("--multiple", type=_positive_int("multiple"), default=8)
+    p.add_argument("--num-classes", type=_positive_int("num-classes"), default=1000)
+    p.add_argument("--output", help="write to this file (atomically) instead of stdout")
+
+
+def b_series_columns():
+    from .tables import Column, giga, millions, num, percent, ratio
+
+    return [
+        Column("phi", "phi", num),
+        Column("depth", "d", num),
+        Column("width", "w", num),
+        Column("resolution", "res", num),
+        Column("blocks", "blocks", num),
+        Column("params", "params", millions),
+        Column("macs", "GMACs", giga),
+        Column("macs_ratio", "MACs/B0", ratio),
+        Column("theoretical_ratio", "(abg)^phi", ratio),
+        Column("target_ratio", "2^phi", ratio),
+        Column("official", "official", num),
+        Column("official_depth", "d", num),
+        Column("official_width", "w", num),
+        Column("official_resolution", "res", num),
+        Column("official_params", "params", millions),
+        Column("official_macs", "GMACs", giga),
+        Column("official_macs_ratio", "MACs/B0", ratio),
+        Column("official_phi_width", "phi(w)", num),
+        Column("official_phi_depth", "phi(d)", num),
+        Column("official_phi_resolution", "phi(r)", num),
+        Column("macs_diff", "MACs vs official", percent),
+    ]
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    from .extrapolate import b_series, b_series_departures
+    from .models import EfficientNetConfig
+    from .scaling import Coefficients, parse_budget
+    from .tables import render
+
+    coeffs = Coefficients(args.alpha, args.beta, args.gamma)
+    budget = parse_budget(args.budget)
+    base = EfficientNetConfig(resolution=args.base_resolution)
+    rows = b_series(coeffs, max_phi=args.max_phi, base=base, multiple=args.multiple, budget=budget, num_classes=args.num_classes)
+    notes = b_series_departures(coeffs, rows)
+    title = (
+        f"EfficientNet B-series from alpha={coeffs.alpha:g}, beta={coeffs.beta:g}, gamma={coeffs.gamma:g} "
+        f"(alpha*beta^2*gamma^2 = {coeffs.flops_ratio:.3f}); compound rule vs official, params and MACs measured"
+    )
+    meta = {"family": "efficientnet", "alpha": coeffs.alpha, "beta": coeffs.beta, "gamma": coeffs.gamma, "flops_ratio": round(coeffs.flops_ratio, 6), "macs": "conv + linear multiply-adds"}
+    _emit(render(args.format, rows, b_series_columns(), title=title, notes=notes, meta=meta), args.output)
+    return 0
+
+
+# -------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Search compound-scaling coefficients with short real trainings.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("flops", help="params and MACs of a model")
+    p.add_argument("model", metavar="NAME", help="efficientnet-b0..b8, efficientnet-l2, or efficientnet with --width/--depth/--resolution")
+    _add_model_options(p)
+    p.add_argument("--breakdown", action="store_true", help="MACs per module")
+    p.add_argument("--no-fvcore", action="store_true", help="skip the (slow, real-compute) fvcore cross-check")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_flops)
+
+    p = sub.add_parser("candidates", help="list (alpha, beta, gamma) candidates for a budget")
+    _add_grid_options(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_candidates)
+
+    p = sub.add_parser("table", help="extrapolate coefficients to a model family, beside the official table")
+    _add_table_options(p)
+    p.set_defaults(func=_cmd_table)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Parameters and multiply-adds of built models.
+
+``count`` is the headline path: the model is built on the meta device and run
+under ``FlopCounterMode``, so nothing is allocated or computed; conv and
+matmul count 2 FLOPs per multiply-add, halved here into MACs (the paper's and
+torchvision's "FLOPs"). ``count_fvcore`` is the cross-check users compare
+with: fvcore traces real tensors and adds BN, pooling and upsampling.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models import build
+
+# Conv + linear are what the paper counts; FlopCounterMode reports linear as mm/addmm.
+_MAC_OPS = ("convolution", "addmm", "mm", "bmm")
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    params: int
+    macs: int
+    resolution: int
+    per_module: dict[str, int] = field(default_factory=dict, compare=False)
+
+
+def trainable_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _example_input(resolution: int, device: str | torch.device) -> torch.Tensor:
+    return torch.zeros(1, 3, resolution, resolution, device=device)
+
+
+def count(config: Any, resolution: int | None = None, *, breakdown: bool = False) -> FlopCount:
+    """Params and conv + linear MACs at ``resolution`` (default: the config's), without real compute."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    res = int(config.resolution if resolution is None else resolution)
+    with torch.device("meta"):
+        model = build(config)
+    model.eval()
+    params = trainable_params(model)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(_example_input(res, "meta"))
+    flops = counter.get_flop_counts()
+    total = sum(int(n) for op, n in flops.get("Global", {}).items() if any(k in str(op) for k in _MAC_OPS))
+    per_module: dict[str, int] = {}
+    if breakdown:
+        root = type(model).__name__ + "."
+        for name, ops in flops.items():
+            if not name.startswith(root):  # "Global" and the model itself
+                continue
+            rel = name[len(root):]
+            if rel.count(".") <= 1:  # children and grandchildren: stem, stages.3, head
+                per_module[rel] = sum(int(n) for op, n in ops.items() if any(k in str(op) for k in _MAC_OPS)) // 2
+    return FlopCount(params=params, macs=total // 2, resolution=res, per_module=per_module)
+
+
+# fvcore has no handle for these and warns; they are elementwise, so count one
+# operation per output element, as fvcore itself does for its own elementwise ops.
+_ELEMENTWISE_OPS = ("aten::silu_", "aten::silu", "aten::sigmoid", "aten::mul", "aten::add_", "aten::add")
+
+
+def _elementwise(inputs: list[Any], outputs: list[Any]) -> int:
+    shape = outputs[0].type().sizes()
+    n = 1
+    for s in shape or ():
+        n *= s
+    return n
+
+
+@dataclass(frozen=True)
+class FvcoreCount:
+    total: int  # fvcore's standard total: conv, linear, BN, pooling, upsampling
+    conv_linear: int  # the part comparable with ``count().macs``
+    elementwise: int  # SiLU, sigmoid, mul, add, which fvcore alone would skip
+    by_operator: dict[str, int]
+
+
+def count_fvcore(config: Any, resolution: int | None = None) -> FvcoreCount:
+    """fvcore's FlopCountAnalysis on real tensors (slow: real compute, TorchScript trace).
+
+    The elementwise ops fvcore has no handle for get one (one op per output
+    element) so that nothing is skipped silently; they are reported apart
+    from ``total`` so that ``total`` stays the number fvcore users know.
+    """
+    from fvcore.nn import FlopCountAnalysis
+
+    res = int(config.resolution if resolution is None else resolution)
+    torch.manual_seed(0)
+    model = build(config).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analysis = FlopCountAnalysis(model, _example_input(res, "cpu"))
+        analysis.set_op_handle(**{op: _elementwise for op in _ELEMENTWISE_OPS})
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        with torch.no_grad():
+            by_op = {k: int(v) for k, v in analysis.by_operator().items()}
+    elementwise = sum(v for k, v in by_op.items() if f"aten::{k}" in _ELEMENTWISE_OPS)
+    conv_linear = sum(by_op.get(k, 0) for k in ("conv", "linear", "addmm", "matmul"))
+    return FvcoreCount(
+        total=sum(by_op.values()) - elementwise,
+        conv_linear=conv_linear,
+        elementwise=elementwise,
+        by_operator=by_op,
+    )

@@ -12,6 +12,7 @@ from functools import lru_cache
 
 from .models.efficientnet_config import OFFICIAL, EfficientNetConfig, analytic_counts, official_config, scale_network
 from .scaling import Coefficients, extrapolate, implied_phi
+from .tables import Column, giga, millions, num, percent, ratio
 
 DEFAULT_MAX_PHI = 7
 
@@ -150,3 +151,30 @@ def b_series_departures(coeffs: Coefficients, rows: list[dict]) -> list[str]:
 
 def _fmt_phi(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def b_series_columns() -> list[Column]:
+    """How the B-series rows read as a table (Markdown, LaTeX)."""
+    return [
+        Column("phi", "phi", num),
+        Column("depth", "d", num),
+        Column("width", "w", num),
+        Column("resolution", "res", num),
+        Column("blocks", "blocks", num),
+        Column("params", "params", millions),
+        Column("macs", "GMACs", giga),
+        Column("macs_ratio", "MACs/B0", ratio),
+        Column("theoretical_ratio", "(abg)^phi", ratio),
+        Column("target_ratio", "2^phi", ratio),
+        Column("official", "official", num),
+        Column("official_depth", "d", num),
+        Column("official_width", "w", num),
+        Column("official_resolution", "res", num),
+        Column("official_params", "params", millions),
+        Column("official_macs", "GMACs", giga),
+        Column("official_macs_ratio", "MACs/B0", ratio),
+        Column("official_phi_width", "phi(w)", num),
+        Column("official_phi_depth", "phi(d)", num),
+        Column("official_phi_resolution", "phi(r)", num),
+        Column("macs_diff", "MACs vs official", percent),
+    ]

@@ -167,7 +167,8 @@ def test_two_workers_share_one_study(tmp_path, data_env):
 
 def test_pruning_reports_saved_compute(tmp_path, data_env):
     out = tmp_path / "run"
-    proc = run_cli("run", "--space", str(tiny_space(tmp_path, epochs=3, seeds=(0, 1), pruning=True)), "--out", str(out), env=data_env)
+    # enough steps that accuracies differ (at chance they tie, and ties are all promoted)
+    proc = run_cli("run", "--space", str(tiny_space(tmp_path, epochs=3, train=512, seeds=(0, 1), pruning=True)), "--out", str(out), env=data_env)
     assert proc.returncode == 0, proc.stderr
     best = json.loads((out / "best.json").read_text())
     assert best["epochs_full_grid"] == 18

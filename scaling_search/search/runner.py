@@ -179,8 +179,11 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         check_ray_available()
 
     data = load_dataset(DataSpec(name=space.data.name, data_dir=space.data.data_dir, storage_size=space.data.storage_size), progress=console.is_terminal)
-    n_train = min(space.proxy.train_subset or len(data.train_y), len(data.train_y))
-    n_test = min(space.proxy.test_subset or len(data.test_y), len(data.test_y))
+    for split, want, have in (("train", space.proxy.train_subset, len(data.train_y)), ("test", space.proxy.test_subset, len(data.test_y))):
+        if want is not None and want > have:
+            raise UsageError(f"proxy.{split}_subset is {want} but {space.data.name} has only {have} {split} images: lower it or set it to null")
+    n_train = space.proxy.train_subset or len(data.train_y)
+    n_test = space.proxy.test_subset or len(data.test_y)
     n_cand = len(candidates)
     console.print(
         f"{space.name}: {n_cand} candidates x {len(space.seeds)} seeds = {len(units)} trials on {space.data.name} "

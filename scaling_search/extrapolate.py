@@ -10,28 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .models.efficientnet_config import OFFICIAL, EfficientNetConfig, analytic_counts, official_config, scale_network
-from .scaling import Coefficients, extrapolate, implied_phi
+from .models.efficientnet_config import OFFICIAL, EfficientNetConfig, analytic_counts, compound_config, official_config, scale_network
+from .scaling import Coefficients, implied_phi
 
 DEFAULT_MAX_PHI = 7
-
-
-def compound_config(
-    coeffs: Coefficients,
-    phi: float,
-    base: EfficientNetConfig | None = None,
-    multiple: int = 8,
-) -> EfficientNetConfig:
-    """The baseline scaled by alpha^phi, beta^phi and gamma^phi (resolution to ``multiple``)."""
-    base = base or EfficientNetConfig()
-    dims = extrapolate(coeffs, phi, base.resolution, multiple)
-    return base.with_(
-        width=base.width * dims.width,
-        depth=base.depth * dims.depth,
-        resolution=dims.resolution,
-        dropout=dims.dropout,
-        name=f"compound-phi{phi:g}",
-    )
 
 
 @lru_cache(maxsize=65536)

@@ -82,18 +82,25 @@ class MBConv(nn.Module):
 
 
 class EfficientNet(nn.Module):
-    """A compound-scaled EfficientNet; ``config.resolution`` is nominal only."""
+    """A compound-scaled EfficientNet; ``config.resolution`` is nominal only.
 
-    def __init__(self, config: EfficientNetConfig):
+    ``include_head=False`` builds the feature extractor alone (stem and
+    stages, no head conv, pooling or classifier), as a detector backbone:
+    modules that are never run would otherwise count as parameters.
+    """
+
+    def __init__(self, config: EfficientNetConfig, include_head: bool = True):
         super().__init__()
         self.config = config
+        self.include_head = include_head
         net = scale_network(config)
         self.stem = ConvBNAct(3, net.stem_channels, 3, stride=2)
         self.stages = nn.ModuleList(nn.Sequential(*(MBConv(b) for b in blocks)) for blocks in block_specs(config, net))
-        self.head = ConvBNAct(net.stages[-1].out_channels, net.head_channels, 1)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(net.head_channels, config.num_classes)
+        if include_head:
+            self.head = ConvBNAct(net.stages[-1].out_channels, net.head_channels, 1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.dropout = nn.Dropout(config.dropout)
+            self.classifier = nn.Linear(net.head_channels, config.num_classes)
         # (stage index, stride, channels) of the last stage at every output stride.
         self.feature_info = feature_strides(config)
         self._init_weights()
@@ -130,6 +137,8 @@ class EfficientNet(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.include_head:
+            raise RuntimeError("this EfficientNet was built without its head (include_head=False): call features(x)")
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)

@@ -173,8 +173,8 @@ def test_backbone_is_built_without_its_head():
     net = scale_network(b0)
     head = net.stages[-1].out_channels * net.head_channels + 2 * net.head_channels + (net.head_channels + 1) * b0.num_classes
     assert trainable_params(model.backbone) == analytic_counts(b0).params - head
-    with pytest.raises(RuntimeError, match="features"):
-        model.backbone(torch.zeros(1, 3, 32, 32, device="meta"))
+    feats = model.backbone(torch.zeros(1, 3, 64, 64, device="meta"), (8, 16, 32))
+    assert [tuple(f.shape[1:]) for f in feats] == [(40, 8, 8), (112, 4, 4), (320, 2, 2)]
 
 
 # d0 is checked through the CLI below; d5-d7 take ~40 s each here: benchmarks/efficientdet_counts.py
@@ -192,6 +192,13 @@ def test_d7_meta_count_is_fast():
     assert time.perf_counter() - start < 60
     assert result.resolution == 1536 and result.params == EXACT_PARAMS["d7"]
     assert result.macs > count(get_config("efficientdet-d6")).macs * (1536 / 1280) ** 2 * 0.99
+
+
+def test_breakdown_parts_add_up():
+    result = count(get_config("efficientdet-d0"), breakdown=True)
+    parts = {k: v for k, v in result.per_module.items() if "." not in k}
+    assert set(parts) == {"backbone", "bifpn", "class_net", "box_net"}
+    assert sum(parts.values()) == result.macs
 
 
 # ------------------------------------------------------------ forward

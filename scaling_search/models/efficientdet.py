@@ -74,6 +74,6 @@ class EfficientDet(nn.Module):
         nn.init.constant_(self.class_net.predict.pointwise.bias, class_prior_bias())
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        feats = self.bifpn(self.backbone.features(x, self.strides))
+        feats = self.bifpn(self.backbone(x, self.strides))
         return self.class_net(feats), self.box_net(feats)
 

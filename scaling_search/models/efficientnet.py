@@ -86,7 +86,8 @@ class EfficientNet(nn.Module):
 
     ``include_head=False`` builds the feature extractor alone (stem and
     stages, no head conv, pooling or classifier), as a detector backbone:
-    modules that are never run would otherwise count as parameters.
+    modules that are never run would otherwise count as parameters. Its
+    ``forward`` then returns the feature maps.
     """
 
     def __init__(self, config: EfficientNetConfig, include_head: bool = True):
@@ -136,9 +137,11 @@ class EfficientNet(nn.Module):
                 out.append(x)
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, strides: tuple[int, ...] = (8, 16, 32)) -> torch.Tensor | list[torch.Tensor]:
+        """Class logits; without a head, ``features(x, strides)`` (called through
+        the module so that hooks and counters see the backbone)."""
         if not self.include_head:
-            raise RuntimeError("this EfficientNet was built without its head (include_head=False): call features(x)")
+            return self.features(x, strides)
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)

@@ -240,69 +240,6 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="write to this file (atomically) instead of stdout")
 
 
-def b_series_columns():
-    from .tables import Column, giga, millions, num, percent, ratio
-
-    return [
-        Column("phi", "phi", num),
-        Column("depth", "d", num),
-        Column("width", "w", num),
-        Column("resolution", "res", num),
-        Column("blocks", "blocks", num),
-        Column("params", "params", millions),
-        Column("macs", "GMACs", giga),
-        Column("macs_ratio", "MACs/B0", ratio),
-        Column("theoretical_ratio", "(abg)^phi", ratio),
-        Column("target_ratio", "2^phi", ratio),
-        Column("official", "official", num),
-        Column("official_depth", "d", num),
-        Column("official_width", "w", num),
-        Column("official_resolution", "res", num),
-        Column("official_params", "params", millions),
-        Column("official_macs", "GMACs", giga),
-        Column("official_macs_ratio", "MACs/B0", ratio),
-        Column("official_phi_width", "phi(w)", num),
-        Column("official_phi_depth", "phi(d)", num),
-        Column("official_phi_resolution", "phi(r)", num),
-        Column("macs_diff", "MACs vs official", percent),
-    ]
-
-
-def d_series_columns(fvcore: bool = False):
-    from .tables import Column, giga, millions, num, percent
-
-    def fv(key: str, header: str, fmt) -> list:
-        return [Column(key, header, fmt)] if fvcore else []
-
-    return [
-        Column("phi", "phi", num),
-        Column("backbone", "backbone", num),
-        Column("backbone_width", "w", num),
-        Column("backbone_depth", "d", num),
-        Column("resolution", "res", num),
-        Column("fpn_channels", "W", num),
-        Column("fpn_layers", "BiFPN", num),
-        Column("head_layers", "head", num),
-        Column("fusion", "fusion", num),
-        Column("params", "params", millions),
-        Column("macs", "GMACs", giga),
-        *fv("macs_fvcore", "fvcore G", giga),
-        Column("official", "official", num),
-        Column("official_backbone", "backbone", num),
-        Column("official_resolution", "res", num),
-        Column("official_fpn_channels", "W", num),
-        Column("official_fpn_layers", "BiFPN", num),
-        Column("official_head_layers", "head", num),
-        Column("official_fusion", "fusion", num),
-        Column("official_params", "params", millions),
-        Column("official_macs", "GMACs", giga),
-        *fv("official_macs_fvcore", "fvcore G", giga),
-        Column("params_diff", "params vs official", percent),
-        Column("macs_diff", "MACs vs official", percent),
-        *fv("macs_fvcore_diff", "fvcore vs official", percent),
-    ]
-
-
 def _cmd_table(args: argparse.Namespace) -> int:
     from .models import EfficientNetConfig
     from .scaling import Coefficients, parse_budget
@@ -314,7 +251,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
         return _d_table(args, coeffs, base)
     if args.fvcore:
         raise UsageError("--fvcore applies to --family efficientdet only")
-    from .extrapolate import b_series, b_series_departures
+    from .extrapolate import b_series, b_series_columns, b_series_departures
     from .tables import render
 
     num_classes = 1000 if args.num_classes is None else args.num_classes
@@ -330,7 +267,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def _d_table(args: argparse.Namespace, coeffs, base) -> int:
-    from .extrapolate import d_series, d_series_departures
+    from .extrapolate import d_series, d_series_columns, d_series_departures
     from .tables import render
 
     num_classes = 90 if args.num_classes is None else args.num_classes
@@ -351,6 +288,90 @@ def _d_table(args: argparse.Namespace, coeffs, base) -> int:
     }
     _emit(render(args.format, rows, d_series_columns(args.fvcore), title=title, notes=notes, meta=meta), args.output)
     return 0
+
+
+# --------------------------------------------------------------------- run
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", help="FLOPs multiplier of one scaling step, e.g. 2x (default: the space's)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--space", help="search space YAML file")
+    which.add_argument("--preset", help="a shipped search space by name (see search_spaces/); default: picked for this machine")
+    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
+    p.add_argument("--out", help="run folder (default runs/<space>-<budget>); the same command with the same folder resumes")
+    p.add_argument("--storage", help="Optuna storage URL shared by several workers, e.g. postgresql://user@host/db (default: study.db in the run folder)")
+    p.add_argument("--data-dir", help="where the dataset is (default: the space's, or $SCALING_SEARCH_DATA)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--seeds", type=_positive_int("seeds"), help="train each candidate with seeds 0..N-1 (default: the space's)")
+    p.add_argument("--epochs", type=_positive_int("epochs"), help="proxy epochs per trial (default: the space's)")
+    p.add_argument("--heartbeat", type=_positive_int("heartbeat"), default=10, help="seconds between trial heartbeats; a trial silent for 4 is re-queued (default 10)")
+    p.add_argument("--estimate", action="store_true", help="print the plan and the time estimate, then stop")
+    p.add_argument("--ray-address", help="join this Ray cluster (with --backend ray; default: start a local one)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per Ray trial, fractions allowed (default 1 with a GPU, else 0)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per Ray trial (default 1)")
+
+
+def _resolve_space(args: argparse.Namespace, console):
+    from .space import load_space, preset_path
+
+    if args.space:
+        space = load_space(args.space)
+    else:
+        name = args.preset
+        if name is None:
+            import torch
+
+            name = "default" if torch.cuda.is_available() else "cpu"
+            why = "a CUDA GPU is available" if name == "default" else "no CUDA GPU found; use --preset default to run the GPU-sized study anyway"
+            console.print(f"no --space or --preset given: using preset '{name}' ({why})")
+        space = load_space(preset_path(name))
+    overrides = {
+        "constraint": {"budget": args.budget},
+        "data": {"data_dir": args.data_dir},
+        "proxy": {"epochs": args.epochs},
+    }
+    space = space.with_overrides(**overrides)
+    if args.seeds:
+        import dataclasses
+
+        space = dataclasses.replace(space, seeds=tuple(range(args.seeds)))
+    return space
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .scaling import parse_budget
+    from .search.runner import RunOptions, run
+
+    console = _console()
+    if args.budget is not None:
+        parse_budget(args.budget)
+    space = _resolve_space(args, console)
+    out = Path(args.out) if args.out else Path("runs") / f"{space.name}-{parse_budget(space.constraint.budget):g}x"
+    options = RunOptions(
+        out=out,
+        backend=args.backend,
+        storage=args.storage,
+        device=args.device,
+        heartbeat=args.heartbeat,
+        ray_address=args.ray_address,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        estimate_only=args.estimate,
+    )
+    return run(space, options, console)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .search.runner import rebuild
+
+    return rebuild(Path(args.dir), _console())
 
 
 # -------------------------------------------------------------------- main
@@ -382,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="extrapolate coefficients to a model family, beside the official table")
     _add_table_options(p)
     p.set_defaults(func=_cmd_table)
+
+    p = sub.add_parser("run", help="search the coefficients: train every candidate, rank, extrapolate, report")
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("report", help="rebuild a run folder's tables and plots from its stored study")
+    p.add_argument("dir", metavar="DIR", help="a run folder written by 'scaling-search run'")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -14,6 +14,7 @@ from .models.efficientdet_config import NUM_CLASSES as DET_NUM_CLASSES
 from .models.efficientdet_config import OFFICIAL_D, EfficientDetConfig, official_departures
 from .models.efficientnet_config import OFFICIAL, EfficientNetConfig, analytic_counts, compound_config, official_config, scale_network
 from .scaling import Coefficients, implied_phi
+from .tables import Column, giga, millions, num, percent, ratio
 
 DEFAULT_MAX_PHI = 7
 
@@ -136,6 +137,33 @@ def _fmt_phi(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def b_series_columns() -> list[Column]:
+    """How the B-series rows read as a table (Markdown, LaTeX)."""
+    return [
+        Column("phi", "phi", num),
+        Column("depth", "d", num),
+        Column("width", "w", num),
+        Column("resolution", "res", num),
+        Column("blocks", "blocks", num),
+        Column("params", "params", millions),
+        Column("macs", "GMACs", giga),
+        Column("macs_ratio", "MACs/B0", ratio),
+        Column("theoretical_ratio", "(abg)^phi", ratio),
+        Column("target_ratio", "2^phi", ratio),
+        Column("official", "official", num),
+        Column("official_depth", "d", num),
+        Column("official_width", "w", num),
+        Column("official_resolution", "res", num),
+        Column("official_params", "params", millions),
+        Column("official_macs", "GMACs", giga),
+        Column("official_macs_ratio", "MACs/B0", ratio),
+        Column("official_phi_width", "phi(w)", num),
+        Column("official_phi_depth", "phi(d)", num),
+        Column("official_phi_resolution", "phi(r)", num),
+        Column("macs_diff", "MACs vs official", percent),
+    ]
+
+
 # ------------------------------------------------------------------ D-series
 
 
@@ -224,3 +252,38 @@ def d_series_departures(coeffs: Coefficients, rows: list[dict]) -> list[str]:
             f"(params {widest['params_diff'] * 100:+.1f}%)."
         )
     return notes
+
+
+def d_series_columns(fvcore: bool = False) -> list[Column]:
+    """How the D-series rows read as a table; fvcore columns when the rows have them."""
+
+    def fv(key: str, header: str, fmt) -> list[Column]:
+        return [Column(key, header, fmt)] if fvcore else []
+
+    return [
+        Column("phi", "phi", num),
+        Column("backbone", "backbone", num),
+        Column("backbone_width", "w", num),
+        Column("backbone_depth", "d", num),
+        Column("resolution", "res", num),
+        Column("fpn_channels", "W", num),
+        Column("fpn_layers", "BiFPN", num),
+        Column("head_layers", "head", num),
+        Column("fusion", "fusion", num),
+        Column("params", "params", millions),
+        Column("macs", "GMACs", giga),
+        *fv("macs_fvcore", "fvcore G", giga),
+        Column("official", "official", num),
+        Column("official_backbone", "backbone", num),
+        Column("official_resolution", "res", num),
+        Column("official_fpn_channels", "W", num),
+        Column("official_fpn_layers", "BiFPN", num),
+        Column("official_head_layers", "head", num),
+        Column("official_fusion", "fusion", num),
+        Column("official_params", "params", millions),
+        Column("official_macs", "GMACs", giga),
+        *fv("official_macs_fvcore", "fvcore G", giga),
+        Column("params_diff", "params vs official", percent),
+        Column("macs_diff", "MACs vs official", percent),
+        *fv("macs_fvcore_diff", "fvcore vs official", percent),
+    ]

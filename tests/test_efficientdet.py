@@ -24,7 +24,7 @@ from scaling_search.models.efficientdet_config import (
 )
 from scaling_search.scaling import PAPER, Coefficients
 
-from conftest import assert_usage_error, run_cli
+from conftest import ROOT, assert_usage_error, run_cli
 
 # effdet tf_efficientdet_d*: trainable params with 90 classes, fvcore GMACs at the official resolution
 EXACT_PARAMS = {
@@ -234,10 +234,10 @@ def test_other_levels_and_odd_sizes():
 
 def test_d_series_rows_are_measured_side_by_side():
     coeffs = Coefficients(1.3, 1.05, 1.1)
-    rows = d_series(coeffs, max_phi=2)
-    assert [r["phi"] for r in rows] == [0, 1, 2]
+    rows = d_series(coeffs, max_phi=1)
+    assert [r["phi"] for r in rows] == [0, 1]
     last = rows[-1]
-    formula, official = count(EfficientDetConfig.from_formula(2, coeffs)), count(get_config("efficientdet-d2"))
+    formula, official = count(EfficientDetConfig.from_formula(1, coeffs)), count(get_config("efficientdet-d1"))
     assert (last["params"], last["macs"], last["official_params"], last["official_macs"]) == (formula.params, formula.macs, official.params, official.macs)
     for r in rows:
         assert r["backbone_width"] == round(1.05 ** r["phi"], 4) and r["backbone_depth"] == round(1.3 ** r["phi"], 4)
@@ -245,7 +245,19 @@ def test_d_series_rows_are_measured_side_by_side():
     assert rows[0]["params"] == EXACT_PARAMS["d0"] and rows[0]["params_diff"] == 0  # phi 0 is D0 for any triple
     assert rows[1]["official_backbone"] == "b1" and rows[1]["params_diff"] != 0
     notes = d_series_departures(coeffs, rows)
-    assert any("d2 (120 -> 112)" in n for n in notes) and not any("d7" in n for n in notes)
+    assert "alpha=1.3, beta=1.05, gamma=1.1" in notes[0] and not any("departs" in n for n in notes)  # d0, d1 follow the formulas
+
+
+def test_committed_paper_d_series_is_current():
+    rows = d_series(PAPER)
+    notes = d_series_departures(PAPER, rows)
+    assert [r["official_params"] for r in rows] == list(EXACT_PARAMS.values())
+    assert rows[2]["fpn_channels"] == 120 and rows[2]["official_fpn_channels"] == 112
+    assert sum("departs" in n for n in notes) == 5  # width, BiFPN layers, resolution, backbone, fusion
+    assert any("d7 (b7 -> b6)" in n for n in notes) and any("d5 (1152 -> 1280), d7 (1408 -> 1536)" in n for n in notes)
+    committed = json.loads((ROOT / "results" / "paper" / "d_series.json").read_text())
+    assert (committed["rows"], committed["notes"]) == (rows, notes), "results/paper is stale: regenerate it (see results/paper/README.md)"
+    assert (committed["alpha"], committed["beta"], committed["gamma"], committed["family"]) == (1.2, 1.1, 1.15, "efficientdet")
 
 
 def test_d_series_fvcore_on_request():

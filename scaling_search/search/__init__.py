@@ -1,0 +1,1 @@
+"""Search backends (Optuna, Ray Tune) behind one run folder and one results schema."""

@@ -1,0 +1,116 @@
+"""Ray Tune backend: the same units as a ``tune.grid_search``, optional ASHA,
+per-trial resources, a local cluster or ``--ray-address``. Results land in the
+same rows as the Optuna backend's, so ``trials.csv`` has the same columns."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from ..errors import UsageError
+from ..space import SearchSpace
+from .trials import Unit, run_unit
+
+
+def check_ray_available() -> None:
+    try:
+        import ray  # noqa: F401
+        from ray import tune  # noqa: F401
+    except ImportError:
+        raise UsageError("--backend ray needs Ray Tune, which is not installed: pip install 'scaling-search[ray]' (or use --backend optuna)") from None
+
+
+def _init_ray(address: str | None, device: str) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"cannot join the Ray cluster at {address!r}: {first}") from None
+        return
+    # A local cluster on loopback only. Ray >= 2.60 turns token auth on by
+    # default and warns; say so explicitly instead (a token is generated once).
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    ray.init(
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        num_gpus=None if device.startswith("cuda") else 0,
+    )
+
+
+def _trainable(config: dict, space: SearchSpace, data, device: str) -> None:
+    """Runs inside a Ray worker: one unit, one report per epoch, a final full row."""
+    from ray import tune
+
+    unit = Unit.from_attrs(config["unit"])
+
+    def on_epoch(epoch: int, loss: float, acc: float) -> None:
+        tune.report({"epoch": epoch + 1, "accuracy": acc, "loss": loss, "state": "RUNNING"})
+
+    state, fields = run_unit(space, unit, data, device, on_epoch)
+    final = {"epoch": fields.get("epochs_run") or 0, "state": state, **{k: v for k, v in fields.items() if v is not None}}
+    tune.report(final)
+
+
+def run_ray(space: SearchSpace, units: list[Unit], data, device: str, options, console, stop: threading.Event) -> list[dict]:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    _init_ray(options.ray_address, device)
+    gpus = options.gpus_per_trial if options.gpus_per_trial is not None else (1.0 if device.startswith("cuda") else 0.0)
+    cpus = options.cpus_per_trial if options.cpus_per_trial is not None else 1.0
+    trainable = tune.with_resources(tune.with_parameters(_trainable, space=space, data=data, device=device), {"cpu": cpus, "gpu": gpus})
+    scheduler = None
+    if space.pruning.enabled:
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=space.proxy.epochs, grace_period=space.pruning.min_epochs, reduction_factor=space.pruning.reduction_factor)
+    storage = (Path(options.out) / "ray").resolve()
+    name = "study"
+    path = storage / name
+    if tune.Tuner.can_restore(str(path)):
+        console.print(f"resuming the Ray experiment in {path}")
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"unit": tune.grid_search([u.attrs() for u in units])},
+            tune_config=tune.TuneConfig(metric="accuracy", mode="max", scheduler=scheduler),
+            run_config=tune.RunConfig(storage_path=str(storage), name=name, verbose=0),
+        )
+    console.print(f"Ray Tune: {len(units)} trials, {cpus:g} CPU / {gpus:g} GPU each" + (", ASHA over epochs" if scheduler else ""))
+    grid = tuner.fit()
+    records = []
+    for result in grid:
+        unit = result.config["unit"]
+        m = dict(result.metrics or {})
+        state = m.get("state", "FAIL")
+        record = dict(unit)
+        if result.error is not None:
+            record.update(state="FAIL", failure=f"ray trial error: {str(result.error).strip().splitlines()[0]}")
+        elif state == "RUNNING":  # stopped by ASHA after an epoch report
+            history = result.metrics_dataframe
+            accs = list(history["accuracy"]) if history is not None and "accuracy" in history else [m.get("accuracy")]
+            losses = list(history["loss"]) if history is not None and "loss" in history else []
+            record.update(
+                state="PRUNED",
+                accuracy=m.get("accuracy"),
+                epochs_run=m.get("epoch"),
+                epoch_accuracies=json.dumps([round(float(a), 6) for a in accs if a == a]),
+                epoch_losses=json.dumps([round(float(x), 6) for x in losses if x == x]),
+            )
+        else:
+            record.update({k: v for k, v in m.items() if k in _FIELDS})
+            record["state"] = state
+        record["attempts"] = 1
+        records.append(record)
+    return records
+
+
+_FIELDS = ("accuracy", "epochs_run", "params", "macs", "images_per_second", "wall_seconds", "device", "failure", "epoch_accuracies", "epoch_losses")

@@ -1,0 +1,283 @@
+"""Search spaces: YAML files validated into frozen dataclasses.
+
+A space says what to scale (baseline), on what (data), which candidates
+(grid, constraint), how to judge them (proxy recipe, seeds, pruning) and how
+to extrapolate the winner. Loading is strict: an unknown key, a wrong type or
+a missing field is a ``UsageError`` that names the key, and YAML is read with
+``safe_load`` (no object construction).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UsageError
+from .scaling import CONSTRAINT_MODES, GRID_KINDS, parse_budget
+
+# The shipped spaces live at the top of the repository (installed editable).
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    model: str = "efficientnet-b0"  # a registered EfficientNet name, or "efficientnet" with width/depth
+    width: float | None = None
+    depth: float | None = None
+    resolution: int = 64  # base resolution r0 of the proxy task
+    dropout: float = 0.2
+    drop_path: float = 0.2
+
+
+@dataclass(frozen=True)
+class DataSection:
+    name: str  # cifar10 | imagefolder:PATH
+    data_dir: str | None = None
+    storage_size: int = 32
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    kind: str = "derived"  # full | derived
+    step: float | None = None  # default 0.05 (full) or 0.1 (derived)
+    max_alpha: float = 2.0
+    max_beta: float = 2.0
+    max_gamma: float = 2.0
+
+
+@dataclass(frozen=True)
+class ConstraintSpec:
+    budget: str = "2x"
+    mode: str = "theoretical"
+    tolerance: float = 0.05
+    resolution_multiple: int = 8
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    epochs: int
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.1
+    train_subset: int | None = None
+    test_subset: int | None = None
+
+
+@dataclass(frozen=True)
+class PruningSpec:
+    enabled: bool = False
+    min_epochs: int = 1  # first rung of successive halving
+    reduction_factor: int = 3
+
+
+@dataclass(frozen=True)
+class ExtrapolationSpec:
+    max_phi: int = 7
+    base_resolution: int = 224  # the B-series is reported at ImageNet scale
+    resolution_multiple: int = 8
+    num_classes: int = 1000
+    detection: bool = True  # also write the EfficientDet D-series
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    data: DataSection
+    proxy: ProxySpec
+    description: str = ""
+    baseline: BaselineSpec = field(default_factory=BaselineSpec)
+    grid: GridSpec = field(default_factory=GridSpec)
+    constraint: ConstraintSpec = field(default_factory=ConstraintSpec)
+    seeds: tuple[int, ...] = (0, 1)
+    pruning: PruningSpec = field(default_factory=PruningSpec)
+    extrapolation: ExtrapolationSpec = field(default_factory=ExtrapolationSpec)
+
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides which trials exist and what they mean."""
+        blob = json.dumps({k: v for k, v in self.to_dict().items() if k not in ("description", "extrapolation")}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def with_overrides(self, **sections: dict) -> "SearchSpace":
+        """Replace fields of sections, e.g. with_overrides(constraint={"budget": "4x"})."""
+        changes = {}
+        for section, values in sections.items():
+            values = {k: v for k, v in values.items() if v is not None}
+            if not values:
+                continue
+            current = getattr(self, section)
+            changes[section] = dataclasses.replace(current, **values) if dataclasses.is_dataclass(current) else values
+        space = dataclasses.replace(self, **changes) if changes else self
+        _validate(space)
+        return space
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return {type(None): "null", float: "number", int: "integer", str: "string", bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except UsageError:
+                continue
+        raise UsageError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise UsageError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # "budget: 2" is a fine way to write 2x
+    raise UsageError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise UsageError(f"{where or 'search space'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise UsageError(f"unknown key '{_join(where, key)}' in search space: known keys are {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], _join(where, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            raise UsageError(f"search space is missing required key '{_join(where, name)}'")
+    return cls(**kwargs)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def _validate(space: SearchSpace) -> None:
+    b, c, g, p = space.baseline, space.constraint, space.grid, space.proxy
+    parse_budget(c.budget)
+    _check(c.mode in CONSTRAINT_MODES, f"constraint.mode {c.mode!r} must be one of {', '.join(CONSTRAINT_MODES)}")
+    _check(0 < c.tolerance < 1, f"constraint.tolerance {c.tolerance} must be in (0, 1)")
+    _check(c.resolution_multiple >= 1, "constraint.resolution_multiple must be a positive integer")
+    _check(g.kind in GRID_KINDS, f"grid.kind {g.kind!r} must be one of {', '.join(GRID_KINDS)}")
+    _check(g.step is None or 0 < g.step <= 1, f"grid.step {g.step} must be in (0, 1]")
+    for key in ("max_alpha", "max_beta", "max_gamma"):
+        _check(getattr(g, key) >= 1, f"grid.{key} must be at least 1")
+    _check(b.resolution > 0, f"baseline.resolution must be a positive integer, got {b.resolution}")
+    _check(b.model == "efficientnet" or b.model.startswith("efficientnet-"), f"baseline.model {b.model!r}: only the efficientnet family can be searched")
+    _check(b.model == "efficientnet" or (b.width is None and b.depth is None), "baseline.width/depth apply only to model 'efficientnet'")
+    _check(0 <= b.dropout < 1 and 0 <= b.drop_path < 1, "baseline.dropout and drop_path must be in [0, 1)")
+    _check(p.epochs >= 1, f"proxy.epochs must be at least 1, got {p.epochs}")
+    _check(p.batch_size >= 1, f"proxy.batch_size must be at least 1, got {p.batch_size}")
+    _check(p.lr > 0, f"proxy.lr must be positive, got {p.lr}")
+    _check(p.optimizer in ("sgd", "adamw", "rmsprop"), f"proxy.optimizer {p.optimizer!r} must be sgd, adamw or rmsprop")
+    _check(p.schedule in ("cosine", "constant", "step"), f"proxy.schedule {p.schedule!r} must be cosine, constant or step")
+    _check(0 <= p.label_smoothing < 1, "proxy.label_smoothing must be in [0, 1)")
+    for key in ("train_subset", "test_subset"):
+        v = getattr(p, key)
+        _check(v is None or v >= 1, f"proxy.{key} must be a positive integer or null")
+    _check(len(space.seeds) >= 1, "seeds must list at least one seed")
+    _check(len(set(space.seeds)) == len(space.seeds), "seeds must not repeat")
+    _check(space.pruning.min_epochs >= 1 and space.pruning.reduction_factor >= 2, "pruning.min_epochs >= 1 and pruning.reduction_factor >= 2")
+    _check(space.data.storage_size > 0, "data.storage_size must be a positive integer")
+    e = space.extrapolation
+    _check(e.max_phi >= 1 and e.base_resolution > 0 and e.resolution_multiple >= 1 and e.num_classes >= 1, "extrapolation values must be positive")
+    _check(bool(space.name) and "/" not in space.name and not space.name.startswith("."), f"name {space.name!r} must be a plain word")
+
+
+def parse_space(data: Any, source: str = "search space") -> SearchSpace:
+    try:
+        space = _build(SearchSpace, data, "")
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    try:
+        _validate(space)
+    except UsageError as exc:
+        raise UsageError(f"{source}: {exc}") from None
+    return space
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"search space {p} does not exist (or is not a file): give a YAML file, or --preset {'|'.join(presets())}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise UsageError(f"search space {p} is not valid YAML{at}: fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"search space {p} cannot be read: {exc}") from None
+    return parse_space(data, str(p))
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    candidate = SPACES_DIR / f"{name}.yaml"
+    if name in presets() and candidate.is_file():
+        return candidate
+    raise UsageError(f"unknown preset {name!r}: choose one of {', '.join(presets())}, or give --space FILE")
+
+
+def dump_space(space: SearchSpace) -> str:
+    return yaml.safe_dump(space.to_dict(), sort_keys=False)

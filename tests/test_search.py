@@ -1,0 +1,208 @@
+"""End-to-end searches through the real command line (real trainings, tiny sizes)."""
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, assert_usage_error, run_cli
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+TINY = """\
+name: tiny
+baseline: {{model: efficientnet, width: 0.25, depth: 0.25, resolution: 32}}
+data: {{name: cifar10}}
+grid: {{kind: full, step: 0.1, max_alpha: 1.2, max_beta: 1.1, max_gamma: 1.2}}
+constraint: {{budget: 2x, tolerance: 0.05, resolution_multiple: 4}}
+proxy: {{epochs: {epochs}, batch_size: 64, lr: 0.05, train_subset: {train}, test_subset: 128}}
+seeds: {seeds}
+pruning: {{enabled: {pruning}, min_epochs: 1, reduction_factor: 2}}
+extrapolation: {{max_phi: 2, detection: false}}
+"""
+
+
+def tiny_space(tmp_path: Path, *, epochs: int = 1, train: int = 128, seeds=(0,), pruning: bool = False, name: str = "tiny.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(TINY.format(epochs=epochs, train=train, seeds=list(seeds), pruning=str(pruning).lower()))
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_env(tmp_path_factory):
+    if not (SHARED_DATA / "cifar10-jpeg.tar.gz").exists():
+        pytest.fail(f"the shared CIFAR-10 archive is missing at {SHARED_DATA}")
+    cache = os.environ.get("SCALING_SEARCH_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    return {"SCALING_SEARCH_DATA": str(SHARED_DATA), "SCALING_SEARCH_CACHE": cache}
+
+
+def _db_states(run_dir: Path) -> list[tuple[int, str]]:
+    con = sqlite3.connect(run_dir / "study.db")
+    try:
+        return con.execute("select number, state from trials").fetchall()
+    finally:
+        con.close()
+
+
+def _unit_attempts(run_dir: Path) -> dict[str, list[str]]:
+    """Per unit key, the states of all its trials (from the study storage itself)."""
+    con = sqlite3.connect(run_dir / "study.db")
+    try:
+        rows = con.execute(
+            "select t.state, a.value_json from trials t join trial_user_attributes a on a.trial_id = t.trial_id where a.key = 'unit'"
+        ).fetchall()
+    finally:
+        con.close()
+    out: dict[str, list[str]] = {}
+    for state, value in rows:
+        out.setdefault(json.loads(value), []).append(state)
+    return out
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_run_writes_every_output_and_report_rebuilds(tmp_path, data_env):
+    out = tmp_path / "run"
+    proc = run_cli("run", "--budget", "2x", "--space", str(tiny_space(tmp_path, seeds=(0, 1))), "--out", str(out), "--heartbeat", "1", env=data_env)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    for name in ("trials.csv", "best.json", "coefficients.md", "b_series.csv", "accuracy_vs_macs.png", "alpha_beta.png", "b_series_macs.png", "study.db", "run.json", "space.yaml"):
+        assert (out / name).is_file(), name
+    rows = _read_csv(out / "trials.csv")
+    # (1.1, 1.1, 1.2), (1.2, 1.1, 1.2) from the grid, plus the paper's triple, x 2 seeds
+    assert len(rows) == 6 and all(r["state"] == "COMPLETE" for r in rows)
+    assert {(r["alpha"], r["beta"], r["gamma"]) for r in rows} >= {("1.2", "1.1", "1.15")}
+    best = json.loads((out / "best.json").read_text())
+    assert {"alpha", "beta", "gamma", "accuracy_mean", "accuracy_ci_low", "accuracy_ci_high"} <= set(best)
+    assert best["seeds"] == 2 and best["accuracy_ci_low"] <= best["accuracy_mean"] <= best["accuracy_ci_high"]
+    assert best["paper_rank"] in (1, 2, 3)
+    assert "[" in proc.stdout and "best (" in proc.stdout and "estimate: about" in proc.stdout
+    from PIL import Image
+
+    for png in ("accuracy_vs_macs.png", "alpha_beta.png", "b_series_macs.png"):
+        with Image.open(out / png) as im:
+            assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
+    b_rows = _read_csv(out / "b_series.csv")
+    assert [int(r["phi"]) for r in b_rows] == [0, 1, 2] and b_rows[0]["official"] == "efficientnet-b0"
+    # report rebuilds tables and plots from the stored study
+    before = (out / "trials.csv").read_text()
+    for name in ("trials.csv", "coefficients.md", "accuracy_vs_macs.png"):
+        (out / name).unlink()
+    proc = run_cli("report", str(out), env=data_env)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "trials.csv").read_text() == before
+    assert (out / "accuracy_vs_macs.png").is_file() and "Ranking" in (out / "coefficients.md").read_text()
+    # the same command again trains nothing
+    again = run_cli("run", "--budget", "2x", "--space", str(tiny_space(tmp_path, seeds=(0, 1))), "--out", str(out), "--heartbeat", "1", env=data_env)
+    assert again.returncode == 0 and "6 of 6 trials already finished" in again.stdout
+    assert len(_db_states(out)) == 6
+
+
+def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path, data_env):
+    out = tmp_path / "run"
+    space = tiny_space(tmp_path, seeds=(0, 1, 2), train=384)
+    args = [sys.executable, "-m", "scaling_search.cli", "run", "--space", str(space), "--out", str(out), "--heartbeat", "1"]
+    env = {**os.environ, **data_env, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if (out / "study.db").exists():
+                try:
+                    states = [s for _, s in _db_states(out)]
+                except sqlite3.OperationalError:
+                    states = []
+                if states.count("COMPLETE") >= 2 and "RUNNING" in states:
+                    break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("no trial finished in time")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done_before = {k for k, s in _unit_attempts(out).items() if "COMPLETE" in s}
+    assert len(done_before) >= 2
+    resumed = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    attempts = _unit_attempts(out)
+    assert len(attempts) == 9  # 3 candidates x 3 seeds: none missing
+    for key, states in attempts.items():
+        assert states.count("COMPLETE") == 1, (key, states)  # each unit trained to completion once
+        if key in done_before:
+            assert states == ["COMPLETE"], (key, states)  # nothing finished was trained again
+    interrupted = [k for k, s in attempts.items() if "FAIL" in s]
+    assert len(interrupted) == 1  # the trial the kill cut short, re-run on resume
+    rows = _read_csv(out / "trials.csv")
+    assert len(rows) == 9 and all(r["state"] == "COMPLETE" for r in rows)
+
+
+def test_two_workers_share_one_study(tmp_path, data_env):
+    out = tmp_path / "run"
+    space = tiny_space(tmp_path, seeds=(0, 1, 2, 3))
+    args = [sys.executable, "-m", "scaling_search.cli", "run", "--space", str(space), "--out", str(out), "--heartbeat", "1"]
+    env = {**os.environ, **data_env, "PYTHONWARNINGS": "ignore"}
+    workers = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    attempts = _unit_attempts(out)
+    assert len(attempts) == 12
+    assert all(states == ["COMPLETE"] for states in attempts.values()), attempts  # each unit exactly once
+    con = sqlite3.connect(out / "study.db")
+    who = {json.loads(v) for (v,) in con.execute("select value_json from trial_user_attributes where key = 'worker'")}
+    con.close()
+    assert len(who) == 2, "both workers should have trained units"
+
+
+def test_pruning_reports_saved_compute(tmp_path, data_env):
+    out = tmp_path / "run"
+    proc = run_cli("run", "--space", str(tiny_space(tmp_path, epochs=3, seeds=(0, 1), pruning=True)), "--out", str(out), env=data_env)
+    assert proc.returncode == 0, proc.stderr
+    best = json.loads((out / "best.json").read_text())
+    assert best["epochs_full_grid"] == 18
+    rows = _read_csv(out / "trials.csv")
+    pruned = [r for r in rows if r["state"] == "PRUNED"]
+    assert pruned, "successive halving should prune someone over 6 trials"
+    assert best["epochs_trained"] == sum(int(r["epochs_run"]) for r in rows) < 18
+    assert best["pruning_saved_fraction"] == pytest.approx(1 - best["epochs_trained"] / 18, abs=1e-4)
+    assert "saved" in proc.stdout
+
+
+def test_run_bad_inputs_touch_nothing(tmp_path, data_env):
+    space = tiny_space(tmp_path)
+    out = tmp_path / "run"
+    assert_usage_error(run_cli("run", "--budget", "abc", "--space", str(space), "--out", str(out), env=data_env), "budget")
+    assert_usage_error(run_cli("run", "--preset", "nope", "--out", str(out), env=data_env), "unknown preset")
+    assert_usage_error(run_cli("run", "--space", str(tmp_path / "none.yaml"), "--out", str(out), env=data_env), "does not exist")
+    assert_usage_error(run_cli("run", "--space", str(space), "--out", str(out), "--data-dir", str(tmp_path / "nodata"), env=data_env), "")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_usage_error(run_cli("run", "--space", str(space), "--out", str(blocker), env=data_env), "not a folder")
+    assert not out.exists() and blocker.read_text() == "x"
+
+
+@pytest.mark.slow
+def test_ray_backend_writes_the_same_columns(tmp_path, data_env):
+    pytest.importorskip("ray", reason="the ray extra is part of the test install")
+    space = tiny_space(tmp_path)
+    ray_out, optuna_out = tmp_path / "ray", tmp_path / "optuna"
+    proc = run_cli("run", "--space", str(space), "--backend", "ray", "--out", str(ray_out), env=data_env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    proc = run_cli("run", "--space", str(space), "--out", str(optuna_out), env=data_env)
+    assert proc.returncode == 0, proc.stderr
+    ray_rows, optuna_rows = _read_csv(ray_out / "trials.csv"), _read_csv(optuna_out / "trials.csv")
+    assert list(ray_rows[0]) == list(optuna_rows[0])
+    assert len(ray_rows) == len(optuna_rows) == 3
+    assert all(r["state"] == "COMPLETE" and 0 < float(r["accuracy"]) <= 1 for r in ray_rows)
+    assert {r['unit'] for r in ray_rows} == {r['unit'] for r in optuna_rows}

@@ -39,6 +39,20 @@ def _positive_int(name: str):
     return parse
 
 
+def _non_negative_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {text!r}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
 def _positive_float(name: str):
     def parse(text: str) -> float:
         try:
@@ -88,13 +102,16 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=_positive_float("width"), help="width multiplier (with NAME 'efficientnet')")
     p.add_argument("--depth", type=_positive_float("depth"), help="depth multiplier (with NAME 'efficientnet')")
     p.add_argument("--resolution", type=_positive_int("resolution"), help="input size in pixels (default: the model's own)")
-    p.add_argument("--num-classes", type=_positive_int("num-classes"), help="classifier outputs (default 1000)")
+    p.add_argument("--num-classes", type=_positive_int("num-classes"), help="classes (default: 1000 for efficientnet, 90 for efficientdet)")
+    p.add_argument("--phi", type=_non_negative_int("phi"), help="scaling step (with NAME 'efficientdet')")
+    for name, what in (("alpha", "depth"), ("beta", "width"), ("gamma", "resolution")):
+        p.add_argument(f"--{name}", type=_coefficient(name), help=f"backbone {what} coefficient (with NAME 'efficientdet'; default the paper's)")
 
 
 def _model_config(args: argparse.Namespace):
     from .models import get_config
 
-    options = {k: getattr(args, k, None) for k in ("width", "depth", "resolution", "num_classes", "phi")}
+    options = {k: getattr(args, k, None) for k in ("width", "depth", "resolution", "num_classes", "phi", "alpha", "beta", "gamma")}
     return get_config(args.model, **{k: v for k, v in options.items() if v is not None})
 
 
@@ -103,8 +120,12 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 
     config = _model_config(args)
     counted = count(config, breakdown=args.breakdown)
+    if args.model == "efficientnet":
+        model = f"efficientnet(w={config.width:g},d={config.depth:g})"
+    else:
+        model = config.name  # the official name, or the formula with its phi and coefficients
     result = {
-        "model": args.model if args.model != "efficientnet" else f"efficientnet(w={config.width:g},d={config.depth:g})",
+        "model": model,
         "resolution": counted.resolution,
         "params": counted.params,
         "macs": counted.macs,
@@ -208,26 +229,33 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=_coefficient("alpha"), required=True, help="depth coefficient (>= 1)")
     p.add_argument("--beta", type=_coefficient("beta"), required=True, help="width coefficient (>= 1)")
     p.add_argument("--gamma", type=_coefficient("gamma"), required=True, help="resolution coefficient (>= 1)")
-    p.add_argument("--family", choices=("efficientnet",), default="efficientnet")
+    p.add_argument("--family", choices=("efficientnet", "efficientdet"), default="efficientnet", help="B-series (default) or D-series")
+    p.add_argument("--fvcore", action="store_true", help="efficientdet: add fvcore totals (real compute, minutes at D5-D7)")
     p.add_argument("--format", choices=("md", "csv", "json", "latex"), default="md")
     p.add_argument("--max-phi", type=_positive_int("max-phi"), default=7)
     p.add_argument("--budget", default="2x", help="target FLOPs growth per phi step (default 2x)")
     p.add_argument("--base-resolution", type=_positive_int("base-resolution"), default=224)
     p.add_argument("--multiple", type=_positive_int("multiple"), default=8)
-    p.add_argument("--num-classes", type=_positive_int("num-classes"), default=1000)
+    p.add_argument("--num-classes", type=_positive_int("num-classes"), help="default 1000 (efficientnet), 90 (efficientdet)")
     p.add_argument("--output", help="write to this file (atomically) instead of stdout")
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from .extrapolate import b_series, b_series_columns, b_series_departures
     from .models import EfficientNetConfig
     from .scaling import Coefficients, parse_budget
-    from .tables import render
 
     coeffs = Coefficients(args.alpha, args.beta, args.gamma)
     budget = parse_budget(args.budget)
     base = EfficientNetConfig(resolution=args.base_resolution)
-    rows = b_series(coeffs, max_phi=args.max_phi, base=base, multiple=args.multiple, budget=budget, num_classes=args.num_classes)
+    if args.family == "efficientdet":
+        return _d_table(args, coeffs, base)
+    if args.fvcore:
+        raise UsageError("--fvcore applies to --family efficientdet only")
+    from .extrapolate import b_series, b_series_columns, b_series_departures
+    from .tables import render
+
+    num_classes = 1000 if args.num_classes is None else args.num_classes
+    rows = b_series(coeffs, max_phi=args.max_phi, base=base, multiple=args.multiple, budget=budget, num_classes=num_classes)
     notes = b_series_departures(coeffs, rows)
     title = (
         f"EfficientNet B-series from alpha={coeffs.alpha:g}, beta={coeffs.beta:g}, gamma={coeffs.gamma:g} "
@@ -235,6 +263,30 @@ def _cmd_table(args: argparse.Namespace) -> int:
     )
     meta = {"family": "efficientnet", "alpha": coeffs.alpha, "beta": coeffs.beta, "gamma": coeffs.gamma, "flops_ratio": round(coeffs.flops_ratio, 6), "macs": "conv + linear multiply-adds"}
     _emit(render(args.format, rows, b_series_columns(), title=title, notes=notes, meta=meta), args.output)
+    return 0
+
+
+def _d_table(args: argparse.Namespace, coeffs, base) -> int:
+    from .extrapolate import d_series, d_series_columns, d_series_departures
+    from .tables import render
+
+    num_classes = 90 if args.num_classes is None else args.num_classes
+    rows = d_series(coeffs, max_phi=args.max_phi, base=base, multiple=args.multiple, num_classes=num_classes, fvcore=args.fvcore)
+    notes = d_series_departures(coeffs, rows)
+    title = (
+        f"EfficientDet D-series from alpha={coeffs.alpha:g}, beta={coeffs.beta:g}, gamma={coeffs.gamma:g}: "
+        f"formulas on the compound B-phi vs the official table, {num_classes} classes, params and MACs measured"
+    )
+    meta = {
+        "family": "efficientdet",
+        "alpha": coeffs.alpha,
+        "beta": coeffs.beta,
+        "gamma": coeffs.gamma,
+        "num_classes": num_classes,
+        "macs": "conv + linear multiply-adds",
+        "macs_fvcore": "fvcore total (conv, BN, pooling, upsampling)" if args.fvcore else None,
+    }
+    _emit(render(args.format, rows, d_series_columns(args.fvcore), title=title, notes=notes, meta=meta), args.output)
     return 0
 
 
@@ -331,7 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("flops", help="params and MACs of a model")
-    p.add_argument("model", metavar="NAME", help="efficientnet-b0..b8, efficientnet-l2, or efficientnet with --width/--depth/--resolution")
+    p.add_argument(
+        "model",
+        metavar="NAME",
+        help="efficientnet-b0..b8, efficientnet-l2, efficientnet with --width/--depth/--resolution, "
+        "efficientdet-d0..d7, or efficientdet with --phi [--alpha --beta --gamma]",
+    )
     _add_model_options(p)
     p.add_argument("--breakdown", action="store_true", help="MACs per module")
     p.add_argument("--no-fvcore", action="store_true", help="skip the (slow, real-compute) fvcore cross-check")

@@ -1,4 +1,4 @@
-"""From coefficients to a model family: the B-series table, compound vs official.
+"""From coefficients to a model family: the B- and D-series tables, compound vs official.
 
 Every params and MACs figure here is measured on a built network (meta-device
 counter), never taken from the published table; the departures of the
@@ -10,29 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .models.efficientnet_config import OFFICIAL, EfficientNetConfig, analytic_counts, official_config, scale_network
-from .scaling import Coefficients, extrapolate, implied_phi
+from .models.efficientdet_config import NUM_CLASSES as DET_NUM_CLASSES
+from .models.efficientdet_config import OFFICIAL_D, EfficientDetConfig, official_departures
+from .models.efficientnet_config import OFFICIAL, EfficientNetConfig, analytic_counts, compound_config, official_config, scale_network
+from .scaling import Coefficients, implied_phi
 from .tables import Column, giga, millions, num, percent, ratio
 
 DEFAULT_MAX_PHI = 7
-
-
-def compound_config(
-    coeffs: Coefficients,
-    phi: float,
-    base: EfficientNetConfig | None = None,
-    multiple: int = 8,
-) -> EfficientNetConfig:
-    """The baseline scaled by alpha^phi, beta^phi and gamma^phi (resolution to ``multiple``)."""
-    base = base or EfficientNetConfig()
-    dims = extrapolate(coeffs, phi, base.resolution, multiple)
-    return base.with_(
-        width=base.width * dims.width,
-        depth=base.depth * dims.depth,
-        resolution=dims.resolution,
-        dropout=dims.dropout,
-        name=f"compound-phi{phi:g}",
-    )
 
 
 @lru_cache(maxsize=65536)
@@ -177,4 +161,129 @@ def b_series_columns() -> list[Column]:
         Column("official_phi_depth", "phi(d)", num),
         Column("official_phi_resolution", "phi(r)", num),
         Column("macs_diff", "MACs vs official", percent),
+    ]
+
+
+# ------------------------------------------------------------------ D-series
+
+
+def measure_fvcore(config) -> int:
+    from .flops import count_fvcore  # real compute: only when a table asks for it
+
+    return count_fvcore(config).total
+
+
+def _det_columns(config: EfficientDetConfig, prefix: str = "") -> dict:
+    b = config.backbone
+    return {
+        f"{prefix}backbone": b.name.removeprefix("efficientnet-") if prefix else f"B{config.phi}",
+        f"{prefix}backbone_width": round(b.width, 4),
+        f"{prefix}backbone_depth": round(b.depth, 4),
+        f"{prefix}resolution": config.resolution,
+        f"{prefix}fpn_channels": config.fpn_channels,
+        f"{prefix}fpn_layers": config.fpn_layers,
+        f"{prefix}head_layers": config.head_layers,
+        f"{prefix}fusion": config.fusion,
+    }
+
+
+def d_series(
+    coeffs: Coefficients,
+    *,
+    max_phi: int = DEFAULT_MAX_PHI,
+    base: EfficientNetConfig | None = None,
+    multiple: int = 8,
+    num_classes: int = DET_NUM_CLASSES,
+    fvcore: bool = False,
+) -> list[dict]:
+    """One row per phi: the D-phi formulas on this triple's B-phi, beside the
+    official D-phi where one exists, both measured (fvcore totals on request)."""
+    rows = []
+    for phi in range(max_phi + 1):
+        cfg = EfficientDetConfig.from_formula(phi, coeffs, num_classes=num_classes, base=base, multiple=multiple)
+        m = measure(cfg)
+        row = {"phi": phi, **_det_columns(cfg), "params": m.params, "macs": m.macs}
+        if fvcore:
+            row["macs_fvcore"] = measure_fvcore(cfg)
+        variant = f"d{phi}"
+        if variant in OFFICIAL_D:
+            off = EfficientDetConfig.official(variant, num_classes)
+            om = measure(off)
+            row.update({"official": off.name, **_det_columns(off, "official_"), "official_params": om.params, "official_macs": om.macs})
+            if fvcore:
+                row["official_macs_fvcore"] = measure_fvcore(off)
+            row["params_diff"] = round(m.params / om.params - 1, 4)
+            row["macs_diff"] = round(m.macs / om.macs - 1, 4)
+            if fvcore:
+                row["macs_fvcore_diff"] = round(row["macs_fvcore"] / row["official_macs_fvcore"] - 1, 4)
+        rows.append(row)
+    return rows
+
+
+_DEPARTURE_FIELDS = {
+    "fpn_channels": "BiFPN width (64 * 1.35^phi to a multiple of 8)",
+    "fpn_layers": "BiFPN layers (3 + phi)",
+    "head_layers": "head layers (3 + floor(phi / 3))",
+    "resolution": "resolution (512 + 128 phi)",
+    "backbone": "backbone (B-phi)",
+    "fusion": "fusion (fast normalized)",
+}
+
+
+def d_series_departures(coeffs: Coefficients, rows: list[dict]) -> list[str]:
+    """Where the official D-table departs from the formulas, and what the
+    formula rows' backbones are; limited to the phis in ``rows``."""
+    shown = {r["official"] for r in rows if "official" in r}
+    notes = [
+        f"Formula rows use the compound B-phi of alpha={coeffs.alpha:g}, beta={coeffs.beta:g}, gamma={coeffs.gamma:g} "
+        "(width beta^phi, depth alpha^phi) as backbone; official rows use the official EfficientNet named in the table."
+    ]
+    departures = [d for d in official_departures() if d.model in shown]
+    for key, label in _DEPARTURE_FIELDS.items():
+        found = [d for d in departures if d.field == key]
+        if found:
+            where = ", ".join(f"{d.model.removeprefix('efficientdet-')} ({d.formula} -> {d.official})" for d in found)
+            notes.append(f"The official table departs from the {label} at {where}.")
+    off = [r for r in rows if "official" in r]
+    if off:
+        widest = max(off, key=lambda r: abs(r["macs_diff"]))
+        notes.append(
+            f"Largest measured MACs difference, formula vs official: {widest['official']} {widest['macs_diff'] * 100:+.1f}% "
+            f"(params {widest['params_diff'] * 100:+.1f}%)."
+        )
+    return notes
+
+
+def d_series_columns(fvcore: bool = False) -> list[Column]:
+    """How the D-series rows read as a table; fvcore columns when the rows have them."""
+
+    def fv(key: str, header: str, fmt) -> list[Column]:
+        return [Column(key, header, fmt)] if fvcore else []
+
+    return [
+        Column("phi", "phi", num),
+        Column("backbone", "backbone", num),
+        Column("backbone_width", "w", num),
+        Column("backbone_depth", "d", num),
+        Column("resolution", "res", num),
+        Column("fpn_channels", "W", num),
+        Column("fpn_layers", "BiFPN", num),
+        Column("head_layers", "head", num),
+        Column("fusion", "fusion", num),
+        Column("params", "params", millions),
+        Column("macs", "GMACs", giga),
+        *fv("macs_fvcore", "fvcore G", giga),
+        Column("official", "official", num),
+        Column("official_backbone", "backbone", num),
+        Column("official_resolution", "res", num),
+        Column("official_fpn_channels", "W", num),
+        Column("official_fpn_layers", "BiFPN", num),
+        Column("official_head_layers", "head", num),
+        Column("official_fusion", "fusion", num),
+        Column("official_params", "params", millions),
+        Column("official_macs", "GMACs", giga),
+        *fv("official_macs_fvcore", "fvcore G", giga),
+        Column("params_diff", "params vs official", percent),
+        Column("macs_diff", "MACs vs official", percent),
+        *fv("macs_fvcore_diff", "fvcore vs official", percent),
     ]

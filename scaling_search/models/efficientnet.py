@@ -82,18 +82,26 @@ class MBConv(nn.Module):
 
 
 class EfficientNet(nn.Module):
-    """A compound-scaled EfficientNet; ``config.resolution`` is nominal only."""
+    """A compound-scaled EfficientNet; ``config.resolution`` is nominal only.
 
-    def __init__(self, config: EfficientNetConfig):
+    ``include_head=False`` builds the feature extractor alone (stem and
+    stages, no head conv, pooling or classifier), as a detector backbone:
+    modules that are never run would otherwise count as parameters. Its
+    ``forward`` then returns the feature maps.
+    """
+
+    def __init__(self, config: EfficientNetConfig, include_head: bool = True):
         super().__init__()
         self.config = config
+        self.include_head = include_head
         net = scale_network(config)
         self.stem = ConvBNAct(3, net.stem_channels, 3, stride=2)
         self.stages = nn.ModuleList(nn.Sequential(*(MBConv(b) for b in blocks)) for blocks in block_specs(config, net))
-        self.head = ConvBNAct(net.stages[-1].out_channels, net.head_channels, 1)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(net.head_channels, config.num_classes)
+        if include_head:
+            self.head = ConvBNAct(net.stages[-1].out_channels, net.head_channels, 1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.dropout = nn.Dropout(config.dropout)
+            self.classifier = nn.Linear(net.head_channels, config.num_classes)
         # (stage index, stride, channels) of the last stage at every output stride.
         self.feature_info = feature_strides(config)
         self._init_weights()
@@ -129,7 +137,11 @@ class EfficientNet(nn.Module):
                 out.append(x)
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, strides: tuple[int, ...] = (8, 16, 32)) -> torch.Tensor | list[torch.Tensor]:
+        """Class logits; without a head, ``features(x, strides)`` (called through
+        the module so that hooks and counters see the backbone)."""
+        if not self.include_head:
+            return self.features(x, strides)
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)

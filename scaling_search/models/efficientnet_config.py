@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from ..errors import UsageError
+from ..scaling import Coefficients, extrapolate
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,28 @@ def official_config(variant: str, num_classes: int = 1000) -> EfficientNetConfig
         dropout=entry.dropout,
         num_classes=num_classes,
         name=f"efficientnet-{variant}",
+    )
+
+
+def compound_config(
+    coeffs: Coefficients,
+    phi: float,
+    base: EfficientNetConfig | None = None,
+    multiple: int = 8,
+) -> EfficientNetConfig:
+    """The baseline scaled by alpha^phi, beta^phi and gamma^phi (resolution to ``multiple``).
+
+    Lives beside the config (not in ``extrapolate``) because detector configs
+    take their backbone from it, and models must not import the table layer.
+    """
+    base = base or EfficientNetConfig()
+    dims = extrapolate(coeffs, phi, base.resolution, multiple)
+    return base.with_(
+        width=base.width * dims.width,
+        depth=base.depth * dims.depth,
+        resolution=dims.resolution,
+        dropout=dims.dropout,
+        name=f"compound-phi{phi:g}",
     )
 
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import UsageError
+from ..scaling import PAPER, Coefficients
+from .efficientdet_config import NUM_CLASSES as DET_NUM_CLASSES
+from .efficientdet_config import OFFICIAL_D, EfficientDetConfig
 from .efficientnet_config import OFFICIAL, EfficientNetConfig, official_config
 
 
@@ -42,6 +45,7 @@ def _configure_efficientnet(
     drop_path: float | None = None,
     **unused: Any,
 ) -> EfficientNetConfig:
+    _reject(name, unused, ("phi", "alpha", "beta", "gamma"), "they scale detectors: use 'efficientdet --phi K'")
     if name == "efficientnet":
         config = EfficientNetConfig(
             width=1.0 if width is None else width,
@@ -65,6 +69,53 @@ register(
         configure=_configure_efficientnet,
         config_type=EfficientNetConfig,
         builder=".efficientnet:EfficientNet",
+    )
+)
+
+
+def _reject(name: str, options: dict[str, Any], keys: tuple[str, ...], why: str) -> None:
+    given = [k for k in keys if options.get(k) is not None]
+    if given:
+        raise UsageError(f"{name} takes no {', '.join(given)}: {why}")
+
+
+def _configure_efficientdet(
+    name: str,
+    *,
+    phi: int | None = None,
+    alpha: float | None = None,
+    beta: float | None = None,
+    gamma: float | None = None,
+    resolution: int | None = None,
+    num_classes: int | None = None,
+    **unused: Any,
+) -> EfficientDetConfig:
+    _reject(name, unused, ("width", "depth"), "detectors are scaled by phi (and the backbone by alpha, beta, gamma)")
+    classes = DET_NUM_CLASSES if num_classes is None else num_classes
+    if name == "efficientdet":
+        if phi is None:
+            raise UsageError("efficientdet needs phi: e.g. 'efficientdet --phi 3' (optionally --alpha/--beta/--gamma for the backbone)")
+        coeffs = Coefficients(
+            PAPER.alpha if alpha is None else alpha,
+            PAPER.beta if beta is None else beta,
+            PAPER.gamma if gamma is None else gamma,
+        )
+        config = EfficientDetConfig.from_formula(phi, coeffs, num_classes=classes)
+    else:
+        variant = name.split("-", 1)[1]
+        _reject(name, {"phi": phi, "alpha": alpha, "beta": beta, "gamma": gamma}, ("phi", "alpha", "beta", "gamma"),
+                f"it is the official configuration; use 'efficientdet --phi {variant[1:]}' for the formula")
+        config = EfficientDetConfig.official(variant, classes)
+    return config if resolution is None else config.with_(resolution=resolution)
+
+
+register(
+    Family(
+        name="efficientdet",
+        members=("efficientdet",) + tuple(f"efficientdet-{v}" for v in OFFICIAL_D),
+        configure=_configure_efficientdet,
+        config_type=EfficientDetConfig,
+        builder=".efficientdet:EfficientDet",
     )
 )
 

@@ -44,8 +44,12 @@ class TrialConfig:
     """A model, a dataset and a short training recipe.
 
     The defaults are a recipe for very short proxies (a few epochs on a
-    subset): SGD with Nesterov momentum, a cosine decay after a short warmup,
-    label smoothing, and batch-norm statistics that follow the recent batches.
+    subset): SGD with Nesterov momentum at lr 0.1 for batch 128, a cosine
+    decay after 0.3 epochs of warmup, label smoothing 0.1, a zero-initialised
+    classifier, and batch-norm statistics that follow the recent batches and
+    are recomputed before every evaluation. On CIFAR-10 (5,000 images, 2
+    epochs, width and depth 0.25 at 32 px) that reaches 0.29-0.34 top-1 over
+    seeds; without the BN and classifier changes it stayed near 0.10-0.20.
     """
 
     model: EfficientNetConfig  # .resolution is the training and evaluation size
@@ -57,7 +61,7 @@ class TrialConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-5  # on conv and linear weights, not on BN or biases
     schedule: str = "cosine"  # cosine | constant | step (x0.1 at 1/2 and 3/4), after warmup
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.3
     label_smoothing: float = 0.1
     seed: int = 0
     train_subset: int | None = None  # first N of a seeded, class-balanced order
@@ -67,8 +71,14 @@ class TrialConfig:
     hflip: bool = True
     # BN running-average momentum during the trial. The model's own 0.01 is
     # meant for hundreds of thousands of steps; a proxy of a few hundred steps
-    # would evaluate with statistics still close to their initial values.
+    # evaluated with statistics still close to their initial values (top-1 0.10).
     bn_momentum: float | None = 0.1
+    # Before each evaluation, recompute BN statistics of the current weights
+    # from this many un-augmented training batches (0: keep the running averages).
+    bn_recalibration_batches: int = 4
+    # Start from zero logits (loss = log(classes)) instead of the random
+    # classifier's confident guesses, which cost a short run its first epoch.
+    zero_init_classifier: bool = True
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     channels_last: bool = True
     cudnn_benchmark: bool = False
@@ -106,6 +116,8 @@ class TrialConfig:
             raise UsageError(f"label smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not 0 <= self.crop_padding < 1:
             raise UsageError(f"crop padding must be a fraction in [0, 1), got {self.crop_padding!r}")
+        if not isinstance(self.bn_recalibration_batches, int) or self.bn_recalibration_batches < 0:
+            raise UsageError(f"BN recalibration batches must be an integer >= 0, got {self.bn_recalibration_batches!r}")
         if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
             raise UsageError(f"batch-norm momentum must be in (0, 1], got {self.bn_momentum!r}")
 
@@ -223,6 +235,28 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches, autocast: bool, device_type: str) -> None:
+    """Replace BN running statistics by their exact average over ``batches`` (inputs
+    ready for the model), computed with the current weights; dropout and drop
+    path stay off, as at evaluation."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+        m.train()
+    for x in batches:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+            model(x)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module,
     images: torch.Tensor,
@@ -319,6 +353,10 @@ def _run(config: TrialConfig, dataset: Dataset, device: torch.device, counted, s
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = config.bn_momentum
+    classifier = getattr(model, "classifier", None)
+    if config.zero_init_classifier and isinstance(classifier, nn.Linear):
+        nn.init.zeros_(classifier.weight)
+        nn.init.zeros_(classifier.bias)
     channels_last = config.channels_last
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     autocast = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
@@ -371,6 +409,12 @@ def _run(config: TrialConfig, dataset: Dataset, device: torch.device, counted, s
             _sync(device)
             train_seconds += time.perf_counter() - epoch_start
             epoch_loss = loss_sum.item() / steps
+            if config.bn_recalibration_batches:
+                # The epoch's first images, un-augmented: no extra random draws, so
+                # switching recalibration on or off leaves the training identical.
+                picks = order[: config.bn_recalibration_batches * batch].split(batch)
+                inputs = (to_input(train_x[p].permute(0, 3, 1, 2), resolution, mean, std, channels_last=channels_last) for p in picks)
+                recalibrate_bn(model, inputs, autocast, device.type)
             accuracy = evaluate(
                 model, test_x, test_y, resolution=resolution, mean=mean, std=std, batch_size=eval_batch, channels_last=channels_last, autocast=autocast
             )

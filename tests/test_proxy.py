@@ -13,7 +13,8 @@ from scaling_search.data import DataSpec
 from scaling_search.errors import UsageError
 from scaling_search.flops import count
 from scaling_search.models import EfficientNetConfig
-from scaling_search.proxy import TrialConfig, TrialFailed, TrialPruned, lr_factor, train_trial
+from scaling_search.models import build
+from scaling_search.proxy import TrialConfig, TrialFailed, TrialPruned, lr_factor, recalibrate_bn, train_trial
 
 SPEC = DataSpec("cifar10", data_dir=str(SHARED_DATA))
 
@@ -110,6 +111,20 @@ def test_bad_trial_settings_are_usage_errors(cifar10):
             train_trial(tiny(device="cuda"), data=cifar10)
     with pytest.raises(UsageError, match="unknown device"):
         train_trial(tiny(device="toaster"), data=cifar10)
+
+
+def test_bn_recalibration_gives_the_exact_batch_statistics():
+    torch.manual_seed(0)
+    model = build(EfficientNetConfig(width=0.25, depth=0.25, resolution=16, num_classes=10))
+    batches = [torch.randn(8, 3, 16, 16) * 3 + 1 for _ in range(3)]
+    recalibrate_bn(model, batches, autocast=False, device_type="cpu")
+    conv, bn = model.stem[0], model.stem[1]
+    with torch.no_grad():
+        features = [conv(b) for b in batches]
+    # The equal-weight average over batches of each batch's statistics.
+    assert torch.allclose(bn.running_mean, torch.stack([f.mean((0, 2, 3)) for f in features]).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, torch.stack([f.var((0, 2, 3)) for f in features]).mean(0), rtol=1e-5)
+    assert not model.training and bn.momentum == model.stages[0][0].body[0][1].momentum
 
 
 def test_lr_schedules():

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -374,6 +375,78 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return rebuild(Path(args.dir), _console())
 
 
+# ------------------------------------------------------------------- train
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="cifar10", help="cifar10 or imagefolder:PATH (train/ and test/ class folders, or an archive of them)")
+    p.add_argument("--data-dir", help="where the data is (default: $SCALING_SEARCH_DATA)")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10 (checksum-verified) into the cache if it is not found")
+    p.add_argument("--storage-size", type=_positive_int("storage-size"), default=32, help="side of the stored square images in pixels (default 32)")
+    p.add_argument("--width", type=_positive_float("width"), default=1.0, help="width multiplier (default 1.0)")
+    p.add_argument("--depth", type=_positive_float("depth"), default=1.0, help="depth multiplier (default 1.0)")
+    p.add_argument("--resolution", type=_positive_int("resolution"), help="training and evaluation size in pixels (default: the storage size)")
+    p.add_argument("--dropout", type=float, help="classifier dropout (default 0.2)")
+    p.add_argument("--drop-path", type=float, help="stochastic depth rate (default 0.2)")
+    p.add_argument("--epochs", type=_positive_int("epochs"), help="epochs (default 5)")
+    p.add_argument("--subset", type=_positive_int("subset"), help="train on a class-balanced subset of this many images")
+    p.add_argument("--test-subset", type=_positive_int("test-subset"), help="score on a class-balanced subset of this many held-out images")
+    p.add_argument("--batch-size", type=_positive_int("batch-size"), help="batch size (default 128)")
+    p.add_argument("--lr", type=_positive_float("lr"), help="peak learning rate")
+    p.add_argument("--optimizer", help="sgd (Nesterov), adamw or rmsprop")
+    p.add_argument("--momentum", type=float, help="momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, help="weight decay of conv and linear weights")
+    p.add_argument("--schedule", help="cosine, constant or step, after the warmup")
+    p.add_argument("--warmup", type=float, dest="warmup_epochs", help="warmup length in epochs")
+    p.add_argument("--label-smoothing", type=float, help="label smoothing (default 0.1)")
+    p.add_argument("--seed", type=int, help="seed of initialisation, subset, shuffling and augmentation (default 0)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument("--json", action="store_true")
+
+
+_TRIAL_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "seed", "device")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .data import DataSpec, load_dataset
+    from .models import get_config
+    from .progress import stderr_is_terminal
+    from .proxy import TrialConfig, TrialFailed, resolve_device, train_trial
+
+    progress = stderr_is_terminal() if args.progress is None else args.progress
+    spec = DataSpec(args.data, data_dir=args.data_dir, storage_size=args.storage_size, allow_download=args.download)
+    # Settings are checked before the (possibly long) data load.
+    model_options = {"dropout": args.dropout, "drop_path": args.drop_path}
+    model = get_config(
+        "efficientnet",
+        width=args.width,
+        depth=args.depth,
+        resolution=args.resolution or args.storage_size,
+        **{k: v for k, v in model_options.items() if v is not None},
+    )
+    options = {k: getattr(args, k) for k in _TRIAL_OPTIONS if getattr(args, k) is not None}
+    config = TrialConfig(model=model, data=spec, train_subset=args.subset, test_subset=args.test_subset, **options)
+    resolve_device(config.device)
+    dataset = load_dataset(spec, progress=progress)
+    config = replace(config, model=model.with_(num_classes=dataset.num_classes))
+    try:
+        result = train_trial(config, data=dataset, progress=progress)
+    except TrialFailed as exc:
+        print(f"{PROG}: trial failed: {exc.reason}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"efficientnet(w={model.width:g},d={model.depth:g}) at {result.resolution} px on {args.data}: top-1 {result.accuracy:.4f}")
+    print(f"  epochs        {result.epochs}  ({result.train_images:,} training, {result.test_images:,} held-out images)")
+    print(f"  per epoch     loss {' '.join(f'{v:.3f}' for v in result.epoch_losses)}  top-1 {' '.join(f'{v:.3f}' for v in result.epoch_accuracies)}")
+    print(f"  throughput    {result.images_per_second:,.0f} images/s on {result.device} ({result.device_name})")
+    print(f"  wall time     {result.wall_seconds:.1f} s")
+    print(f"  params, MACs  {result.params:,}  {result.macs:,} (conv + linear multiply-adds)")
+    return 0
+
+
 # -------------------------------------------------------------------- main
 
 
@@ -411,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild a run folder's tables and plots from its stored study")
     p.add_argument("dir", metavar="DIR", help="a run folder written by 'scaling-search run'")
     p.set_defaults(func=_cmd_report)
+    p = sub.add_parser("train", help="one short proxy training of a scaled EfficientNet")
+    _add_train_options(p)
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -35,3 +35,24 @@ def assert_usage_error(proc: subprocess.CompletedProcess, *fragments: str) -> No
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# ------------------------------------------------------------- datasets
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CIFAR10_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """One decode cache for the whole session, so CIFAR-10 is decoded once."""
+    return tmp_path_factory.mktemp("scaling-search-cache")
+
+
+@pytest.fixture(scope="session")
+def cifar10(data_cache):
+    """CIFAR-10 from the shared JPEG archive (the repository's sibling shared/data)."""
+    from scaling_search.data import DataSpec, load_dataset
+
+    assert CIFAR10_ARCHIVE.is_file(), f"test data missing: {CIFAR10_ARCHIVE} (CI clones shared/ beside the repository)"
+    return load_dataset(DataSpec("cifar10", data_dir=str(SHARED_DATA)), cache_dir=data_cache)

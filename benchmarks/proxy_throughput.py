@@ -1,0 +1,192 @@
+"""Training throughput of the proxy trainer against the loop most users write.
+
+Three measurements of the same model, batch size, images and epochs, in one
+process, on one device:
+
+1. the usual loop: a ``torch.utils.data.DataLoader`` over the decoded uint8
+   images with per-sample CPU transforms (reflect-pad + random crop, flip,
+   resize, to-tensor, normalise: what torchvision's transforms do, written
+   out because torchvision is not a dependency), model in default NCHW;
+   once more with the model in channels_last, to separate the memory-format
+   gain from the data-path gain;
+2. ``scaling_search.proxy.train_trial`` (device-resident uint8, batched
+   device-side transforms);
+3. the bare train step on random tensors of the trainer's shape, the upper
+   bound: 1 - (2) / (3) is the trainer's data-handling overhead.
+
+    python benchmarks/proxy_throughput.py                 # CPU: B0 at 32 px, 2,000 images
+    python benchmarks/proxy_throughput.py --device cuda   # GPU: B0 at 64 px (default there)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scaling_search.data import DataSpec, balanced_subset, load_dataset  # noqa: E402
+from scaling_search.models import EfficientNetConfig, build  # noqa: E402
+from scaling_search.proxy import TrialConfig, make_optimizer, resolve_device, train_trial  # noqa: E402
+
+
+class PerSampleTransforms:
+    """RandomCrop(padding, reflect) -> RandomHorizontalFlip -> Resize -> ToTensor -> Normalize, per image."""
+
+    def __init__(self, resolution: int, pad: int, mean: np.ndarray, std: np.ndarray):
+        self.resolution, self.pad = resolution, pad
+        self.mean = torch.tensor(mean / 255.0, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std / 255.0, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        h, w, _ = image.shape
+        p = self.pad
+        padded = np.pad(image, ((p, p), (p, p), (0, 0)), mode="reflect")
+        top, left = random.randint(0, 2 * p), random.randint(0, 2 * p)
+        crop = padded[top : top + h, left : left + w]
+        if random.random() < 0.5:
+            crop = crop[:, ::-1]
+        pil = Image.fromarray(np.ascontiguousarray(crop))
+        if pil.size != (self.resolution, self.resolution):
+            pil = pil.resize((self.resolution, self.resolution), Image.Resampling.BILINEAR)
+        x = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return (x - self.mean) / self.std
+
+
+class ArrayImages(torch.utils.data.Dataset):
+    def __init__(self, x: np.ndarray, y: np.ndarray, transform):
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.x[i]), int(self.y[i])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def dataloader_loop(config: TrialConfig, x: np.ndarray, y: np.ndarray, device: torch.device, workers: int, channels_last: bool) -> float:
+    """Images per second of the usual DataLoader loop (one pass per epoch, workers started per epoch)."""
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    mean, std = x.reshape(-1, 3).mean(0), x.reshape(-1, 3).std(0)
+    data = ArrayImages(x, y, PerSampleTransforms(config.model.resolution, round(config.crop_padding * x.shape[1]), mean, std))
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=workers, pin_memory=device.type == "cuda"
+    )
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build(config.model).to(device, memory_format=fmt)
+    optimizer = make_optimizer(model, config)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    autocast = device.type == "cuda"
+    model.train()
+    images, seconds = 0, 0.0
+    for _ in range(config.epochs):
+        start = time.perf_counter()
+        for xb, yb in loader:
+            xb = xb.to(device, non_blocking=True).contiguous(memory_format=fmt)
+            yb = yb.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = criterion(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            images += xb.shape[0]
+        loss.item()
+        _sync(device)
+        seconds += time.perf_counter() - start
+    return images / seconds
+
+
+def bare_train_step(config: TrialConfig, steps: int, device: torch.device) -> float:
+    """Images per second of the trainer's train step alone, on random tensors already on the device."""
+    torch.manual_seed(config.seed)
+    model = build(config.model).to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    r = config.model.resolution
+    x = torch.randn(config.batch_size, 3, r, r, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, config.model.num_classes, (config.batch_size,), device=device)
+    autocast = device.type == "cuda"
+    model.train()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    loss.item()
+    _sync(device)
+    return steps * config.batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", default=os.environ.get("SCALING_SEARCH_DATA") or str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--depth", type=float, default=1.0)
+    ap.add_argument("--resolution", type=int, help="default 32 on the CPU, 64 on a GPU")
+    ap.add_argument("--batch-size", type=int, help="default 64 on the CPU, 512 on a GPU")
+    ap.add_argument("--images", type=int, help="training images (default 2,000 on the CPU, 20,000 on a GPU)")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers (default: min(4, cores))")
+    ap.add_argument("--repeats", type=int, default=2, help="measure each path this many times, keep the best")
+    args = ap.parse_args()
+
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    resolution = args.resolution or (64 if gpu else 32)
+    batch = args.batch_size or (512 if gpu else 64)
+    images = args.images or (20000 if gpu else 2000)
+    spec = DataSpec("cifar10", data_dir=args.data_dir)
+    dataset = load_dataset(spec, progress=sys.stderr.isatty())
+    model = EfficientNetConfig(width=args.width, depth=args.depth, resolution=resolution, num_classes=dataset.num_classes)
+    config = TrialConfig(model=model, data=spec, epochs=args.epochs, batch_size=batch, train_subset=images, test_subset=100, device=str(device))
+    index = balanced_subset(dataset.train_y, images, config.seed)
+    x, y = np.ascontiguousarray(dataset.train_x[index]), dataset.train_y[index]
+    steps = images // batch
+
+    name = torch.cuda.get_device_name(device) if gpu else f"{platform.machine()} CPU, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    print(f"device      {device} ({name}), torch {torch.__version__}")
+    print(f"workload    EfficientNet w={args.width:g} d={args.depth:g} at {resolution} px, batch {batch}, {steps * batch:,} images x {args.epochs} epoch(s)")
+
+    runs: dict[str, list[float]] = {"loader": [], "loader_cl": [], "trainer": [], "bare": []}
+    for _ in range(args.repeats):
+        runs["loader"].append(dataloader_loop(config, x, y, device, args.workers, channels_last=False))
+        runs["trainer"].append(train_trial(config, data=dataset).images_per_second)
+        runs["loader_cl"].append(dataloader_loop(config, x, y, device, args.workers, channels_last=True))
+        runs["bare"].append(bare_train_step(config, steps * args.epochs, device))
+    best = {k: max(v) for k, v in runs.items()}
+
+    def row(label: str, key: str) -> None:
+        print(f"  {label:<58} {best[key]:>9,.0f} img/s   (runs: {', '.join(f'{v:,.0f}' for v in runs[key])})")
+
+    print("training throughput, best of", args.repeats)
+    row(f"DataLoader, per-sample CPU transforms, {args.workers} workers, NCHW", "loader")
+    row(f"DataLoader, per-sample CPU transforms, {args.workers} workers, channels_last", "loader_cl")
+    row("proxy trainer (device-resident uint8, batched transforms)", "trainer")
+    row("bare train step on random device tensors", "bare")
+    print(f"ratio       trainer / DataLoader loop (NCHW, as usually written): {best['trainer'] / best['loader']:.2f}x")
+    print(f"            trainer / DataLoader loop (channels_last):            {best['trainer'] / best['loader_cl']:.2f}x")
+    print(f"overhead    trainer vs bare train step: {100 * (1 - best['trainer'] / best['bare']):.1f}% of throughput lost to data handling")
+
+
+if __name__ == "__main__":
+    main()

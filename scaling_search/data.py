@@ -1,0 +1,530 @@
+"""Datasets for proxy trainings: found, decoded once, cached as uint8 arrays.
+
+``load_dataset(DataSpec("cifar10", data_dir=...))`` accepts CIFAR-10 in the
+forms users have it: the official python-pickle folder
+(``cifar-10-batches-py/``) or its ``cifar-10-python.tar.gz``, an ImageFolder
+tree (``train/<class>/*``, ``test/<class>/*``) or an archive of such a tree.
+``DataSpec("imagefolder:PATH")`` takes any tree (or archive) with train and
+test (or val) splits. Images are stored as ``storage_size`` squares, uint8,
+NHWC, and written to a checksummed cache file keyed by the source and the
+settings, so only the first load pays for decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .arraycache import CacheCorrupt, load_arrays, save_arrays
+from .decode import decode_all, is_image_name
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+ENV_DATA = "SCALING_SEARCH_DATA"
+ENV_CACHE = "SCALING_SEARCH_CACHE"
+DEFAULT_CACHE = Path("~/.cache/scaling-search")
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_CHECKSUM = "md5:c58f30108f718f92721af3b95e74349a"  # the one published with the archive
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+_CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR10_FILES = _CIFAR10_TRAIN + ("test_batch", "batches.meta")
+
+_TEST_SPLITS = ("test", "val")
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
+# Bump when decoding changes what ends up in the arrays, so old caches are not reused.
+_CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which dataset, where to find it, and how to store it."""
+
+    name: str  # "cifar10" or "imagefolder:PATH"
+    data_dir: str | None = None  # default: $SCALING_SEARCH_DATA
+    storage_size: int = 32  # images are stored as storage_size x storage_size uint8
+    allow_download: bool = False  # fetch CIFAR-10 into the cache when it is not found
+    download_url: str | None = None  # default CIFAR10_URL (a mirror, or a test server)
+    download_checksum: str | None = None  # 'md5:HEX' or 'sha256:HEX'; default CIFAR10_CHECKSUM
+
+    def __post_init__(self) -> None:
+        if self.name != "cifar10" and not (self.name.startswith("imagefolder:") and self.name[len("imagefolder:"):].strip()):
+            raise UsageError(f"unknown dataset {self.name!r}: use 'cifar10' or 'imagefolder:PATH' (a folder with train/ and test/ class folders)")
+        if not isinstance(self.storage_size, int) or isinstance(self.storage_size, bool) or self.storage_size < 1:
+            raise UsageError(f"storage size must be a positive number of pixels, got {self.storage_size!r}")
+
+    @property
+    def kind(self) -> str:
+        return self.name.split(":", 1)[0]
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Decoded images, NHWC uint8, and int64 labels indexing ``classes``."""
+
+    train_x: np.ndarray  # uint8 [N, S, S, 3]
+    train_y: np.ndarray  # int64 [N]
+    test_x: np.ndarray  # uint8 [M, S, S, 3]
+    test_y: np.ndarray  # int64 [M]
+    classes: tuple[str, ...]
+    source: str = ""  # where the images came from, for messages
+    from_cache: bool = field(default=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+            if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
+                raise ValueError(f"{split}_x must be uint8 [N, H, W, 3], got {x.dtype} {x.shape}")
+            if y.dtype != np.int64 or y.shape != (x.shape[0],):
+                raise ValueError(f"{split}_y must be int64 [{x.shape[0]}], got {y.dtype} {y.shape}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[1])
+
+
+# ----------------------------------------------------------------- subsets
+
+
+def balanced_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Indices of ``labels`` in a seeded order whose every prefix is class-balanced.
+
+    Each class is shuffled on its own, then the classes are interleaved round
+    robin, so the first N indices hold N / classes images of each class (up
+    to one) and a smaller subset is always part of a larger one.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    rank = np.empty(len(labels), dtype=np.int64)
+    for members in per_class:
+        rank[members] = np.arange(len(members))
+    klass = np.searchsorted(np.unique(labels), labels)
+    # Sort by (position within its class, class): round robin over the classes.
+    position = np.lexsort((klass, rank))
+    return position
+
+
+def balanced_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """The first ``n`` of ``balanced_order`` (all indices, in that order, when n is None)."""
+    order = balanced_order(labels, seed)
+    if n is None:
+        return order
+    if n > len(order):
+        raise UsageError(f"subset of {n} images asked for, but the split has only {len(order)}")
+    return order[:n]
+
+
+# ------------------------------------------------------------------ sources
+
+
+def _file_fingerprint(path: Path) -> dict:
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+class _Source:
+    """Somewhere a dataset lives; decodes it into arrays."""
+
+    label: str
+    description: str
+
+    def fingerprint(self) -> dict:
+        raise NotImplementedError
+
+    def decode(self, size: int, progress: bool) -> Dataset:
+        raise NotImplementedError
+
+
+class _PickleSource(_Source):
+    """The official CIFAR-10 python version: a folder of pickles or its archive."""
+
+    label = "cifar10"
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.description = str(path)
+
+    def _files(self) -> Iterator[tuple[str, bytes]]:
+        if self.path.is_dir():
+            for name in _CIFAR10_FILES:
+                yield name, (self.path / name).read_bytes()
+        else:
+            for name, data in _archive_members(self.path):
+                base = name.rsplit("/", 1)[-1]
+                if base in _CIFAR10_FILES:
+                    yield base, data
+
+    def fingerprint(self) -> dict:
+        if self.path.is_dir():
+            return {"kind": "cifar10-pickle", "files": [_file_fingerprint(self.path / n) for n in _CIFAR10_FILES]}
+        return {"kind": "cifar10-pickle", "archive": _file_fingerprint(self.path)}
+
+    def decode(self, size: int, progress: bool) -> Dataset:
+        try:
+            batches = {name: _safe_unpickle(data, f"{self.path}:{name}") for name, data in self._files()}
+        except OSError as exc:
+            raise UsageError(f"cannot read CIFAR-10 from {self.path}: {exc}") from None
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
+            raise UsageError(f"cannot read CIFAR-10 archive {self.path}: {exc}") from None
+        missing = [n for n in _CIFAR10_FILES if n not in batches]
+        if missing:
+            raise UsageError(f"CIFAR-10 at {self.path} lacks {', '.join(missing)}")
+        classes = tuple(_text(n) for n in batches["batches.meta"][b"label_names"])
+
+        def split(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+            try:
+                x = np.concatenate([np.asarray(batches[n][b"data"], dtype=np.uint8) for n in names])
+                y = np.concatenate([np.asarray(batches[n][b"labels"], dtype=np.int64) for n in names])
+                x = x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # planes (CHW) -> NHWC
+            except (KeyError, ValueError, TypeError) as exc:
+                raise UsageError(f"CIFAR-10 at {self.path} is not in the expected pickle layout ({exc})") from None
+            if size != 32:
+                items = ((f"{self.path}:{i}", img) for i, img in enumerate(x))
+                x = decode_all(items, size, total=len(x), progress=progress, description="resizing CIFAR-10")
+            return np.ascontiguousarray(x), y
+
+        train_x, train_y = split(_CIFAR10_TRAIN)
+        test_x, test_y = split(("test_batch",))
+        return Dataset(train_x, train_y, test_x, test_y, classes, source=str(self.path))
+
+
+class _TreeSource(_Source):
+    """An ImageFolder tree, ``train/<class>/...`` and ``test/<class>/...`` (or ``val/``),
+    in a folder or inside a tar/zip archive."""
+
+    def __init__(self, path: Path, label: str):
+        self.path = path
+        self.label = label
+        self.description = str(path)
+        self._listing: list[tuple[str, str, str]] | None = None  # (split, class, relative path), folders only
+
+    def _scan_folder(self) -> list[tuple[str, str, str]]:
+        if self._listing is None:
+            test = next((s for s in _TEST_SPLITS if (self.path / s).is_dir()), None)
+            if not (self.path / "train").is_dir() or test is None:
+                raise UsageError(f"{self.path} needs train/ and test/ (or val/) folders with one folder of images per class")
+            listing = []
+            for split in ("train", test):
+                for klass in _class_dirs(self.path / split):
+                    for rel in _walk_images(self.path / split / klass):
+                        listing.append((split, klass, f"{split}/{klass}/{rel}"))
+            self._listing = listing
+        return self._listing
+
+    def fingerprint(self) -> dict:
+        if self.path.is_file():
+            return {"kind": "imagefolder-archive", "archive": _file_fingerprint(self.path)}
+        digest = hashlib.sha256()
+        for _, _, rel in self._scan_folder():
+            st = (self.path / rel).stat()
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return {"kind": "imagefolder", "path": str(self.path.resolve()), "files": digest.hexdigest()}
+
+    def decode(self, size: int, progress: bool) -> Dataset:
+        if self.path.is_dir():
+            listing = self._scan_folder()
+            _check_classes(self.path, listing)
+            items = ((str(self.path / rel), str(self.path / rel)) for _, _, rel in listing)
+            x = decode_all(items, size, total=len(listing), progress=progress, description=f"decoding {self.label}")
+        else:
+            listing = []
+            members = _tree_members(self.path, listing)
+            x = decode_all(members, size, progress=progress, description=f"decoding {self.label}")
+            test = next((s for s in _TEST_SPLITS if any(e[0] == s for e in listing)), None)
+            keep = [i for i, e in enumerate(listing) if e[0] in ("train", test)]
+            order = sorted(keep, key=lambda i: listing[i])
+            listing = [listing[i] for i in order]
+            x = x[order]
+            _check_classes(self.path, listing)
+        classes = tuple(sorted({k for s, k, _ in listing if s == "train"}))
+        index = {k: i for i, k in enumerate(classes)}
+        is_train = np.array([s == "train" for s, _, _ in listing], dtype=bool)
+        y = np.array([index[k] for _, k, _ in listing], dtype=np.int64)
+        return Dataset(
+            np.ascontiguousarray(x[is_train]), y[is_train], np.ascontiguousarray(x[~is_train]), y[~is_train], classes, source=str(self.path)
+        )
+
+
+def _class_dirs(split_dir: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+
+
+def _walk_images(root: Path) -> list[str]:
+    """Image files under ``root`` (recursively), as sorted relative paths."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = os.path.relpath(folder, root)
+        for f in files:
+            if is_image_name(f) and not f.startswith("."):
+                found.append(f if rel == "." else f"{rel}/{f}")
+    return sorted(found)
+
+
+def _check_classes(root: Path, listing: list[tuple[str, str, str]]) -> None:
+    """One clear complaint about empty splits, empty classes, or splits that disagree."""
+    splits = {s for s, _, _ in listing}
+    test = next((s for s in _TEST_SPLITS if s in splits), "test")
+    train_classes = {k for s, k, _ in listing if s == "train"}
+    test_classes = {k for s, k, _ in listing if s == test}
+    if root.is_dir():  # folders can hold a class folder with no images: name it
+        for split in ("train", test):
+            if (root / split).is_dir():
+                for klass in _class_dirs(root / split):
+                    if klass not in (train_classes if split == "train" else test_classes):
+                        raise UsageError(f"class folder {root / split / klass} has no images")
+    if not train_classes:
+        raise UsageError(f"no images in {root}: expected train/<class>/<image> and test/<class>/<image> files")
+    if not test_classes:
+        raise UsageError(f"no test images in {root}: expected test/<class>/<image> (or val/<class>/<image>) files")
+    if train_classes != test_classes:
+        only_train, only_test = sorted(train_classes - test_classes), sorted(test_classes - train_classes)
+        detail = "; ".join(
+            part
+            for part in (
+                f"only in train: {', '.join(only_train)}" if only_train else "",
+                f"only in {test}: {', '.join(only_test)}" if only_test else "",
+            )
+            if part
+        )
+        raise UsageError(f"train and {test} splits of {root} have different classes ({detail})")
+
+
+def _archive_members(path: Path, read: bool = True) -> Iterator[tuple[str, bytes | None]]:
+    """(name, bytes) of every regular file in a tar (any compression) or zip
+    archive, in archive order; bytes is None when ``read`` is False."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.is_dir():
+                    yield info.filename, zf.read(info) if read else None
+        return
+    with tarfile.open(path, "r:*") as tf:
+        for member in tf:
+            if member.isfile():
+                f = tf.extractfile(member) if read else None
+                yield member.name, f.read() if f is not None else None
+
+
+def _tree_parts(name: str) -> tuple[str, str, str, str] | None:
+    """(prefix, split, class, path) of an archive member inside a dataset tree, else None."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if any(p.startswith(".") or p == "__MACOSX" for p in parts) or not is_image_name(parts[-1] if parts else ""):
+        return None
+    for k, p in enumerate(parts[:-2]):
+        if p in ("train",) + _TEST_SPLITS:
+            return "/".join(parts[:k]), p, parts[k + 1], "/".join(parts[k:])
+    return None
+
+
+def _tree_members(path: Path, listing: list[tuple[str, str, str]]) -> Iterator[tuple[str, bytes]]:
+    """Images of a tree inside an archive; appends (split, class, path) to ``listing`` as it yields."""
+    prefix = None
+    try:
+        for name, data in _archive_members(path):
+            parts = _tree_parts(name)
+            if parts is None:
+                continue
+            if prefix is None:
+                prefix = parts[0]
+            elif parts[0] != prefix:
+                raise UsageError(f"archive {path} holds more than one dataset tree ({prefix or '.'}/ and {parts[0] or '.'}/)")
+            listing.append(parts[1:])
+            yield f"{path}:{name}", data
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise UsageError(f"cannot read archive {path}: {exc}") from None
+
+
+def _peek_archive(path: Path, limit: int = 64) -> str | None:
+    """'pickle' (official CIFAR-10 python archive), 'tree' (ImageFolder inside) or None."""
+    try:
+        for i, (name, _) in enumerate(_archive_members(path, read=False)):
+            if name.rsplit("/", 1)[-1] in _CIFAR10_FILES:
+                return "pickle"
+            if _tree_parts(name) is not None:
+                return "tree"
+            if i >= limit:
+                break
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise UsageError(f"cannot read archive {path}: {exc}") from None
+    return None
+
+
+def _is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(_ARCHIVE_SUFFIXES)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """CIFAR-10 pickles hold dicts, lists, bytes and numpy arrays; refuse anything
+    else, so a doctored file cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a dataset file")
+        return super().find_class(module, name)
+
+
+def _safe_unpickle(data: bytes, where: str) -> dict:
+    import io
+
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as exc:  # a damaged or foreign file: say which one
+        raise UsageError(f"cannot read {where}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"cannot read {where}: not a CIFAR-10 batch")
+    return obj
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# ----------------------------------------------------------------- locating
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else $SCALING_SEARCH_CACHE, else ~/.cache/scaling-search."""
+    chosen = cache_dir or os.environ.get(ENV_CACHE) or DEFAULT_CACHE
+    return Path(chosen).expanduser()
+
+
+def _data_dir(spec: DataSpec) -> tuple[Path | None, str]:
+    if spec.data_dir:
+        return Path(spec.data_dir).expanduser(), "data folder"
+    env = os.environ.get(ENV_DATA)
+    if env:
+        return Path(env).expanduser(), f"data folder {ENV_DATA}="
+    return None, ""
+
+
+def _find_cifar10(root: Path) -> _Source | None:
+    if root.is_file():
+        kind = _peek_archive(root)
+        return _PickleSource(root) if kind == "pickle" else _TreeSource(root, "cifar10") if kind == "tree" else None
+    for folder in (root, root / CIFAR10_FOLDER):
+        if (folder / "data_batch_1").is_file():
+            return _PickleSource(folder)
+    for folder in (root, root / "cifar10", root / "cifar-10"):
+        if (folder / "train").is_dir() and any((folder / s).is_dir() for s in _TEST_SPLITS):
+            return _TreeSource(folder, "cifar10")
+    if (root / CIFAR10_ARCHIVE).is_file():
+        return _PickleSource(root / CIFAR10_ARCHIVE)
+    for entry in sorted(root.iterdir()):
+        name = entry.name.lower()
+        if name.startswith(("cifar10", "cifar-10")) and _is_archive(entry):
+            kind = _peek_archive(entry)
+            if kind == "pickle":
+                return _PickleSource(entry)
+            if kind == "tree":
+                return _TreeSource(entry, "cifar10")
+    return None
+
+
+def _download_cifar10(spec: DataSpec, cache: Path, progress: bool) -> Path:
+    from .download import download
+
+    target = cache / "downloads" / CIFAR10_ARCHIVE
+    return download(spec.download_url or CIFAR10_URL, target, spec.download_checksum or CIFAR10_CHECKSUM, progress=progress)
+
+
+def _locate(spec: DataSpec, cache: Path, progress: bool) -> _Source:
+    root, what = _data_dir(spec)
+    if spec.kind == "imagefolder":
+        path = Path(spec.name.split(":", 1)[1]).expanduser()
+        if not path.is_absolute() and root is not None:
+            path = root / path
+        if not path.exists():
+            raise UsageError(f"imagefolder {path} does not exist")
+        if path.is_file() and not _is_archive(path):
+            raise UsageError(f"imagefolder {path} is a file but not a tar or zip archive")
+        return _TreeSource(path, _safe_label(path.name))
+    if root is not None:
+        if not root.exists():
+            raise UsageError(f"{what}{'' if what.endswith('=') else ' '}{root} does not exist")
+        found = _find_cifar10(root)
+        if found is not None:
+            return found
+        if not spec.allow_download:
+            raise UsageError(
+                f"no CIFAR-10 in {root}: expected {CIFAR10_FOLDER}/, {CIFAR10_ARCHIVE}, train/ and test/ class folders, "
+                "or an archive of them (cifar10*.tar.gz); or allow the download (--download)"
+            )
+    downloaded = cache / "downloads" / CIFAR10_ARCHIVE
+    if downloaded.is_file():
+        return _PickleSource(downloaded)
+    if spec.allow_download:
+        return _PickleSource(_download_cifar10(spec, cache, progress))
+    raise UsageError(f"CIFAR-10 needs a data folder: pass --data-dir DIR or set {ENV_DATA}, or allow the download (--download)")
+
+
+def _safe_label(name: str) -> str:
+    label = "".join(c if c.isalnum() or c in "-_" else "-" for c in name.split(".")[0])
+    return label or "imagefolder"
+
+
+# ------------------------------------------------------------------- loading
+
+
+def load_dataset(spec: DataSpec, cache_dir: str | Path | None = None, progress: bool = False) -> Dataset:
+    """The dataset of ``spec``, from the decode cache when it is there and sound.
+
+    A missing or damaged cache file is (re)built from the source and written
+    atomically; a cache folder that cannot be written only costs the reuse.
+    """
+    cache = cache_root(cache_dir)
+    source = _locate(spec, cache, progress)
+    key_text = json.dumps(
+        {"format": _CACHE_FORMAT, "label": source.label, "source": source.fingerprint(), "storage_size": spec.storage_size},
+        sort_keys=True,
+    )
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
+    path = cache / "datasets" / f"{source.label}-{spec.storage_size}px-{key}.arrays"
+    try:
+        arrays, meta = load_arrays(path)
+        return Dataset(
+            arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"], tuple(meta["classes"]), source=meta.get("source", ""), from_cache=True
+        )
+    except FileNotFoundError:
+        pass
+    except (CacheCorrupt, KeyError, ValueError, TypeError) as exc:
+        log.warning("decode cache %s is damaged (%s); rebuilding it", path, exc)
+    dataset = source.decode(spec.storage_size, progress)
+    try:
+        save_arrays(
+            path,
+            {"train_x": dataset.train_x, "train_y": dataset.train_y, "test_x": dataset.test_x, "test_y": dataset.test_y},
+            {"classes": list(dataset.classes), "source": dataset.source, "storage_size": spec.storage_size},
+        )
+    except OSError as exc:
+        log.warning("could not write the decode cache %s (%s); the next load decodes again", path, exc)
+    return dataset

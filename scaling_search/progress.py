@@ -1,0 +1,60 @@
+"""Progress bars on stderr (rich), or nothing at all.
+
+Everything long (download, image decoding, training) reports through
+``progress_bar``; with ``enabled=False`` it costs nothing and prints nothing,
+which is what tests and pipes get.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+Advance = Callable[..., None]  # advance(steps=1, **fields shown in the bar's text)
+
+
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextmanager
+def progress_bar(enabled: bool, description: str, total: float | None, *, transfer: bool = False, text: str = "") -> Iterator[Advance]:
+    """Yield ``advance(steps=1, **fields)``; ``text`` is a format string over ``fields``."""
+    if not enabled:
+        yield lambda steps=1, **fields: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = [TextColumn("{task.description}"), BarColumn()]
+    columns += [DownloadColumn(), TransferSpeedColumn()] if transfer else [MofNCompleteColumn()]
+    columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    if text:
+        columns.append(TextColumn(text))
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(description, total=total, **{k: "" for k in _fields(text)})
+
+        def advance(steps: float = 1, **fields) -> None:
+            bar.update(task, advance=steps, **fields)
+
+        yield advance
+
+
+def _fields(text: str) -> list[str]:
+    """Names used as {task.fields[NAME]} in ``text``."""
+    import re
+
+    return re.findall(r"task\.fields\[(\w+)\]", text)

@@ -1,0 +1,217 @@
+"""The proxy trainer: it learns, it is reproducible, and it fails clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA, assert_usage_error, run_cli
+from scaling_search.augment import channel_stats, crop_flip, to_input
+from scaling_search.data import DataSpec
+from scaling_search.errors import UsageError
+from scaling_search.flops import count
+from scaling_search.models import EfficientNetConfig
+from scaling_search.models import build
+from scaling_search.proxy import TrialConfig, TrialFailed, TrialPruned, lr_factor, recalibrate_bn, train_trial
+
+SPEC = DataSpec("cifar10", data_dir=str(SHARED_DATA))
+
+
+def tiny(**overrides) -> TrialConfig:
+    model = overrides.pop("model", EfficientNetConfig(width=0.25, depth=0.25, resolution=32, num_classes=10))
+    settings = dict(epochs=1, train_subset=256, test_subset=100, batch_size=32, device="cpu")
+    return TrialConfig(model=model, data=SPEC, **{**settings, **overrides})
+
+
+def test_default_recipe_learns_cifar10_in_two_epochs(cifar10):
+    config = TrialConfig(
+        model=EfficientNetConfig(width=0.25, depth=0.25, resolution=32, num_classes=10),
+        data=SPEC,
+        epochs=2,
+        train_subset=5000,
+        test_subset=1000,
+        device="cpu",
+    )
+    seen = []
+    result = train_trial(config, data=cifar10, on_epoch=lambda *a: seen.append(a))
+    assert result.accuracy > 0.25, result  # chance is 0.10
+    assert result.epochs == 2 and len(result.epoch_losses) == 2 and result.epoch_accuracies[-1] == result.accuracy
+    assert [s[0] for s in seen] == [0, 1] and [s[2] for s in seen] == list(result.epoch_accuracies)
+    assert result.epoch_losses[1] < result.epoch_losses[0]
+    counted = count(config.model)
+    assert (result.params, result.macs) == (counted.params, counted.macs)
+    assert result.train_images == 5000 and result.test_images == 1000 and result.device == "cpu"
+    assert result.images_per_second > 0 and result.wall_seconds > 0
+
+
+def test_same_seed_same_result_other_seed_differs(cifar10):
+    first = train_trial(tiny(seed=7), data=cifar10)
+    second = train_trial(tiny(seed=7), data=cifar10)
+    assert first.epoch_losses == second.epoch_losses and first.accuracy == second.accuracy
+    other = train_trial(tiny(seed=8), data=cifar10)
+    assert other.epoch_losses != first.epoch_losses
+
+
+def test_resolution_other_than_storage_and_other_optimizers(cifar10):
+    for optimizer, lr, schedule in (("adamw", 1e-3, "step"), ("rmsprop", 1e-3, "constant")):
+        config = tiny(
+            model=EfficientNetConfig(width=0.25, depth=0.25, resolution=48, num_classes=10),
+            optimizer=optimizer,
+            lr=lr,
+            schedule=schedule,
+            warmup_epochs=0.5,
+        )
+        result = train_trial(config, data=cifar10)
+        assert result.resolution == 48 and result.macs == count(config.model).macs
+        assert all(l == l and l < 10 for l in result.epoch_losses)
+
+
+def test_absurd_learning_rate_fails_the_trial_with_a_reason(cifar10):
+    with pytest.raises(TrialFailed) as err:
+        train_trial(tiny(lr=1e30), data=cifar10)
+    assert "nan" in err.value.reason.lower() or "inf" in err.value.reason.lower()
+    assert "learning rate" in err.value.reason
+
+
+def test_out_of_memory_fails_the_trial_and_suggests_a_smaller_batch(cifar10):
+    # A real allocation failure: a 600,000 px input batch exceeds any address space.
+    config = tiny(model=EfficientNetConfig(width=0.25, depth=0.25, resolution=600_000, num_classes=10), batch_size=64)
+    with pytest.raises(TrialFailed) as err:
+        train_trial(config, data=cifar10)
+    assert "out of memory" in err.value.reason and "--batch-size 32" in err.value.reason
+
+
+def test_callback_can_prune_and_the_error_propagates(cifar10):
+    calls = []
+
+    def prune(epoch, loss, accuracy):
+        calls.append((epoch, loss, accuracy))
+        raise TrialPruned()
+
+    with pytest.raises(TrialPruned):
+        train_trial(tiny(epochs=3), data=cifar10, on_epoch=prune)
+    assert len(calls) == 1 and calls[0][0] == 0 and 0 <= calls[0][2] <= 1
+
+
+def test_bad_trial_settings_are_usage_errors(cifar10):
+    with pytest.raises(UsageError, match="100 outputs"):
+        train_trial(tiny(model=EfficientNetConfig(width=0.25, depth=0.25, resolution=32, num_classes=100)), data=cifar10)
+    with pytest.raises(UsageError, match="optimizer"):
+        tiny(optimizer="lamb")
+    with pytest.raises(UsageError, match="schedule"):
+        tiny(schedule="linear")
+    with pytest.raises(UsageError, match="batch size"):
+        tiny(batch_size=1)
+    with pytest.raises(UsageError, match="only 50000"):
+        train_trial(tiny(train_subset=60000), data=cifar10)
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no usable CUDA"):
+            train_trial(tiny(device="cuda"), data=cifar10)
+    with pytest.raises(UsageError, match="unknown device"):
+        train_trial(tiny(device="toaster"), data=cifar10)
+
+
+def test_bn_recalibration_gives_the_exact_batch_statistics():
+    torch.manual_seed(0)
+    model = build(EfficientNetConfig(width=0.25, depth=0.25, resolution=16, num_classes=10))
+    batches = [torch.randn(8, 3, 16, 16) * 3 + 1 for _ in range(3)]
+    recalibrate_bn(model, batches, autocast=False, device_type="cpu")
+    conv, bn = model.stem[0], model.stem[1]
+    with torch.no_grad():
+        features = [conv(b) for b in batches]
+    # The equal-weight average over batches of each batch's statistics.
+    assert torch.allclose(bn.running_mean, torch.stack([f.mean((0, 2, 3)) for f in features]).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, torch.stack([f.var((0, 2, 3)) for f in features]).mean(0), rtol=1e-5)
+    assert not model.training and bn.momentum == model.stages[0][0].body[0][1].momentum
+
+
+def test_lr_schedules():
+    assert [round(lr_factor(s, 10, 2, "constant"), 3) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    cosine = [lr_factor(s, 10, 0, "cosine") for s in range(10)]
+    assert cosine[0] == 1.0 and all(a > b for a, b in zip(cosine, cosine[1:])) and cosine[-1] > 0
+    assert [lr_factor(s, 8, 0, "step") for s in (0, 3, 4, 5, 6, 7)] == [1.0, 1.0, 0.1, 0.1, pytest.approx(0.01), pytest.approx(0.01)]
+
+
+def test_crop_flip_is_a_shifted_mirrored_view_of_each_image():
+    images = torch.arange(2 * 8 * 8 * 3, dtype=torch.int64).reshape(2, 8, 8, 3).to(torch.uint8)
+    batch = torch.tensor([1, 0, 1])
+    plain = crop_flip(images, batch, pad=0, flip=False)
+    assert plain.shape == (3, 3, 8, 8) and torch.equal(plain[0], images[1].permute(2, 0, 1))
+    g = torch.Generator().manual_seed(0)
+    out = crop_flip(images, batch.repeat(50), pad=2, flip=True, generator=g)
+    # Every output is some shift (with reflection) and maybe a mirror of its source.
+    shifted_or_flipped = 0
+    for i, b in enumerate(batch.repeat(50).tolist()):
+        src = images[b].permute(2, 0, 1)
+        centre = out[i][:, 2:6, 2:6]
+        found = any(
+            torch.equal(centre, cand[:, 2 + dy : 6 + dy, 2 + dx : 6 + dx])
+            for cand in (src, src.flip(2))
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+        )
+        assert found
+        shifted_or_flipped += not torch.equal(out[i], src)
+    assert shifted_or_flipped > 100  # almost all 150 are moved or mirrored
+
+
+def test_to_input_resizes_and_normalises():
+    images = torch.full((2, 3, 32, 32), 100, dtype=torch.uint8)
+    mean, std = torch.tensor([100.0, 50.0, 0.0]), torch.tensor([10.0, 10.0, 10.0])
+    x = to_input(images, 64, mean, std, channels_last=True)
+    assert x.shape == (2, 3, 64, 64) and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(x[:, 0], torch.zeros(1)) and torch.allclose(x[:, 1], torch.full((1,), 5.0))
+    small = to_input(images, 16, mean, std, channels_last=False)
+    assert small.shape == (2, 3, 16, 16) and torch.allclose(small[:, 2], torch.full((1,), 10.0))
+    m, s = channel_stats(torch.tensor([[[[0, 10, 20]]], [[[2, 10, 20]]]], dtype=torch.uint8))
+    assert torch.allclose(m, torch.tensor([1.0, 10.0, 20.0])) and torch.allclose(s[0], torch.tensor(1.0))
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_train_json(cifar10, data_cache):
+    proc = run_cli(
+        "train", "--data", "cifar10", "--data-dir", str(SHARED_DATA),
+        "--width", "0.25", "--depth", "0.25", "--resolution", "32", "--epochs", "1",
+        "--subset", "256", "--test-subset", "100", "--batch-size", "32", "--seed", "3", "--device", "cpu", "--json",
+        env={"SCALING_SEARCH_CACHE": str(data_cache)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    for key in ("accuracy", "images_per_second", "epochs", "params", "macs", "wall_seconds", "device", "epoch_losses", "epoch_accuracies"):
+        assert key in result
+    assert result["epochs"] == 1 and result["device"] == "cpu" and 0 <= result["accuracy"] <= 1
+    assert result["params"] == count(EfficientNetConfig(width=0.25, depth=0.25, resolution=32, num_classes=10)).params
+    # The library call with the same settings gives the same numbers.
+    same = train_trial(tiny(seed=3), data=cifar10)
+    assert result["epoch_losses"] == list(same.epoch_losses) and result["accuracy"] == same.accuracy
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (("--data-dir", "/no/such/folder"), ("/no/such/folder", "does not exist")),
+        (("--data", "mnist"), ("unknown dataset",)),
+        (("--resolution", "0"), ("resolution",)),
+        (("--epochs", "-1"), ("epochs",)),
+        (("--optimizer", "lamb"), ("optimizer",)),
+        (("--device", "toaster"), ("device",)),
+        (("--width", "abc"), ("width",)),
+    ],
+    ids=["missing-dir", "unknown-dataset", "resolution-0", "epochs", "optimizer", "device", "width"],
+)
+def test_cli_train_bad_inputs(args, fragments, data_cache):
+    base = {"--data": "cifar10", "--data-dir": str(SHARED_DATA), "--width": "0.25", "--depth": "0.25", "--resolution": "32", "--epochs": "1"}
+    merged = dict(base)
+    merged.update(dict(zip(args[::2], args[1::2])))
+    flat = [t for kv in merged.items() for t in kv]
+    proc = run_cli("train", *flat, "--subset", "64", "--test-subset", "20", env={"SCALING_SEARCH_CACHE": str(data_cache)}, timeout=120)
+    assert_usage_error(proc, *fragments)
+
+
+def test_cli_train_without_any_data_folder(tmp_path):
+    proc = run_cli("train", "--data", "cifar10", "--epochs", "1", env={"SCALING_SEARCH_DATA": "", "SCALING_SEARCH_CACHE": str(tmp_path)})
+    assert_usage_error(proc, "--data-dir", "SCALING_SEARCH_DATA")

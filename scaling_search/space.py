@@ -70,7 +70,7 @@ class ProxySpec:
     momentum: float = 0.9
     weight_decay: float = 5e-5
     schedule: str = "cosine"
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.3
     label_smoothing: float = 0.1
     train_subset: int | None = None
     test_subset: int | None = None

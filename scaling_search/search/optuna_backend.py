@@ -94,12 +94,12 @@ class OptunaStudy:
     def __init__(self, url: str, study_name: str, *, heartbeat: int = DEFAULT_HEARTBEAT, pruner: optuna.pruners.BasePruner | None = None):
         self.url = url
         self.pruning = pruner is not None
-        self.storage = open_storage(url, heartbeat)
         self.heartbeat = heartbeat
         db = sqlite_path(url)
         self._lock_path = db.with_name(db.name + ".lock") if db is not None else None
         try:
-            with self.lock():
+            with self.lock():  # two workers creating the SQLite schema at once collide
+                self.storage = open_storage(url, heartbeat)
                 self.study = optuna.create_study(
                     storage=self.storage, study_name=study_name, direction="maximize", load_if_exists=True, pruner=pruner
                 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import threading
 from pathlib import Path
 
@@ -14,7 +15,18 @@ from ..space import SearchSpace
 from .trials import Unit, run_unit
 
 
-def check_ray_available() -> None:
+def check_ray_available(address: str | None = None) -> None:
+    """Fail early, before any folder is made, when Ray Tune is not installed.
+
+    Ray reads its auth settings when first imported, so they are set here.
+    """
+    if not address:
+        # A local cluster on loopback only, with token auth set explicitly
+        # (Ray >= 2.60 turns it on by default and warns): a fresh token for
+        # this run, inherited by the cluster's processes, unless one is given.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        if os.environ["RAY_AUTH_MODE"] == "token" and not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     try:
         import ray  # noqa: F401
         from ray import tune  # noqa: F401
@@ -35,9 +47,6 @@ def _init_ray(address: str | None, device: str) -> None:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"cannot join the Ray cluster at {address!r}: {first}") from None
         return
-    # A local cluster on loopback only. Ray >= 2.60 turns token auth on by
-    # default and warns; say so explicitly instead (a token is generated once).
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray.init(
         include_dashboard=False,
         log_to_driver=False,
@@ -64,6 +73,7 @@ def run_ray(space: SearchSpace, units: list[Unit], data, device: str, options, c
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    check_ray_available(options.ray_address)
     _init_ray(options.ray_address, device)
     gpus = options.gpus_per_trial if options.gpus_per_trial is not None else (1.0 if device.startswith("cuda") else 0.0)
     cpus = options.cpus_per_trial if options.cpus_per_trial is not None else 1.0

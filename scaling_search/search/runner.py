@@ -176,7 +176,7 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     if options.backend == "ray":
         from .ray_backend import check_ray_available
 
-        check_ray_available()
+        check_ray_available(options.ray_address)
 
     data = load_dataset(DataSpec(name=space.data.name, data_dir=space.data.data_dir, storage_size=space.data.storage_size), progress=console.is_terminal)
     for split, want, have in (("train", space.proxy.train_subset, len(data.train_y)), ("test", space.proxy.test_subset, len(data.test_y))):

@@ -28,15 +28,16 @@ def t_quantile_975(df: float) -> float:
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
-def mean_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% t-interval; the interval is NaN with a single value."""
+def mean_interval(values: list[float], bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float, float]:
+    """Mean and 95% t-interval, clipped to ``bounds`` (accuracy cannot leave [0, 1]);
+    the interval is NaN with a single value."""
     n = len(values)
     mean = sum(values) / n
     if n < 2:
         return mean, math.nan, math.nan
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = t_quantile_975(n - 1) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
+    return mean, max(bounds[0], mean - half), min(bounds[1], mean + half)
 
 
 def difference_interval(a: list[float], b: list[float]) -> tuple[float, float, float] | None:

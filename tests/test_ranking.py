@@ -19,6 +19,7 @@ def test_mean_interval():
     # sd = 0.0707, se = 0.05, t(1) = 12.706
     assert hi - mean == pytest.approx(12.706 * 0.05, rel=1e-3)
     assert math.isnan(mean_interval([0.4])[1])
+    assert mean_interval([0.05, 0.3]) [1] == 0.0  # clipped: an accuracy interval stays in [0, 1]
 
 
 def test_difference_interval():

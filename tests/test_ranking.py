@@ -14,10 +14,12 @@ def test_t_quantiles():
 
 
 def test_mean_interval():
-    mean, lo, hi = mean_interval([0.5, 0.6])
+    mean, lo, hi = mean_interval([0.5, 0.6], bounds=(-10, 10))
     assert mean == pytest.approx(0.55)
     # sd = 0.0707, se = 0.05, t(1) = 12.706
-    assert hi - mean == pytest.approx(12.706 * 0.05, rel=1e-3)
+    assert hi - mean == pytest.approx(12.706 * 0.05, rel=1e-3) and mean - lo == pytest.approx(hi - mean)
+    mean, lo, hi = mean_interval([0.50, 0.51, 0.52])
+    assert hi - mean == pytest.approx(4.303 * 0.01 / 3**0.5, rel=1e-3)
     assert math.isnan(mean_interval([0.4])[1])
     assert mean_interval([0.05, 0.3]) [1] == 0.0  # clipped: an accuracy interval stays in [0, 1]
 

@@ -116,12 +116,37 @@ def estimate_seconds(space: SearchSpace, units: list[Unit], n_train: int, n_test
     import torch
 
     from ..flops import count
-    from ..models import build
     from .trials import baseline_config, trial_model
 
     base = baseline_config(space, 10)
-    model = build(base).to(device).train()
     batch = min(space.proxy.batch_size, 64 if device == "cpu" else space.proxy.batch_size)
+    try:
+        ips = _baseline_speed(base, batch, device)
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        from ..proxy import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        # Every candidate is at least the baseline: none of them would fit either.
+        raise UsageError(
+            f"the baseline ({base.resolution} px, batch {batch}) does not fit in memory on {device}: "
+            "lower proxy.batch_size or baseline.resolution in the search space"
+        ) from None
+    base_macs = count(base).macs
+    total = 0.0
+    for u in units:
+        scale = count(trial_model(space, u, 10)).macs / base_macs
+        total += scale * (space.proxy.epochs * n_train + n_test * space.proxy.epochs / 3) / ips
+    return total, ips
+
+
+def _baseline_speed(base, batch: int, device: str) -> float:
+    """Training images per second of the baseline, from a few timed steps."""
+    import torch
+
+    from ..models import build
+
+    model = build(base).to(device).train()
     x = torch.randn(batch, 3, base.resolution, base.resolution, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -140,13 +165,7 @@ def estimate_seconds(space: SearchSpace, units: list[Unit], n_train: int, n_test
         step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    ips = reps * batch / (time.perf_counter() - t)
-    base_macs = count(base).macs
-    total = 0.0
-    for u in units:
-        scale = count(trial_model(space, u, 10)).macs / base_macs
-        total += scale * (space.proxy.epochs * n_train + n_test * space.proxy.epochs / 3) / ips
-    return total, ips
+    return reps * batch / (time.perf_counter() - t)
 
 
 def format_duration(seconds: float) -> str:
@@ -230,8 +249,15 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
 
             records = run_ray(space, units, data, device, options, console, stop)
         else:
+            from optuna.exceptions import StorageInternalError
+
+            from .optuna_backend import storage_error
+
             study = study or _open_study(options, storage_url, study_name, space)
-            records = _run_optuna(study, space, units, data, device, console, stop)
+            try:
+                records = _run_optuna(study, space, units, data, device, console, stop)
+            except StorageInternalError as exc:  # locked past the wait limit, or the server went away
+                raise storage_error(storage_url, exc.__cause__ or exc) from None
     finally:
         restore()
     wall = time.perf_counter() - started

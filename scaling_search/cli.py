@@ -20,6 +20,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line, exit status 2."""
 
     def error(self, message: str):  # type: ignore[override]
+        if message.endswith("expected one argument"):  # argparse took a value such as "-2x" for an option
+            message += ": write values that start with '-' as --option=VALUE"
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 

@@ -46,6 +46,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # every trial of a search is scored on the same images.
 TEST_SUBSET_SEED = 0
 ENV_INJECT_OOM = "SCALING_SEARCH_INJECT_OOM"
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the update converts the lr to the weights' float32
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,8 @@ class TrialConfig:
             raise UsageError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError(f"learning rate must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= _FLOAT32_MAX):
+            raise UsageError(f"learning rate must be a positive number up to {_FLOAT32_MAX:.3g} (float32), got {self.lr!r}")
         if not 0 <= self.momentum < 1:
             raise UsageError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):

@@ -29,6 +29,7 @@ SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 # A space's name becomes the default run folder runs/<name>-<budget>: a plain
 # word, so that it can never point outside runs/.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; the user meant a number
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -51,8 +51,11 @@ def redact(url: str) -> str:
     return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
-def _check_sqlite_folder(url: str) -> None:
-    """SQLite creates the file but not its folder; say so before the lock file trips on it."""
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite(url: str) -> None:
+    """What SQLite would trip on, said before anything (the lock file) is written beside it."""
     db = sqlite_path(url)
     if db is None or str(db) == ":memory:":
         return
@@ -61,6 +64,14 @@ def _check_sqlite_folder(url: str) -> None:
         raise UsageError(f"storage {url!r}: folder {folder} does not exist: create it, or give a sqlite:///PATH in an existing folder")
     if not os.access(folder, os.W_OK | os.X_OK):  # SQLite writes its journal beside the file
         raise UsageError(f"storage {url!r}: folder {folder} cannot be written (permission denied): give a sqlite:///PATH in a folder you can write")
+    if db.exists():
+        try:
+            with open(db, "rb") as f:
+                head = f.read(len(_SQLITE_HEADER))
+        except OSError as exc:
+            raise UsageError(f"storage {url!r} cannot be read ({exc.strerror}): give a SQLite file you can read and write") from None
+        if head and head != _SQLITE_HEADER:  # an empty file is a new database
+            raise UsageError(f"storage {url!r}: {db} is not a SQLite database: give a new path or the study.db of a run")
 
 
 @contextlib.contextmanager
@@ -140,7 +151,7 @@ class OptunaStudy:
         self.url = url
         self.pruning = pruner is not None
         self.heartbeat = heartbeat
-        _check_sqlite_folder(url)
+        _check_sqlite(url)
         db = sqlite_path(url)
         self._lock_path = db.with_name(db.name + ".lock") if db is not None else None
         try:
@@ -181,7 +192,8 @@ class OptunaStudy:
         return None
 
     def fail_stale(self) -> None:
-        with self.lock():
+        with self.lock(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable here; not the user's concern
             optuna.storages.fail_stale_trials(self.study)
 
     # --------------------------------------------------------------- worker

@@ -8,6 +8,7 @@ the report is written atomically at the end (and on Ctrl-C).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ from ..atomic import atomic_write_text
 from ..errors import UsageError
 from ..scaling import parse_budget
 from ..space import SearchSpace, dump_space
-from .trials import Unit, empty_row, search_candidates, units_for
+from .trials import Unit, empty_row, search_candidates, trial_config, units_for
 
 RUN_JSON = "run.json"
 
@@ -62,7 +63,7 @@ def check_run_dir(out: Path, space: SearchSpace, study_name: str) -> dict | None
     if out.exists() and not out.is_dir():
         raise UsageError(f"run folder {out} exists and is not a folder: choose another --out")
     parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK | os.X_OK) or not _can_write(parent):
+    if not _can_write(parent):
         raise UsageError(f"run folder {out} cannot be written (permission denied): choose another --out")
     meta_path = out / RUN_JSON
     if not meta_path.exists():
@@ -80,13 +81,20 @@ def check_run_dir(out: Path, space: SearchSpace, study_name: str) -> dict | None
 
 
 def _can_write(folder: Path) -> bool:
-    probe = folder / f".scaling-search-probe-{os.getpid()}"
-    try:
-        probe.touch()
-        probe.unlink()
-        return True
-    except OSError:
+    """A real write test that leaves no trace: an unnamed file (Linux O_TMPFILE)
+    never appears in the folder, so neither its entries nor its mtime change.
+    access() alone misses read-only network mounts and the like."""
+    if not os.access(folder, os.W_OK | os.X_OK):
         return False
+    unnamed = getattr(os, "O_TMPFILE", None)
+    if unnamed is None:
+        return True
+    try:
+        os.close(os.open(folder, unnamed | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        # A filesystem without unnamed files says so; then access() has the last word.
+        return exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+    return True
 
 
 def software_versions() -> dict:
@@ -189,6 +197,10 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     device = resolve_device(options.device)
     candidates = search_candidates(space)
     units = units_for(space, candidates)
+    try:
+        trial_config(space, units[0], 10, device)  # the recipe's own checks, before any folder exists
+    except UsageError as exc:
+        raise UsageError(f"search space proxy section: {exc}") from None
     study_name = study_name_for(space)
     out = options.out
     earlier = check_run_dir(out, space, study_name)
@@ -405,7 +417,7 @@ def rebuild(out: Path, console) -> int:
     try:
         meta = json.loads(meta_path.read_text())
     except ValueError:
-        raise UsageError(f"{meta_path} is not valid JSON: the run folder is damaged") from None
+        raise UsageError(f"{meta_path} is not valid JSON: the run folder is damaged; run the search again with a new --out") from None
     space = load_space(out / "space.yaml")
     units = units_for(space, search_candidates(space))
     prior = {}
@@ -422,7 +434,7 @@ def rebuild(out: Path, console) -> int:
         db = sqlite_path(url)
         if db is not None and not db.exists():  # a moved or committed run folder: its own copy
             if not (out / "study.db").exists():
-                raise UsageError(f"the study storage {db} is gone and {out / 'study.db'} does not exist")
+                raise UsageError(f"the study storage {db} is gone and {out / 'study.db'} does not exist: restore one of them, or run the search again")
             url = f"sqlite:///{(out / 'study.db').resolve()}"
         records = list(OptunaStudy(url, meta["study_name"]).unit_records().values())
     else:

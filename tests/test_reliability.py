@@ -264,6 +264,7 @@ CATALOGUE = [
         "does not exist",
         "create it first",
     ),
+    case("table-output-is-a-folder", lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--output", c.tmp], "is a folder", "give a file path"),
     # train
     case("train-resolution-0", lambda c: ["train", "--resolution", "0"], "resolution must be a positive integer"),
     case("train-unknown-dataset", lambda c: ["train", "--data", "mnist"], "unknown dataset 'mnist'", "imagefolder:PATH"),
@@ -464,7 +465,7 @@ def test_malformed_fault_switch_is_refused(monkeypatch):
 
 def test_sigint_stops_after_the_trial_writes_the_report_and_resumes(tmp_path, data_env):
     run = tmp_path / "run"
-    args = run_args(tiny_space(tmp_path, seeds=(0, 1), train=768), run)
+    args = run_args(tiny_space(tmp_path, seeds=(0, 1), train=512), run)
     env = clean_env(data_env)
     with open(tmp_path / "stdout.txt", "w") as stdout:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
@@ -566,17 +567,19 @@ def test_kill_9_during_the_report_leaves_whole_files(tmp_path, finished_run, dat
     shutil.copytree(finished_run, run)
     trials_before = (run / "trials.csv").read_text()
     caught = []
-    for kill_at in (1, 3, 5):  # the k-th temporary file seen: early, middle and late in the report
+    for target in ("trials.csv", "best.json", "coefficients.md", "alpha_beta.png"):  # early to late in the report
         proc = subprocess.Popen([sys.executable, "-m", "scaling_search.cli", "report", str(run)], cwd=ROOT, env=clean_env(data_env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        seen: set[str] = set()
-        while proc.poll() is None and len(seen) < kill_at:
-            seen.update(e.name for e in os.scandir(run) if e.name.startswith(".") and e.name.endswith(".tmp"))
+        while proc.poll() is None and not any(e.name.startswith(f".{target}.") for e in os.scandir(run)):
             time.sleep(0.0005)  # a temporary file lives for its write and fsync: a few milliseconds
         if proc.poll() is None:
-            proc.kill()
-            caught.append(sorted(seen))
+            proc.kill()  # SIGKILL while writing ``target``
+            caught.append(target)
         proc.wait()
         _outputs_are_whole(run, trials_before)
+        leftovers = [e.name for e in os.scandir(run) if e.name.startswith(".")]
+        assert all(name.endswith(".tmp") for name in leftovers), leftovers  # a killed write leaves at most its sibling
+        for name in leftovers:
+            (run / name).unlink()
     assert caught, "the report finished before any kill: nothing was tested"
 
 

@@ -80,7 +80,10 @@ def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[st
         arrays = {}
         for e in entries:
             try:
-                a = np.empty(tuple(e["shape"]), dtype=np.dtype(e["dtype"]))
+                dtype = np.dtype(e["dtype"])
+                if dtype.hasobject:  # raw bytes must never become Python objects
+                    raise ValueError(f"dtype {dtype} holds objects")
+                a = np.empty(tuple(e["shape"]), dtype=dtype)
             except (TypeError, ValueError) as exc:
                 raise CacheCorrupt(f"bad array entry ({exc})") from None
             if a.nbytes != e["nbytes"]:

@@ -20,6 +20,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line, exit status 2."""
 
     def error(self, message: str):  # type: ignore[override]
+        if message.endswith("expected one argument"):  # argparse took a value such as "-2x" for an option
+            message += ": write values that start with '-' as --option=VALUE"
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
@@ -82,16 +84,22 @@ def _coefficient(name: str):
     return parse
 
 
-def _emit(text: str, output: str | None) -> None:
+def _check_output(output: str | None) -> None:
+    """Before the (possibly long) computation whose result goes there."""
     if output:
-        from .atomic import atomic_write_text
-
         path = Path(output)
         if path.is_dir():
             raise UsageError(f"--output {output} is a folder: give a file path")
         if not path.parent.exists():
             raise UsageError(f"--output folder {path.parent} does not exist: create it first")
-        atomic_write_text(path, text)
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        from .atomic import atomic_write_text
+
+        _check_output(output)
+        atomic_write_text(Path(output), text)
     else:
         sys.stdout.write(text)
 
@@ -247,6 +255,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
     coeffs = Coefficients(args.alpha, args.beta, args.gamma)
     budget = parse_budget(args.budget)
+    _check_output(args.output)
     base = EfficientNetConfig(resolution=args.base_resolution)
     if args.family == "efficientdet":
         return _d_table(args, coeffs, base)
@@ -301,7 +310,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     which.add_argument("--preset", help="a shipped search space by name (see search_spaces/); default: picked for this machine")
     p.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
     p.add_argument("--out", help="run folder (default runs/<space>-<budget>); the same command with the same folder resumes")
-    p.add_argument("--storage", help="Optuna storage URL shared by several workers, e.g. postgresql://user@host/db (default: study.db in the run folder)")
+    p.add_argument("--storage", help="Optuna storage URL shared by several workers, e.g. postgresql://user@host/db (default: study.db in the run folder; a locked SQLite file is waited for up to 120 s)")
     p.add_argument("--data-dir", help="where the dataset is (default: the space's, or $SCALING_SEARCH_DATA)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--seeds", type=_positive_int("seeds"), help="train each candidate with seeds 0..N-1 (default: the space's)")

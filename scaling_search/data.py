@@ -289,7 +289,7 @@ def _check_classes(root: Path, listing: list[tuple[str, str, str]]) -> None:
             if (root / split).is_dir():
                 for klass in _class_dirs(root / split):
                     if klass not in (train_classes if split == "train" else test_classes):
-                        raise UsageError(f"class folder {root / split / klass} has no images")
+                        raise UsageError(f"class folder {root / split / klass} has no images: add its images or remove the folder")
     if not train_classes:
         raise UsageError(f"no images in {root}: expected train/<class>/<image> and test/<class>/<image> files")
     if not test_classes:
@@ -464,27 +464,27 @@ def _locate(spec: DataSpec, cache: Path, progress: bool) -> _Source:
         if not path.is_absolute() and root is not None:
             path = root / path
         if not path.exists():
-            raise UsageError(f"imagefolder {path} does not exist")
+            raise UsageError(f"imagefolder {path} does not exist: give a folder (or archive) with train/ and test/ class folders")
         if path.is_file() and not _is_archive(path):
             raise UsageError(f"imagefolder {path} is a file but not a tar or zip archive")
         return _TreeSource(path, _safe_label(path.name))
     if root is not None:
         if not root.exists():
-            raise UsageError(f"{what}{'' if what.endswith('=') else ' '}{root} does not exist")
+            raise UsageError(f"{what}{'' if what.endswith('=') else ' '}{root} does not exist: point it at the folder that holds the dataset")
         found = _find_cifar10(root)
         if found is not None:
             return found
         if not spec.allow_download:
             raise UsageError(
                 f"no CIFAR-10 in {root}: expected {CIFAR10_FOLDER}/, {CIFAR10_ARCHIVE}, train/ and test/ class folders, "
-                "or an archive of them (cifar10*.tar.gz); or allow the download (--download)"
+                "or an archive of them (cifar10*.tar.gz): put the dataset there or point to the folder that holds it"
             )
     downloaded = cache / "downloads" / CIFAR10_ARCHIVE
     if downloaded.is_file():
         return _PickleSource(downloaded)
     if spec.allow_download:
         return _PickleSource(_download_cifar10(spec, cache, progress))
-    raise UsageError(f"CIFAR-10 needs a data folder: pass --data-dir DIR or set {ENV_DATA}, or allow the download (--download)")
+    raise UsageError(f"CIFAR-10 needs a data folder: pass --data-dir DIR or set {ENV_DATA}, or fetch it once with 'scaling-search train --download'")
 
 
 def _safe_label(name: str) -> str:

@@ -123,6 +123,6 @@ def _collect(results: Iterable, parts: list[np.ndarray], advance) -> None:
         if error is not None:
             name, reason = error
             reason = " ".join(reason.split())  # one line, whatever the decoder said
-            raise UsageError(f"cannot read image {name}: {reason}")
+            raise UsageError(f"cannot read image {name}: {reason}; replace or remove the file")
         parts.append(array)
         advance(len(array))

@@ -10,12 +10,20 @@ autotuning a new shape costs tens of seconds, more than a short trial.
 A trial that diverges (non-finite loss) or runs out of memory raises
 ``TrialFailed`` with a reason; a search's per-epoch callback may raise
 ``TrialPruned`` to stop it, and that propagates unchanged.
+
+Fault injection: a real out-of-memory error is hard to cause on purpose, so
+``SCALING_SEARCH_INJECT_OOM="STEP[@key=value,...]"`` makes the trainer raise
+``torch.OutOfMemoryError`` at optimizer step STEP (from 1, counted over the
+whole trial) of every trial whose settings match all the given keys (seed,
+width, depth, resolution), e.g. ``"3@seed=1"``. It exists to test how a search
+survives the failure; unset, it costs one environment lookup per trial.
 """
 
 from __future__ import annotations
 
 import gc
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -37,6 +45,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # The held-out subset is drawn with this seed whatever the trial's seed, so
 # every trial of a search is scored on the same images.
 TEST_SUBSET_SEED = 0
+ENV_INJECT_OOM = "SCALING_SEARCH_INJECT_OOM"
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the update converts the lr to the weights' float32
 
 
 @dataclass(frozen=True)
@@ -104,8 +114,8 @@ class TrialConfig:
             raise UsageError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError(f"learning rate must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= _FLOAT32_MAX):
+            raise UsageError(f"learning rate must be a positive number up to {_FLOAT32_MAX:.3g} (float32), got {self.lr!r}")
         if not 0 <= self.momentum < 1:
             raise UsageError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -222,11 +232,27 @@ def make_optimizer(model: nn.Module, config: TrialConfig) -> torch.optim.Optimiz
     return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-3, momentum=config.momentum)
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text or "cudnn_status_alloc_failed" in text)
+
+
+def injected_oom_step(config: "TrialConfig") -> int | None:
+    """The step at which ``SCALING_SEARCH_INJECT_OOM`` fails this trial, if it names it."""
+    text = os.environ.get(ENV_INJECT_OOM, "").strip()
+    if not text:
+        return None
+    step, _, where = text.partition("@")
+    values = {"seed": config.seed, "width": config.model.width, "depth": config.model.depth, "resolution": config.model.resolution}
+    try:
+        at = int(step)
+        wanted = dict(item.split("=", 1) for item in where.split(",")) if where else {}
+        matches = all(math.isclose(float(v), values[k.strip()], rel_tol=1e-6) for k, v in wanted.items())
+    except (ValueError, KeyError):
+        raise UsageError(f"{ENV_INJECT_OOM}={text!r}: expected STEP or STEP@key=value,... with keys {', '.join(values)}") from None
+    return at if matches else None
 
 
 def _sync(device: torch.device) -> None:
@@ -313,12 +339,12 @@ def train_trial(
     try:
         return _run(config, dataset, device, counted, started, on_epoch, progress)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
-        if not _is_oom(exc):
+        if not is_out_of_memory(exc):
             raise
         failure = (
             f"out of memory on {device} at batch size {config.batch_size} "
             f"({config.model.width:g}x width, {config.model.depth:g}x depth, {config.model.resolution} px): "
-            f"try a smaller batch size (--batch-size {max(2, config.batch_size // 2)})"
+            f"try a smaller batch size (--batch-size {max(2, config.batch_size // 2)} with 'train', proxy.batch_size in a search space)"
         )
     finally:
         torch.backends.cudnn.benchmark = previous_benchmark
@@ -375,6 +401,7 @@ def _run(config: TrialConfig, dataset: Dataset, device: torch.device, counted, s
     # A host sync per step is free on the CPU; on a GPU check every few steps.
     check_every = 1 if device.type == "cpu" else 20
 
+    oom_at = injected_oom_step(config)
     losses: list[float] = []
     accuracies: list[float] = []
     train_seconds = 0.0
@@ -391,6 +418,8 @@ def _run(config: TrialConfig, dataset: Dataset, device: torch.device, counted, s
                 x = to_input(crop_flip(train_x, index, pad=pad, flip=config.hflip, generator=generator), resolution, mean, std, channels_last=channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                     loss = criterion(model(x), train_y[index])
+                if oom_at == epoch * steps + step + 1:
+                    raise torch.OutOfMemoryError(f"injected by {ENV_INJECT_OOM} at step {oom_at}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ from .scaling import CONSTRAINT_MODES, GRID_KINDS, parse_budget
 
 # The shipped spaces live at the top of the repository (installed editable).
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# A space's name becomes the default run folder runs/<name>-<budget>: a plain
+# word, so that it can never point outside runs/.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; the user meant a number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -196,7 +203,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], _join(where, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            raise UsageError(f"search space is missing required key '{_join(where, name)}'")
+            raise UsageError(f"search space is missing required key '{_join(where, name)}': add it")
     return cls(**kwargs)
 
 
@@ -238,7 +245,10 @@ def _validate(space: SearchSpace) -> None:
     _check(space.data.storage_size > 0, "data.storage_size must be a positive integer")
     e = space.extrapolation
     _check(e.max_phi >= 1 and e.base_resolution > 0 and e.resolution_multiple >= 1 and e.num_classes >= 1, "extrapolation values must be positive")
-    _check(bool(space.name) and "/" not in space.name and not space.name.startswith("."), f"name {space.name!r} must be a plain word")
+    _check(
+        _NAME.fullmatch(space.name) is not None,
+        f"name {space.name!r} must be a plain word (letters, digits, '.', '_', '-'; up to 64) as it names the run folder",
+    )
 
 
 def parse_space(data: Any, source: str = "search space") -> SearchSpace:
@@ -259,6 +269,10 @@ def load_space(path: str | Path) -> SearchSpace:
         raise UsageError(f"search space {p} does not exist (or is not a file): give a YAML file, or --preset {'|'.join(presets())}")
     try:
         data = yaml.safe_load(p.read_text())
+    except yaml.constructor.ConstructorError as exc:  # a tag such as !!python/object: never constructed
+        mark = exc.problem_mark
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"search space {p} uses a YAML tag that is not allowed{at}: write plain mappings, lists, numbers and strings") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -1,6 +1,5 @@
 """End-to-end searches through the real command line (real trainings, tiny sizes)."""
 
-import csv
 import json
 import os
 import signal
@@ -8,67 +7,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_usage_error, run_cli
-
-SHARED_DATA = ROOT.parent / "shared" / "data"
-
-TINY = """\
-name: tiny
-baseline: {{model: efficientnet, width: 0.25, depth: 0.25, resolution: 32}}
-data: {{name: cifar10}}
-grid: {{kind: full, step: 0.1, max_alpha: 1.2, max_beta: 1.1, max_gamma: 1.2}}
-constraint: {{budget: 2x, tolerance: 0.05, resolution_multiple: 4}}
-proxy: {{epochs: {epochs}, batch_size: 64, lr: 0.05, train_subset: {train}, test_subset: 128}}
-seeds: {seeds}
-pruning: {{enabled: {pruning}, min_epochs: 1, reduction_factor: 2}}
-extrapolation: {{max_phi: 2, detection: false}}
-"""
-
-
-def tiny_space(tmp_path: Path, *, epochs: int = 1, train: int = 128, seeds=(0,), pruning: bool = False, name: str = "tiny.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(TINY.format(epochs=epochs, train=train, seeds=list(seeds), pruning=str(pruning).lower()))
-    return path
-
-
-@pytest.fixture(scope="session")
-def data_env(tmp_path_factory):
-    if not (SHARED_DATA / "cifar10-jpeg.tar.gz").exists():
-        pytest.fail(f"the shared CIFAR-10 archive is missing at {SHARED_DATA}")
-    cache = os.environ.get("SCALING_SEARCH_CACHE") or str(tmp_path_factory.mktemp("cache"))
-    return {"SCALING_SEARCH_DATA": str(SHARED_DATA), "SCALING_SEARCH_CACHE": cache}
-
-
-def _db_states(run_dir: Path) -> list[tuple[int, str]]:
-    con = sqlite3.connect(run_dir / "study.db")
-    try:
-        return con.execute("select number, state from trials").fetchall()
-    finally:
-        con.close()
-
-
-def _unit_attempts(run_dir: Path) -> dict[str, list[str]]:
-    """Per unit key, the states of all its trials (from the study storage itself)."""
-    con = sqlite3.connect(run_dir / "study.db")
-    try:
-        rows = con.execute(
-            "select t.state, a.value_json from trials t join trial_user_attributes a on a.trial_id = t.trial_id where a.key = 'unit'"
-        ).fetchall()
-    finally:
-        con.close()
-    out: dict[str, list[str]] = {}
-    for state, value in rows:
-        out.setdefault(json.loads(value), []).append(state)
-    return out
-
-
-def _read_csv(path: Path) -> list[dict]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
+from conftest import ROOT, assert_usage_error, run_cli, tiny_space
+from conftest import db_states as _db_states
+from conftest import read_csv as _read_csv
+from conftest import unit_attempts as _unit_attempts
 
 
 def test_tiny_run_writes_every_output_and_report_rebuilds(tmp_path, data_env):

@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import threading
-import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,12 +32,46 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 DEFAULT_HEARTBEAT = 10  # seconds; a trial is stale after GRACE_FACTOR heartbeats without one
 GRACE_FACTOR = 4
+# How long a SQLite study waits for another program's lock on the file before
+# giving up with a clear error (a backup, a DB browser, a stuck worker).
+SQLITE_LOCK_TIMEOUT = 120  # seconds
+
+# Python packages that provide SQLAlchemy's default driver of each database.
+_DRIVERS = {"postgresql": "psycopg2-binary", "postgres": "psycopg2-binary", "mysql": "mysqlclient (or use mysql+pymysql:// with PyMySQL)"}
 
 
 def sqlite_path(url: str) -> Path | None:
     if url.startswith("sqlite:///"):
         return Path(url[len("sqlite:///"):])
     return None
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite(url: str) -> None:
+    """What SQLite would trip on, said before anything (the lock file) is written beside it."""
+    db = sqlite_path(url)
+    if db is None or str(db) == ":memory:":
+        return
+    folder = db.parent
+    if not folder.is_dir():
+        raise UsageError(f"storage {url!r}: folder {folder} does not exist: create it, or give a sqlite:///PATH in an existing folder")
+    if not os.access(folder, os.W_OK | os.X_OK):  # SQLite writes its journal beside the file
+        raise UsageError(f"storage {url!r}: folder {folder} cannot be written (permission denied): give a sqlite:///PATH in a folder you can write")
+    if db.exists():
+        try:
+            with open(db, "rb") as f:
+                head = f.read(len(_SQLITE_HEADER))
+        except OSError as exc:
+            raise UsageError(f"storage {url!r} cannot be read ({exc.strerror}): give a SQLite file you can read and write") from None
+        if head and head != _SQLITE_HEADER:  # an empty file is a new database
+            raise UsageError(f"storage {url!r}: {db} is not a SQLite database: give a new path or the study.db of a run")
 
 
 @contextlib.contextmanager
@@ -64,20 +99,41 @@ def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT) -> optuna.storage
     """An RDB storage with heartbeats; a clear error when it cannot be reached."""
     engine_kwargs = {}
     if url.startswith("sqlite"):
-        engine_kwargs = {"connect_args": {"timeout": 120}}  # wait for a writer rather than fail at once
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT}}  # wait for a writer rather than fail at once
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat,
-            grace_period=heartbeat * GRACE_FACTOR,
-            heartbeat_stale_trial_callback=_requeue_stale,
-        )
+        with warnings.catch_warnings():
+            # Heartbeats are what makes a dead worker's trial come back; Optuna
+            # calls them experimental and would print that on every start.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat,
+                grace_period=heartbeat * GRACE_FACTOR,
+                heartbeat_stale_trial_callback=_requeue_stale,
+            )
     except ImportError as exc:
-        raise UsageError(f"storage {url!r} needs a database driver that is not installed ({exc.name or exc}): pip install it") from None
+        missing = getattr(exc.__cause__, "name", None) or exc.name
+        scheme = url.split(":", 1)[0].split("+", 1)[0]
+        package = _DRIVERS.get(scheme, missing or "the driver for this database")
+        raise UsageError(
+            f"storage {redact(url)!r} needs a database driver that is not installed ({missing or exc}): pip install {package}, or use sqlite:///PATH"
+        ) from None
     except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use this storage"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot open study storage {url!r}: {first}") from None
+        raise storage_error(url, exc) from None
+
+
+def storage_error(url: str, exc: BaseException) -> UsageError:
+    """One line for a storage that failed: locked, unreachable or refused."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if "database is locked" in text:
+        return UsageError(
+            f"study storage {redact(url)!r} stayed locked by another program for over {SQLITE_LOCK_TIMEOUT} s: "
+            "close that program (or wait for it) and run the same command again; finished trials are kept"
+        )
+    hint = "check the path and that the file is a SQLite database" if url.startswith("sqlite") else "check the URL and that the database server is running and reachable"
+    return UsageError(f"cannot use study storage {redact(url)!r}: {first}: {hint}")
 
 
 @dataclass
@@ -95,6 +151,7 @@ class OptunaStudy:
         self.url = url
         self.pruning = pruner is not None
         self.heartbeat = heartbeat
+        _check_sqlite(url)
         db = sqlite_path(url)
         self._lock_path = db.with_name(db.name + ".lock") if db is not None else None
         try:
@@ -104,7 +161,9 @@ class OptunaStudy:
                     storage=self.storage, study_name=study_name, direction="maximize", load_if_exists=True, pruner=pruner
                 )
         except optuna.exceptions.StorageInternalError as exc:
-            raise UsageError(f"study storage {url!r} failed: {exc}: is another program holding it?") from None
+            raise storage_error(url, exc.__cause__ or exc) from None
+        except OSError as exc:  # the lock file beside a SQLite study
+            raise UsageError(f"cannot use study storage {redact(url)!r}: {exc.strerror}: {exc.filename}") from None
 
     def lock(self):
         return _file_lock(self._lock_path)
@@ -133,7 +192,8 @@ class OptunaStudy:
         return None
 
     def fail_stale(self) -> None:
-        with self.lock():
+        with self.lock(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable here; not the user's concern
             optuna.storages.fail_stale_trials(self.study)
 
     # --------------------------------------------------------------- worker

@@ -8,6 +8,7 @@ the report is written atomically at the end (and on Ctrl-C).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ from ..atomic import atomic_write_text
 from ..errors import UsageError
 from ..scaling import parse_budget
 from ..space import SearchSpace, dump_space
-from .trials import Unit, empty_row, search_candidates, units_for
+from .trials import Unit, empty_row, search_candidates, trial_config, units_for
 
 RUN_JSON = "run.json"
 
@@ -62,7 +63,7 @@ def check_run_dir(out: Path, space: SearchSpace, study_name: str) -> dict | None
     if out.exists() and not out.is_dir():
         raise UsageError(f"run folder {out} exists and is not a folder: choose another --out")
     parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK | os.X_OK) or not _can_write(parent):
+    if not _can_write(parent):
         raise UsageError(f"run folder {out} cannot be written (permission denied): choose another --out")
     meta_path = out / RUN_JSON
     if not meta_path.exists():
@@ -80,13 +81,20 @@ def check_run_dir(out: Path, space: SearchSpace, study_name: str) -> dict | None
 
 
 def _can_write(folder: Path) -> bool:
-    probe = folder / f".scaling-search-probe-{os.getpid()}"
-    try:
-        probe.touch()
-        probe.unlink()
-        return True
-    except OSError:
+    """A real write test that leaves no trace: an unnamed file (Linux O_TMPFILE)
+    never appears in the folder, so neither its entries nor its mtime change.
+    access() alone misses read-only network mounts and the like."""
+    if not os.access(folder, os.W_OK | os.X_OK):
         return False
+    unnamed = getattr(os, "O_TMPFILE", None)
+    if unnamed is None:
+        return True
+    try:
+        os.close(os.open(folder, unnamed | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        # A filesystem without unnamed files says so; then access() has the last word.
+        return exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+    return True
 
 
 def software_versions() -> dict:
@@ -116,12 +124,37 @@ def estimate_seconds(space: SearchSpace, units: list[Unit], n_train: int, n_test
     import torch
 
     from ..flops import count
-    from ..models import build
     from .trials import baseline_config, trial_model
 
     base = baseline_config(space, 10)
-    model = build(base).to(device).train()
     batch = min(space.proxy.batch_size, 64 if device == "cpu" else space.proxy.batch_size)
+    try:
+        ips = _baseline_speed(base, batch, device)
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        from ..proxy import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        # Every candidate is at least the baseline: none of them would fit either.
+        raise UsageError(
+            f"the baseline ({base.resolution} px, batch {batch}) does not fit in memory on {device}: "
+            "lower proxy.batch_size or baseline.resolution in the search space"
+        ) from None
+    base_macs = count(base).macs
+    total = 0.0
+    for u in units:
+        scale = count(trial_model(space, u, 10)).macs / base_macs
+        total += scale * (space.proxy.epochs * n_train + n_test * space.proxy.epochs / 3) / ips
+    return total, ips
+
+
+def _baseline_speed(base, batch: int, device: str) -> float:
+    """Training images per second of the baseline, from a few timed steps."""
+    import torch
+
+    from ..models import build
+
+    model = build(base).to(device).train()
     x = torch.randn(batch, 3, base.resolution, base.resolution, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -140,13 +173,7 @@ def estimate_seconds(space: SearchSpace, units: list[Unit], n_train: int, n_test
         step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    ips = reps * batch / (time.perf_counter() - t)
-    base_macs = count(base).macs
-    total = 0.0
-    for u in units:
-        scale = count(trial_model(space, u, 10)).macs / base_macs
-        total += scale * (space.proxy.epochs * n_train + n_test * space.proxy.epochs / 3) / ips
-    return total, ips
+    return reps * batch / (time.perf_counter() - t)
 
 
 def format_duration(seconds: float) -> str:
@@ -170,6 +197,10 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     device = resolve_device(options.device)
     candidates = search_candidates(space)
     units = units_for(space, candidates)
+    try:
+        trial_config(space, units[0], 10, device)  # the recipe's own checks, before any folder exists
+    except UsageError as exc:
+        raise UsageError(f"search space proxy section: {exc}") from None
     study_name = study_name_for(space)
     out = options.out
     earlier = check_run_dir(out, space, study_name)
@@ -230,8 +261,15 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
 
             records = run_ray(space, units, data, device, options, console, stop)
         else:
+            from optuna.exceptions import StorageInternalError
+
+            from .optuna_backend import storage_error
+
             study = study or _open_study(options, storage_url, study_name, space)
-            records = _run_optuna(study, space, units, data, device, console, stop)
+            try:
+                records = _run_optuna(study, space, units, data, device, console, stop)
+            except StorageInternalError as exc:  # locked past the wait limit, or the server went away
+                raise storage_error(storage_url, exc.__cause__ or exc) from None
     finally:
         restore()
     wall = time.perf_counter() - started
@@ -379,7 +417,7 @@ def rebuild(out: Path, console) -> int:
     try:
         meta = json.loads(meta_path.read_text())
     except ValueError:
-        raise UsageError(f"{meta_path} is not valid JSON: the run folder is damaged") from None
+        raise UsageError(f"{meta_path} is not valid JSON: the run folder is damaged; run the search again with a new --out") from None
     space = load_space(out / "space.yaml")
     units = units_for(space, search_candidates(space))
     prior = {}
@@ -396,7 +434,7 @@ def rebuild(out: Path, console) -> int:
         db = sqlite_path(url)
         if db is not None and not db.exists():  # a moved or committed run folder: its own copy
             if not (out / "study.db").exists():
-                raise UsageError(f"the study storage {db} is gone and {out / 'study.db'} does not exist")
+                raise UsageError(f"the study storage {db} is gone and {out / 'study.db'} does not exist: restore one of them, or run the search again")
             url = f"sqlite:///{(out / 'study.db').resolve()}"
         records = list(OptunaStudy(url, meta["study_name"]).unit_records().values())
     else:

@@ -282,9 +282,12 @@ class OptunaStudy:
             out[key] = record
         return out
 
-    def count_finished(self) -> int:
+    def finished_units(self) -> set[str]:
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        return len({t.user_attrs.get("unit") for t in self.study.get_trials(deepcopy=False, states=finished) if not _interrupted(t)})
+        return {t.user_attrs.get("unit") for t in self.study.get_trials(deepcopy=False, states=finished) if not _interrupted(t)}
+
+    def count_finished(self) -> int:
+        return len(self.finished_units())
 
 
 def _interrupted(trial: optuna.trial.FrozenTrial) -> bool:

@@ -224,11 +224,14 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
 
     storage_url = options.storage or (earlier or {}).get("storage") if options.backend == "optuna" else None
     study = None
-    if options.backend == "optuna" and options.storage:
-        study = _open_study(options, storage_url, study_name, space)  # a shared storage must answer before the folder exists
-
-    seconds, ips = estimate_seconds(space, units, n_train, n_test, device)
-    console.print(f"estimate: about {format_duration(seconds)} for all {len(units)} trials (baseline trains at {ips:,.0f} img/s here)")
+    if options.backend == "optuna" and (options.storage or earlier is not None):
+        # A shared storage must answer before the folder exists; a resumed
+        # study says which trials are left to estimate.
+        study = _open_study(options, storage_url, study_name, space)
+    finished = study.finished_units() if study is not None else set()
+    left = [u for u in units if u.key not in finished]
+    seconds, ips = estimate_seconds(space, left, n_train, n_test, device)
+    console.print(f"estimate: about {format_duration(seconds)} for the {len(left)} trials left of {len(units)} (baseline trains at {ips:,.0f} img/s here)")
     if options.estimate_only:
         return 0
 

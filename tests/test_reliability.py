@@ -70,11 +70,11 @@ def assert_one_clear_line(rc: int, err: str, says: tuple[str, ...], never: tuple
         assert fragment not in line, (fragment, line)
 
 
-def clean_env(data_env: dict, **extra: str) -> dict:
+def clean_env(data_env: dict) -> dict:
     """The environment of a user's shell: no warning filter; one torch thread,
     as the tests share two cores and oversubscribed threads stall for seconds."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONWARNINGS", "SCALING_SEARCH_INJECT_OOM")}
-    return {**env, **data_env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+    return {**env, **data_env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def run_args(space: Path | str, out: Path | str, *extra: str) -> list[str]:
@@ -224,8 +224,26 @@ class Ctx:
         return self.out
 
 
-def case(id: str, args: Callable[[Ctx], list], *says: str, never: tuple[str, ...] = ()):
-    return pytest.param(args, says, never, id=id)
+def case(name: str, args: Callable[[Ctx], list], *says: str, never: tuple[str, ...] = ()):
+    """A command line built in the test folder, and what its one error line must (not) say."""
+    return pytest.param(args, says, never, id=name)
+
+
+def _another_search(c: Ctx) -> list:
+    c.earlier_run(c.space())
+    return c.run(space=c.space({"seeds": [0, 1]}, name="other.yaml"))
+
+
+def _unreachable_storage_for_earlier_run(c: Ctx) -> list:
+    space = c.space()
+    c.earlier_run(space)  # outputs of an earlier run must survive the failed start untouched
+    return c.run("--storage", "postgresql://search:secret@127.0.0.1:1/db", space=space)
+
+
+def _damaged_run_json(c: Ctx) -> list:
+    c.out.mkdir()
+    c.write("run/run.json", "{not json")
+    return ["report", c.out]
 
 
 CATALOGUE = [
@@ -321,27 +339,16 @@ CATALOGUE = [
     case("run-out-is-a-file", lambda c: ["run", "--space", c.space(), "--out", c.write("taken", "x")], "is not a folder", "choose another --out"),
     case("run-out-read-only", lambda c: ["run", "--space", c.space(), "--out", c.read_only(c.tmp / "ro")], "cannot be written", "choose another --out"),
     case("run-out-under-read-only", lambda c: ["run", "--space", c.space(), "--out", c.read_only(c.tmp / "ro") / "run"], "cannot be written"),
-    case(
-        "run-out-holds-another-search",
-        lambda c: c.run(space=c.earlier_run(c.space()) and c.space({"seeds": [0, 1]}, name="other.yaml")),
-        "holds a run of another search",
-        "use a new --out",
-    ),
+    case("run-out-holds-another-search", _another_search, "holds a run of another search", "use a new --out"),
     # run: the study storage
-    case(
-        "run-storage-no-driver",
-        lambda c: c.run("--storage", "postgresql://search:secret@127.0.0.1:1/db", space=c.earlier_run(c.space()) and c.tmp / "space.yaml"),
-        "needs a database driver",
-        "pip install",
-        never=("secret",),
-    ),
+    case("run-storage-no-driver", _unreachable_storage_for_earlier_run, "needs a database driver", "pip install", never=("secret",)),
     case("run-storage-folder-missing", lambda c: c.run("--storage", f"sqlite:///{c.tmp / 'nowhere' / 'study.db'}"), "nowhere does not exist", "create it"),
     case("run-storage-folder-read-only", lambda c: c.run("--storage", f"sqlite:///{c.read_only(c.tmp / 'ro') / 'study.db'}"), "cannot be written", "folder you can write"),
     case("run-storage-not-sqlite", lambda c: c.run("--storage", f"sqlite:///{c.write('notes.db', 'plain text, not a database' * 100)}"), "is not a SQLite database", "give a new path"),
     # report
     case("report-not-a-run-folder", lambda c: ["report", c.tmp], "is not a run folder", "--out folder"),
     case("report-missing-folder", lambda c: ["report", c.tmp / "nowhere"], "is not a run folder"),
-    case("report-damaged-run-json", lambda c: ["report", (c.out.mkdir(), c.write("run/run.json", "{not json"))[1].parent], "not valid JSON", "new --out"),
+    case("report-damaged-run-json", _damaged_run_json, "not valid JSON", "new --out"),
 ]
 
 
@@ -383,12 +390,7 @@ def test_scientific_notation_is_a_number_in_a_space():
         case("candidates-budget-abc", lambda c: ["candidates", "--budget", "abc"], "budget 'abc'"),
         case("run-space-malformed", lambda c: c.run(space=c.write("bad.yaml", "name: t\nproxy: [epochs: 1\n")), "not valid YAML"),
         # goes through the data load and Optuna, which print warnings unless told not to
-        case(
-            "run-storage-no-driver",
-            lambda c: c.run("--storage", "postgresql://search:secret@127.0.0.1:1/db", space=c.earlier_run(c.space()) and c.tmp / "space.yaml"),
-            "needs a database driver",
-            never=("secret",),
-        ),
+        case("run-storage-no-driver", _unreachable_storage_for_earlier_run, "needs a database driver", never=("secret",)),
     ],
 )
 def test_real_entry_point_prints_one_line(build, says, never, tmp_path, data_env):

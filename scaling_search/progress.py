@@ -7,6 +7,7 @@ which is what tests and pipes get.
 
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -55,6 +56,4 @@ def progress_bar(enabled: bool, description: str, total: float | None, *, transf
 
 def _fields(text: str) -> list[str]:
     """Names used as {task.fields[NAME]} in ``text``."""
-    import re
-
     return re.findall(r"task\.fields\[(\w+)\]", text)

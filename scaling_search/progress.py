@@ -40,7 +40,7 @@ def progress_bar(enabled: bool, description: str, total: float | None, *, transf
         TransferSpeedColumn,
     )
 
-    columns = [TextColumn("{task.description}"), BarColumn()]
+    columns = [TextColumn("{task.description}"), BarColumn(bar_width=24)]
     columns += [DownloadColumn(), TransferSpeedColumn()] if transfer else [MofNCompleteColumn()]
     columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     if text:

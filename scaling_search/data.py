@@ -13,6 +13,7 @@ settings, so only the first load pays for decoding.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
 
@@ -139,27 +140,27 @@ def _file_fingerprint(path: Path) -> dict:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-class _Source:
-    """Somewhere a dataset lives; decodes it into arrays."""
+class _Source(Protocol):
+    """Somewhere a dataset lives."""
 
-    label: str
-    description: str
+    label: str  # names the cache file
 
     def fingerprint(self) -> dict:
-        raise NotImplementedError
+        """What identifies this exact content (paths, sizes, modification times)."""
+        ...
 
     def decode(self, size: int, progress: bool) -> Dataset:
-        raise NotImplementedError
+        """Read and decode every image into ``size``-pixel squares."""
+        ...
 
 
-class _PickleSource(_Source):
+class _PickleSource:
     """The official CIFAR-10 python version: a folder of pickles or its archive."""
 
     label = "cifar10"
 
     def __init__(self, path: Path):
         self.path = path
-        self.description = str(path)
 
     def _files(self) -> Iterator[tuple[str, bytes]]:
         if self.path.is_dir():
@@ -205,14 +206,13 @@ class _PickleSource(_Source):
         return Dataset(train_x, train_y, test_x, test_y, classes, source=str(self.path))
 
 
-class _TreeSource(_Source):
+class _TreeSource:
     """An ImageFolder tree, ``train/<class>/...`` and ``test/<class>/...`` (or ``val/``),
     in a folder or inside a tar/zip archive."""
 
     def __init__(self, path: Path, label: str):
         self.path = path
         self.label = label
-        self.description = str(path)
         self._listing: list[tuple[str, str, str]] | None = None  # (split, class, relative path), folders only
 
     def _scan_folder(self) -> list[tuple[str, str, str]]:
@@ -394,8 +394,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _safe_unpickle(data: bytes, where: str) -> dict:
-    import io
-
     try:
         obj = _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as exc:  # a damaged or foreign file: say which one
@@ -468,18 +466,19 @@ def _locate(spec: DataSpec, cache: Path, progress: bool) -> _Source:
         if path.is_file() and not _is_archive(path):
             raise UsageError(f"imagefolder {path} is a file but not a tar or zip archive")
         return _TreeSource(path, _safe_label(path.name))
+    found = None
     if root is not None:
         if not root.exists():
             raise UsageError(f"{what}{'' if what.endswith('=') else ' '}{root} does not exist: point it at the folder that holds the dataset")
         found = _find_cifar10(root)
         if found is not None:
             return found
-        if not spec.allow_download:
+        if not spec.allow_download:  # a folder was named: a download elsewhere would surprise
             raise UsageError(
                 f"no CIFAR-10 in {root}: expected {CIFAR10_FOLDER}/, {CIFAR10_ARCHIVE}, train/ and test/ class folders, "
                 "or an archive of them (cifar10*.tar.gz): put the dataset there or point to the folder that holds it"
             )
-    downloaded = cache / "downloads" / CIFAR10_ARCHIVE
+    downloaded = cache / "downloads" / CIFAR10_ARCHIVE  # a download from an earlier run
     if downloaded.is_file():
         return _PickleSource(downloaded)
     if spec.allow_download:

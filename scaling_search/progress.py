@@ -7,6 +7,7 @@ which is what tests and pipes get.
 
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -39,7 +40,7 @@ def progress_bar(enabled: bool, description: str, total: float | None, *, transf
         TransferSpeedColumn,
     )
 
-    columns = [TextColumn("{task.description}"), BarColumn()]
+    columns = [TextColumn("{task.description}"), BarColumn(bar_width=24)]
     columns += [DownloadColumn(), TransferSpeedColumn()] if transfer else [MofNCompleteColumn()]
     columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     if text:
@@ -55,6 +56,4 @@ def progress_bar(enabled: bool, description: str, total: float | None, *, transf
 
 def _fields(text: str) -> list[str]:
     """Names used as {task.fields[NAME]} in ``text``."""
-    import re
-
     return re.findall(r"task\.fields\[(\w+)\]", text)

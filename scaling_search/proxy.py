@@ -406,7 +406,7 @@ def _run(config: TrialConfig, dataset: Dataset, device: torch.device, counted, s
     accuracies: list[float] = []
     train_seconds = 0.0
     text = "loss {task.fields[loss]} acc {task.fields[acc]}"
-    with progress_bar(progress, f"training w={config.model.width:g} d={config.model.depth:g} r={resolution}", total, text=text) as advance:
+    with progress_bar(progress, "training", total, text=text) as advance:
         for epoch in range(config.epochs):
             model.train()
             epoch_start = time.perf_counter()

@@ -186,6 +186,8 @@ def test_download_checked_against_its_checksum(tmp_path, loopback_server, monkey
     x, y = _expected_train(batches)
     assert np.array_equal(ds.train_x, x) and np.array_equal(ds.train_y, y)
     assert (good_cache / "downloads" / "cifar-10-python.tar.gz").read_bytes() == archive.read_bytes()
+    # Later runs find the earlier download without being allowed to download.
+    assert load_dataset(DataSpec("cifar10"), cache_dir=good_cache).from_cache
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     ds_md5 = load_dataset(
         DataSpec("cifar10", allow_download=True, download_url=url, download_checksum="md5:" + md5), cache_dir=tmp_path / "md5-cache"

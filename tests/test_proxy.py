@@ -176,11 +176,12 @@ def test_cli_train_json(cifar10, data_cache):
     proc = run_cli(
         "train", "--data", "cifar10", "--data-dir", str(SHARED_DATA),
         "--width", "0.25", "--depth", "0.25", "--resolution", "32", "--epochs", "1",
-        "--subset", "256", "--test-subset", "100", "--batch-size", "32", "--seed", "3", "--device", "cpu", "--json",
+        "--subset", "256", "--test-subset", "100", "--batch-size", "32", "--seed", "3", "--device", "cpu", "--json", "--progress",
         env={"SCALING_SEARCH_CACHE": str(data_cache)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    result = json.loads(proc.stdout)  # the progress bar goes to stderr, never into the JSON
+    assert "training" in proc.stderr and "eta" in proc.stderr
     for key in ("accuracy", "images_per_second", "epochs", "params", "macs", "wall_seconds", "device", "epoch_losses", "epoch_accuracies"):
         assert key in result
     assert result["epochs"] == 1 and result["device"] == "cpu" and 0 <= result["accuracy"] <= 1

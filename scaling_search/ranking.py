@@ -79,7 +79,9 @@ def rank(trials: pd.DataFrame, final_epochs: int) -> Ranking:
         finals = done[(done[KEY] == pd.Series(key, index=KEY)).all(axis=1)]
         accs = [float(a) for a in finals["accuracy"]]
         mean, low, high = mean_interval(accs) if accs else (math.nan, math.nan, math.nan)
-        first = group.iloc[0]
+        # Pruned trials stop before the trainer reports params and MACs: take them from any row that has them.
+        counted = group[group["params"].notna()] if "params" in group else group
+        first = counted.iloc[0] if len(counted) else group.iloc[0]
         rows.append(
             {
                 "alpha": key[0],

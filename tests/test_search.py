@@ -95,7 +95,7 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path, data_env):
 
 def test_two_workers_share_one_study(tmp_path, data_env):
     out = tmp_path / "run"
-    space = tiny_space(tmp_path, seeds=(0, 1, 2, 3))
+    space = tiny_space(tmp_path, seeds=(0, 1, 2, 3), train=256)  # ~1 s a unit: both workers get some
     args = [sys.executable, "-m", "scaling_search.cli", "run", "--space", str(space), "--out", str(out), "--heartbeat", "1"]
     env = {**os.environ, **data_env, "PYTHONWARNINGS": "ignore"}
     workers = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]

@@ -90,7 +90,8 @@ def data_env(tmp_path_factory):
     if not CIFAR10_ARCHIVE.exists():
         pytest.fail(f"the shared CIFAR-10 archive is missing at {SHARED_DATA}")
     cache = os.environ.get("SCALING_SEARCH_CACHE") or str(tmp_path_factory.mktemp("cache"))
-    return {"SCALING_SEARCH_DATA": str(SHARED_DATA), "SCALING_SEARCH_CACHE": cache}
+    # One torch thread per CLI process: runs that share the 2 cores (several workers, a busy CI) do not oversubscribe them.
+    return {"SCALING_SEARCH_DATA": str(SHARED_DATA), "SCALING_SEARCH_CACHE": cache, "OMP_NUM_THREADS": "1"}
 
 
 def db_states(run_dir: Path) -> list[tuple[int, str]]:

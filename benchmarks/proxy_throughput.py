@@ -189,6 +189,8 @@ def main() -> None:
     row("bare train step on random device tensors", "bare")
     print(f"ratio       trainer / DataLoader loop (NCHW, as usually written): {best['trainer'] / best['loader']:.2f}x")
     print(f"            trainer / DataLoader loop (channels_last):            {best['trainer'] / best['loader_cl']:.2f}x")
+    rounds = ", ".join(f"{t / l:.2f}x" for t, l in zip(runs["trainer"], runs["loader"]))
+    print(f"            per round, trainer / DataLoader NCHW: {rounds} (same-round pairs share the machine's load)")
     print(f"overhead    trainer vs bare train step: {100 * (1 - best['trainer'] / best['bare']):.1f}% of throughput lost to data handling")
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .atomic import atomic_open
 from .errors import UsageError
 from .progress import progress_bar
 
@@ -41,40 +41,31 @@ def download(url: str, dest: str | os.PathLike, checksum: str, *, progress: bool
     algorithm, expected = parse_checksum(checksum)
     target = Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     digest = hashlib.new(algorithm)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                raise UsageError(f"could not download {url}: {getattr(exc, 'reason', exc)}") from None
-            with response:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                with progress_bar(progress, f"downloading {target.name}", total, transfer=True) as advance:
-                    while True:
-                        try:
-                            block = response.read(_CHUNK)
-                        except OSError as exc:
-                            raise UsageError(f"download of {url} broke off: {exc}") from None
-                        if not block:
-                            break
-                        out.write(block)
-                        digest.update(block)
-                        advance(len(block))
-            out.flush()
-            os.fsync(out.fileno())
+    # atomic_open renames into place only if the block ends cleanly: a checksum
+    # mismatch or a broken transfer leaves nothing at ``dest``.
+    with atomic_open(target) as out:
+        try:
+            response = urllib.request.urlopen(url, timeout=timeout)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise UsageError(f"could not download {url}: {getattr(exc, 'reason', exc)}") from None
+        with response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with progress_bar(progress, f"downloading {target.name}", total, transfer=True) as advance:
+                while True:
+                    try:
+                        block = response.read(_CHUNK)
+                    except OSError as exc:
+                        raise UsageError(f"download of {url} broke off: {exc}") from None
+                    if not block:
+                        break
+                    out.write(block)
+                    digest.update(block)
+                    advance(len(block))
         got = digest.hexdigest()
         if got != expected:
             raise UsageError(
                 f"download of {url} failed its checksum ({algorithm} expected {expected}, got {got}); the file was discarded"
             )
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     return target
 

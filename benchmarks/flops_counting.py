@@ -24,7 +24,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     count(get_config("efficientnet-b0"))  # first-use imports, not part of either path
     meta_total = fv_total = 0.0
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}"
+    )
     print(f"{'model':<8}{'res':>5}{'meta s':>9}{'fvcore s':>10}{'MACs G':>9}{'fvcore G':>10}")
     for v in VARIANTS:
         config = get_config(f"efficientnet-{v}")
@@ -38,7 +41,10 @@ def main() -> None:
         meta_total += meta
         fv_total += fv
         print(f"{v:<8}{config.resolution:>5}{meta:>9.2f}{fv:>10.2f}{c.macs / 1e9:>9.3f}{f.total / 1e9:>10.3f}")
-    print(f"total: meta {meta_total:.2f} s, fvcore {fv_total:.2f} s; meta is {fv_total / meta_total:.1f}x faster (goal >= 5x, meta < 30 s)")
+    print(
+        f"total: meta {meta_total:.2f} s, fvcore {fv_total:.2f} s; meta is {fv_total / meta_total:.1f}x faster "
+        "(goal >= 5x, meta < 30 s)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ process, on one device:
    out because torchvision is not a dependency), model in default NCHW;
    once more with the model in channels_last, to separate the memory-format
    gain from the data-path gain;
-2. ``scaling_search.proxy.train_trial`` (device-resident uint8, batched
+2. ``scaling_search.train.loop.train_trial`` (device-resident uint8, batched
    device-side transforms);
 3. the bare train step on random tensors of the trainer's shape, the upper
    bound: 1 - (2) / (3) is the trainer's data-handling overhead.
@@ -35,9 +35,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scaling_search.data import DataSpec, balanced_subset, load_dataset  # noqa: E402
+from scaling_search.data.sources import DataSpec, balanced_subset, load_dataset  # noqa: E402
 from scaling_search.models import EfficientNetConfig, build  # noqa: E402
-from scaling_search.proxy import TrialConfig, make_optimizer, resolve_device, train_trial  # noqa: E402
+from scaling_search.train.loop import TrialConfig, make_optimizer, resolve_device, train_trial  # noqa: E402
 
 
 class PerSampleTransforms:
@@ -79,14 +79,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def dataloader_loop(config: TrialConfig, x: np.ndarray, y: np.ndarray, device: torch.device, workers: int, channels_last: bool) -> float:
+def dataloader_loop(
+    config: TrialConfig, x: np.ndarray, y: np.ndarray, device: torch.device, workers: int, channels_last: bool
+) -> float:
     """Images per second of the usual DataLoader loop (one pass per epoch, workers started per epoch)."""
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     mean, std = x.reshape(-1, 3).mean(0), x.reshape(-1, 3).std(0)
-    data = ArrayImages(x, y, PerSampleTransforms(config.model.resolution, round(config.crop_padding * x.shape[1]), mean, std))
+    data = ArrayImages(
+        x, y, PerSampleTransforms(config.model.resolution, round(config.crop_padding * x.shape[1]), mean, std)
+    )
     loader = torch.utils.data.DataLoader(
-        data, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=workers, pin_memory=device.type == "cuda"
+        data,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
     )
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = build(config.model).to(device, memory_format=fmt)
@@ -138,7 +147,10 @@ def bare_train_step(config: TrialConfig, steps: int, device: torch.device) -> fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", default=os.environ.get("SCALING_SEARCH_DATA") or str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument(
+        "--data-dir",
+        default=os.environ.get("SCALING_SEARCH_DATA") or str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--depth", type=float, default=1.0)
@@ -146,7 +158,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, help="default 64 on the CPU, 512 on a GPU")
     ap.add_argument("--images", type=int, help="training images (default 2,000 on the CPU, 20,000 on a GPU)")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers (default: min(4, cores))")
+    ap.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers (default: min(4, cores))"
+    )
     ap.add_argument("--repeats", type=int, default=2, help="measure each path this many times, keep the best")
     args = ap.parse_args()
 
@@ -161,15 +175,35 @@ def main() -> None:
     images = args.images or (20000 if gpu else 2000)
     spec = DataSpec("cifar10", data_dir=args.data_dir)
     dataset = load_dataset(spec, progress=sys.stderr.isatty())
-    model = EfficientNetConfig(width=args.width, depth=args.depth, resolution=resolution, num_classes=dataset.num_classes)
-    config = TrialConfig(model=model, data=spec, epochs=args.epochs, batch_size=batch, train_subset=images, test_subset=100, device=str(device))
+    model = EfficientNetConfig(
+        width=args.width, depth=args.depth, resolution=resolution, num_classes=dataset.num_classes
+    )
+    config = TrialConfig(
+        model=model,
+        data=spec,
+        epochs=args.epochs,
+        batch_size=batch,
+        train_subset=images,
+        test_subset=100,
+        device=str(device),
+    )
     index = balanced_subset(dataset.train_y, images, config.seed)
     x, y = np.ascontiguousarray(dataset.train_x[index]), dataset.train_y[index]
     steps = images // batch
 
-    name = torch.cuda.get_device_name(device) if gpu else f"{platform.machine()} CPU, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
-    print(f"device      {device} ({name}), torch {torch.__version__}{', subnormals flushed' if flushed and not gpu else ''}")
-    print(f"workload    EfficientNet w={args.width:g} d={args.depth:g} at {resolution} px, batch {batch}, {steps * batch:,} images x {args.epochs} epoch(s)")
+    name = (
+        torch.cuda.get_device_name(device)
+        if gpu
+        else f"{platform.machine()} CPU, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    )
+    print(
+        f"device      {device} ({name}), torch "
+        f"{torch.__version__}{', subnormals flushed' if flushed and not gpu else ''}"
+    )
+    print(
+        f"workload    EfficientNet w={args.width:g} d={args.depth:g} at {resolution} px, batch {batch}, "
+        f"{steps * batch:,} images x {args.epochs} epoch(s)"
+    )
 
     runs: dict[str, list[float]] = {"loader": [], "loader_cl": [], "trainer": [], "bare": []}
     for _ in range(args.repeats):
@@ -188,10 +222,15 @@ def main() -> None:
     row("proxy trainer (device-resident uint8, batched transforms)", "trainer")
     row("bare train step on random device tensors", "bare")
     print(f"ratio       trainer / DataLoader loop (NCHW, as usually written): {best['trainer'] / best['loader']:.2f}x")
-    print(f"            trainer / DataLoader loop (channels_last):            {best['trainer'] / best['loader_cl']:.2f}x")
-    rounds = ", ".join(f"{t / l:.2f}x" for t, l in zip(runs["trainer"], runs["loader"]))
+    print(
+        f"            trainer / DataLoader loop (channels_last):            {best['trainer'] / best['loader_cl']:.2f}x"
+    )
+    rounds = ", ".join(f"{t / d:.2f}x" for t, d in zip(runs["trainer"], runs["loader"]))
     print(f"            per round, trainer / DataLoader NCHW: {rounds} (same-round pairs share the machine's load)")
-    print(f"overhead    trainer vs bare train step: {100 * (1 - best['trainer'] / best['bare']):.1f}% of throughput lost to data handling")
+    print(
+        f"overhead    trainer vs bare train step: {100 * (1 - best['trainer'] / best['bare']):.1f}% of throughput "
+        "lost to data handling"
+    )
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 from . import __version__
 from .errors import UsageError
@@ -77,7 +77,9 @@ def _coefficient(name: str):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number >= 1, got {text!r}") from None
         if not math.isfinite(value) or value < 1:
-            raise argparse.ArgumentTypeError(f"{name} = {text} is below 1: compound scaling only grows a network (use values >= 1)")
+            raise argparse.ArgumentTypeError(
+                f"{name} = {text} is below 1: compound scaling only grows a network (use values >= 1)"
+            )
         return value
 
     parse.__name__ = name
@@ -110,17 +112,30 @@ def _emit(text: str, output: str | None) -> None:
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=_positive_float("width"), help="width multiplier (with NAME 'efficientnet')")
     p.add_argument("--depth", type=_positive_float("depth"), help="depth multiplier (with NAME 'efficientnet')")
-    p.add_argument("--resolution", type=_positive_int("resolution"), help="input size in pixels (default: the model's own)")
-    p.add_argument("--num-classes", type=_positive_int("num-classes"), help="classes (default: 1000 for efficientnet, 90 for efficientdet)")
+    p.add_argument(
+        "--resolution", type=_positive_int("resolution"), help="input size in pixels (default: the model's own)"
+    )
+    p.add_argument(
+        "--num-classes",
+        type=_positive_int("num-classes"),
+        help="classes (default: 1000 for efficientnet, 90 for efficientdet)",
+    )
     p.add_argument("--phi", type=_non_negative_int("phi"), help="scaling step (with NAME 'efficientdet')")
     for name, what in (("alpha", "depth"), ("beta", "width"), ("gamma", "resolution")):
-        p.add_argument(f"--{name}", type=_coefficient(name), help=f"backbone {what} coefficient (with NAME 'efficientdet'; default the paper's)")
+        p.add_argument(
+            f"--{name}",
+            type=_coefficient(name),
+            help=f"backbone {what} coefficient (with NAME 'efficientdet'; default the paper's)",
+        )
 
 
 def _model_config(args: argparse.Namespace):
     from .models import get_config
 
-    options = {k: getattr(args, k, None) for k in ("width", "depth", "resolution", "num_classes", "phi", "alpha", "beta", "gamma")}
+    options = {
+        k: getattr(args, k, None)
+        for k in ("width", "depth", "resolution", "num_classes", "phi", "alpha", "beta", "gamma")
+    }
     return get_config(args.model, **{k: v for k, v in options.items() if v is not None})
 
 
@@ -153,9 +168,15 @@ def _cmd_flops(args: argparse.Namespace) -> int:
         return 0
     print(f"{result['model']} at {result['resolution']} px")
     print(f"  params       {result['params']:>16,}")
-    print(f"  MACs         {result['macs']:>16,}  ({result['macs'] / 1e9:.3f} G; conv + linear multiply-adds, the paper's FLOPs)")
+    print(
+        f"  MACs         {result['macs']:>16,}  ({result['macs'] / 1e9:.3f} G; conv + linear multiply-adds, the "
+        "paper's FLOPs)"
+    )
     if result["macs_fvcore"] is not None:
-        print(f"  fvcore       {result['macs_fvcore']:>16,}  ({result['macs_fvcore'] / 1e9:.3f} G; adds BN, pooling, upsampling)")
+        print(
+            f"  fvcore       {result['macs_fvcore']:>16,}  ({result['macs_fvcore'] / 1e9:.3f} G; adds BN, pooling, "
+            "upsampling)"
+        )
         print(f"  elementwise  {result['fvcore_elementwise']:>16,}  (SiLU, sigmoid, mul, add: not in either total)")
     if args.breakdown:
         print("  per module (MACs):")
@@ -168,20 +189,42 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 
 
 def _add_grid_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--budget", default="2x", help="FLOPs multiplier of one scaling step (default 2x, the paper's phi = 1)")
-    p.add_argument("--grid", choices=("full", "derived"), default="full", help="full step grid, or alpha/beta on the grid with gamma derived (default full)")
+    p.add_argument(
+        "--budget", default="2x", help="FLOPs multiplier of one scaling step (default 2x, the paper's phi = 1)"
+    )
+    p.add_argument(
+        "--grid",
+        choices=("full", "derived"),
+        default="full",
+        help="full step grid, or alpha/beta on the grid with gamma derived (default full)",
+    )
     p.add_argument("--step", type=float, default=None, help="grid step (default 0.05 full, 0.1 derived)")
     p.add_argument("--tolerance", type=float, default=0.05, help="relative tolerance around the budget (default 0.05)")
-    p.add_argument("--constraint", choices=("theoretical", "measured"), default="theoretical", help="alpha*beta^2*gamma^2 (paper) or MACs of the rounded network")
+    p.add_argument(
+        "--constraint",
+        choices=("theoretical", "measured"),
+        default="theoretical",
+        help="alpha*beta^2*gamma^2 (paper) or MACs of the rounded network",
+    )
     p.add_argument("--max-alpha", type=_coefficient("max-alpha"), default=2.0)
     p.add_argument("--max-beta", type=_coefficient("max-beta"), default=2.0)
     p.add_argument("--max-gamma", type=_coefficient("max-gamma"), default=2.0)
-    p.add_argument("--base-resolution", type=_positive_int("base-resolution"), default=224, help="baseline input size (default 224)")
-    p.add_argument("--multiple", type=_positive_int("multiple"), default=8, help="round scaled resolutions to this multiple (default 8)")
+    p.add_argument(
+        "--base-resolution",
+        type=_positive_int("base-resolution"),
+        default=224,
+        help="baseline input size (default 224)",
+    )
+    p.add_argument(
+        "--multiple",
+        type=_positive_int("multiple"),
+        default=8,
+        help="round scaled resolutions to this multiple (default 8)",
+    )
 
 
 def grid_candidates(args: argparse.Namespace):
-    from .extrapolate import measured_ratio
+    from .analysis.series import measured_ratio
     from .models import EfficientNetConfig
     from .scaling import candidate_grid, derived_step_default
 
@@ -213,7 +256,7 @@ def _cmd_candidates(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from .tables import Column, num, ratio, to_markdown
+    from .analysis.tables import Column, num, ratio, to_markdown
 
     columns = [
         Column("alpha", "alpha", num),
@@ -226,7 +269,8 @@ def _cmd_candidates(args: argparse.Namespace) -> int:
     print(to_markdown(rows, columns), end="")
     print(
         f"\n{len(rows)} candidates for a {budget:g}x budget ({args.grid} grid, {args.constraint} constraint, "
-        f"tolerance {args.tolerance:g}); measured ratios are MACs of the rounded B0 at phi = 1 over B0 at {args.base_resolution} px."
+        f"tolerance {args.tolerance:g}); measured ratios are MACs of the rounded B0 at phi = 1 over B0 at "
+        f"{args.base_resolution} px."
     )
     return 0
 
@@ -238,14 +282,23 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=_coefficient("alpha"), required=True, help="depth coefficient (>= 1)")
     p.add_argument("--beta", type=_coefficient("beta"), required=True, help="width coefficient (>= 1)")
     p.add_argument("--gamma", type=_coefficient("gamma"), required=True, help="resolution coefficient (>= 1)")
-    p.add_argument("--family", choices=("efficientnet", "efficientdet"), default="efficientnet", help="B-series (default) or D-series")
-    p.add_argument("--fvcore", action="store_true", help="efficientdet: add fvcore totals (real compute, minutes at D5-D7)")
+    p.add_argument(
+        "--family",
+        choices=("efficientnet", "efficientdet"),
+        default="efficientnet",
+        help="B-series (default) or D-series",
+    )
+    p.add_argument(
+        "--fvcore", action="store_true", help="efficientdet: add fvcore totals (real compute, minutes at D5-D7)"
+    )
     p.add_argument("--format", choices=("md", "csv", "json", "latex"), default="md")
     p.add_argument("--max-phi", type=_positive_int("max-phi"), default=7)
     p.add_argument("--budget", default="2x", help="target FLOPs growth per phi step (default 2x)")
     p.add_argument("--base-resolution", type=_positive_int("base-resolution"), default=224)
     p.add_argument("--multiple", type=_positive_int("multiple"), default=8)
-    p.add_argument("--num-classes", type=_positive_int("num-classes"), help="default 1000 (efficientnet), 90 (efficientdet)")
+    p.add_argument(
+        "--num-classes", type=_positive_int("num-classes"), help="default 1000 (efficientnet), 90 (efficientdet)"
+    )
     p.add_argument("--output", help="write to this file (atomically) instead of stdout")
 
 
@@ -261,27 +314,38 @@ def _cmd_table(args: argparse.Namespace) -> int:
         return _d_table(args, coeffs, base)
     if args.fvcore:
         raise UsageError("--fvcore applies to --family efficientdet only")
-    from .extrapolate import b_series, b_series_columns, b_series_departures
-    from .tables import render
+    from .analysis.series import b_series, b_series_columns, b_series_departures
+    from .analysis.tables import render
 
     num_classes = 1000 if args.num_classes is None else args.num_classes
-    rows = b_series(coeffs, max_phi=args.max_phi, base=base, multiple=args.multiple, budget=budget, num_classes=num_classes)
+    rows = b_series(
+        coeffs, max_phi=args.max_phi, base=base, multiple=args.multiple, budget=budget, num_classes=num_classes
+    )
     notes = b_series_departures(coeffs, rows)
     title = (
         f"EfficientNet B-series from alpha={coeffs.alpha:g}, beta={coeffs.beta:g}, gamma={coeffs.gamma:g} "
         f"(alpha*beta^2*gamma^2 = {coeffs.flops_ratio:.3f}); compound rule vs official, params and MACs measured"
     )
-    meta = {"family": "efficientnet", "alpha": coeffs.alpha, "beta": coeffs.beta, "gamma": coeffs.gamma, "flops_ratio": round(coeffs.flops_ratio, 6), "macs": "conv + linear multiply-adds"}
+    meta = {
+        "family": "efficientnet",
+        "alpha": coeffs.alpha,
+        "beta": coeffs.beta,
+        "gamma": coeffs.gamma,
+        "flops_ratio": round(coeffs.flops_ratio, 6),
+        "macs": "conv + linear multiply-adds",
+    }
     _emit(render(args.format, rows, b_series_columns(), title=title, notes=notes, meta=meta), args.output)
     return 0
 
 
 def _d_table(args: argparse.Namespace, coeffs, base) -> int:
-    from .extrapolate import d_series, d_series_columns, d_series_departures
-    from .tables import render
+    from .analysis.series import d_series, d_series_columns, d_series_departures
+    from .analysis.tables import render
 
     num_classes = 90 if args.num_classes is None else args.num_classes
-    rows = d_series(coeffs, max_phi=args.max_phi, base=base, multiple=args.multiple, num_classes=num_classes, fvcore=args.fvcore)
+    rows = d_series(
+        coeffs, max_phi=args.max_phi, base=base, multiple=args.multiple, num_classes=num_classes, fvcore=args.fvcore
+    )
     notes = d_series_departures(coeffs, rows)
     title = (
         f"EfficientDet D-series from alpha={coeffs.alpha:g}, beta={coeffs.beta:g}, gamma={coeffs.gamma:g}: "
@@ -307,18 +371,37 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", help="FLOPs multiplier of one scaling step, e.g. 2x (default: the space's)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--space", help="search space YAML file")
-    which.add_argument("--preset", help="a shipped search space by name (see search_spaces/); default: picked for this machine")
+    which.add_argument(
+        "--preset", help="a shipped search space by name (see search_spaces/); default: picked for this machine"
+    )
     p.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
-    p.add_argument("--out", help="run folder (default runs/<space>-<budget>); the same command with the same folder resumes")
-    p.add_argument("--storage", help="Optuna storage URL shared by several workers, e.g. postgresql://user@host/db (default: study.db in the run folder; a locked SQLite file is waited for up to 120 s)")
+    p.add_argument(
+        "--out", help="run folder (default runs/<space>-<budget>); the same command with the same folder resumes"
+    )
+    p.add_argument(
+        "--storage",
+        help=(
+            "Optuna storage URL shared by several workers, e.g. postgresql://user@host/db "
+            "(default: study.db in the run folder; a locked SQLite file is waited for up to 120 s)"
+        ),
+    )
     p.add_argument("--data-dir", help="where the dataset is (default: the space's, or $SCALING_SEARCH_DATA)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--seeds", type=_positive_int("seeds"), help="train each candidate with seeds 0..N-1 (default: the space's)")
+    p.add_argument(
+        "--seeds", type=_positive_int("seeds"), help="train each candidate with seeds 0..N-1 (default: the space's)"
+    )
     p.add_argument("--epochs", type=_positive_int("epochs"), help="proxy epochs per trial (default: the space's)")
-    p.add_argument("--heartbeat", type=_positive_int("heartbeat"), default=10, help="seconds between trial heartbeats; a trial silent for 4 is re-queued (default 10)")
+    p.add_argument(
+        "--heartbeat",
+        type=_positive_int("heartbeat"),
+        default=10,
+        help="seconds between trial heartbeats; a trial silent for 4 is re-queued (default 10)",
+    )
     p.add_argument("--estimate", action="store_true", help="print the plan and the time estimate, then stop")
     p.add_argument("--ray-address", help="join this Ray cluster (with --backend ray; default: start a local one)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPUs per Ray trial, fractions allowed (default 1 with a GPU, else 0)")
+    p.add_argument(
+        "--gpus-per-trial", type=float, help="GPUs per Ray trial, fractions allowed (default 1 with a GPU, else 0)"
+    )
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per Ray trial (default 1)")
 
 
@@ -333,7 +416,11 @@ def _resolve_space(args: argparse.Namespace, console):
             import torch
 
             name = "default" if torch.cuda.is_available() else "cpu"
-            why = "a CUDA GPU is available" if name == "default" else "no CUDA GPU found; use --preset default to run the GPU-sized study anyway"
+            why = (
+                "a CUDA GPU is available"
+                if name == "default"
+                else "no CUDA GPU found; use --preset default to run the GPU-sized study anyway"
+            )
             console.print(f"no --space or --preset given: using preset '{name}' ({why})")
         space = load_space(preset_path(name))
     overrides = {
@@ -388,18 +475,41 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="cifar10", help="cifar10 or imagefolder:PATH (train/ and test/ class folders, or an archive of them)")
+    p.add_argument(
+        "--data",
+        default="cifar10",
+        help="cifar10 or imagefolder:PATH (train/ and test/ class folders, or an archive of them)",
+    )
     p.add_argument("--data-dir", help="where the data is (default: $SCALING_SEARCH_DATA)")
-    p.add_argument("--download", action="store_true", help="download CIFAR-10 (checksum-verified) into the cache if it is not found")
-    p.add_argument("--storage-size", type=_positive_int("storage-size"), default=32, help="side of the stored square images in pixels (default 32)")
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="download CIFAR-10 (checksum-verified) into the cache if it is not found",
+    )
+    p.add_argument(
+        "--storage-size",
+        type=_positive_int("storage-size"),
+        default=32,
+        help="side of the stored square images in pixels (default 32)",
+    )
     p.add_argument("--width", type=_positive_float("width"), default=1.0, help="width multiplier (default 1.0)")
     p.add_argument("--depth", type=_positive_float("depth"), default=1.0, help="depth multiplier (default 1.0)")
-    p.add_argument("--resolution", type=_positive_int("resolution"), help="training and evaluation size in pixels (default: the storage size)")
+    p.add_argument(
+        "--resolution",
+        type=_positive_int("resolution"),
+        help="training and evaluation size in pixels (default: the storage size)",
+    )
     p.add_argument("--dropout", type=float, help="classifier dropout (default 0.2)")
     p.add_argument("--drop-path", type=float, help="stochastic depth rate (default 0.2)")
     p.add_argument("--epochs", type=_positive_int("epochs"), help="epochs (default 5)")
-    p.add_argument("--subset", type=_positive_int("subset"), help="train on a class-balanced subset of this many images")
-    p.add_argument("--test-subset", type=_positive_int("test-subset"), help="score on a class-balanced subset of this many held-out images")
+    p.add_argument(
+        "--subset", type=_positive_int("subset"), help="train on a class-balanced subset of this many images"
+    )
+    p.add_argument(
+        "--test-subset",
+        type=_positive_int("test-subset"),
+        help="score on a class-balanced subset of this many held-out images",
+    )
     p.add_argument("--batch-size", type=_positive_int("batch-size"), help="batch size (default 128)")
     p.add_argument("--lr", type=_positive_float("lr"), help="peak learning rate")
     p.add_argument("--optimizer", help="sgd (Nesterov), adamw or rmsprop")
@@ -410,18 +520,35 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, help="label smoothing (default 0.1)")
     p.add_argument("--seed", type=int, help="seed of initialisation, subset, shuffling and augmentation (default 0)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
     p.add_argument("--json", action="store_true")
 
 
-_TRIAL_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "seed", "device")
+_TRIAL_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+    "seed",
+    "device",
+)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .data import DataSpec, load_dataset
+    from .data.sources import DataSpec, load_dataset
     from .models import get_config
     from .progress import stderr_is_terminal
-    from .proxy import TrialConfig, TrialFailed, resolve_device, train_trial
+    from .train.loop import TrialConfig, TrialFailed, resolve_device, train_trial
 
     progress = stderr_is_terminal() if args.progress is None else args.progress
     spec = DataSpec(args.data, data_dir=args.data_dir, storage_size=args.storage_size, allow_download=args.download)
@@ -447,9 +574,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
-    print(f"efficientnet(w={model.width:g},d={model.depth:g}) at {result.resolution} px on {args.data}: top-1 {result.accuracy:.4f}")
-    print(f"  epochs        {result.epochs}  ({result.train_images:,} training, {result.test_images:,} held-out images)")
-    print(f"  per epoch     loss {' '.join(f'{v:.3f}' for v in result.epoch_losses)}  top-1 {' '.join(f'{v:.3f}' for v in result.epoch_accuracies)}")
+    print(
+        f"efficientnet(w={model.width:g},d={model.depth:g}) at {result.resolution} px on {args.data}: top-1 "
+        f"{result.accuracy:.4f}"
+    )
+    print(
+        f"  epochs        {result.epochs}  ({result.train_images:,} training, {result.test_images:,} held-out images)"
+    )
+    print(
+        f"  per epoch     loss {' '.join(f'{v:.3f}' for v in result.epoch_losses)}  top-1 "
+        f"{' '.join(f'{v:.3f}' for v in result.epoch_accuracies)}"
+    )
     print(f"  throughput    {result.images_per_second:,.0f} images/s on {result.device} ({result.device_name})")
     print(f"  wall time     {result.wall_seconds:.1f} s")
     print(f"  params, MACs  {result.params:,}  {result.macs:,} (conv + linear multiply-adds)")

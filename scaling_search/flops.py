@@ -58,7 +58,7 @@ def count(config: Any, resolution: int | None = None, *, breakdown: bool = False
         for name, ops in flops.items():
             if not name.startswith(root):  # "Global" and the model itself
                 continue
-            rel = name[len(root):]
+            rel = name[len(root) :]
             if rel.count(".") <= 1:  # children and grandchildren: stem, stages.3, head
                 per_module[rel] = sum(int(n) for op, n in ops.items() if any(k in str(op) for k in _MAC_OPS)) // 2
     return FlopCount(params=params, macs=total // 2, resolution=res, per_module=per_module)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 Advance = Callable[..., None]  # advance(steps=1, **fields shown in the bar's text)
 
@@ -23,7 +23,9 @@ def stderr_is_terminal() -> bool:
 
 
 @contextmanager
-def progress_bar(enabled: bool, description: str, total: float | None, *, transfer: bool = False, text: str = "") -> Iterator[Advance]:
+def progress_bar(
+    enabled: bool, description: str, total: float | None, *, transfer: bool = False, text: str = ""
+) -> Iterator[Advance]:
     """Yield ``advance(steps=1, **fields)``; ``text`` is a format string over ``fields``."""
     if not enabled:
         yield lambda steps=1, **fields: None

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Iterable, Sequence
 
 from .errors import UsageError
 
@@ -35,7 +35,9 @@ def parse_budget(text: str | float | int) -> float:
     else:
         match = _BUDGET_RE.match(str(text))
         if not match:
-            raise UsageError(f"budget {text!r} is not a number like '2x' or '2.0': write the FLOPs multiplier, e.g. --budget 2x")
+            raise UsageError(
+                f"budget {text!r} is not a number like '2x' or '2.0': write the FLOPs multiplier, e.g. --budget 2x"
+            )
         value = float(match.group(1))
     if not math.isfinite(value) or value <= 1.0:
         raise UsageError(f"budget {text!r} must be greater than 1x (2x doubles the FLOPs, the paper's phi = 1)")
@@ -56,7 +58,9 @@ class Coefficients:
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise UsageError(f"{name} must be a number, got {value!r}")
             if value < 1.0:
-                raise UsageError(f"{name} = {value} is below 1: compound scaling only grows a network (use values >= 1)")
+                raise UsageError(
+                    f"{name} = {value} is below 1: compound scaling only grows a network (use values >= 1)"
+                )
 
     @property
     def flops_ratio(self) -> float:
@@ -111,7 +115,9 @@ def _within(ratio: Fraction, budget: Fraction, tolerance: Fraction) -> bool:
     return abs(ratio / budget - 1) < tolerance
 
 
-def _check_grid_args(step: float, tolerance: float, bounds: Sequence[float]) -> tuple[Fraction, Fraction, list[Fraction]]:
+def _check_grid_args(
+    step: float, tolerance: float, bounds: Sequence[float]
+) -> tuple[Fraction, Fraction, list[Fraction]]:
     fstep = _fraction(step, "step")
     if not 0 < fstep <= 1:
         raise UsageError(f"step {step} must be in (0, 1], e.g. --step 0.05")

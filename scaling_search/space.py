@@ -115,10 +115,12 @@ class SearchSpace:
 
     def fingerprint(self) -> str:
         """Hash of everything that decides which trials exist and what they mean."""
-        blob = json.dumps({k: v for k, v in self.to_dict().items() if k not in ("description", "extrapolation")}, sort_keys=True)
+        blob = json.dumps(
+            {k: v for k, v in self.to_dict().items() if k not in ("description", "extrapolation")}, sort_keys=True
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def with_overrides(self, **sections: dict) -> "SearchSpace":
+    def with_overrides(self, **sections: dict) -> SearchSpace:
         """Replace fields of sections, e.g. with_overrides(constraint={"budget": "4x"})."""
         changes = {}
         for section, values in sections.items():
@@ -149,7 +151,9 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
-    return {type(None): "null", float: "number", int: "integer", str: "string", bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return {type(None): "null", float: "number", int: "integer", str: "string", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -227,27 +231,42 @@ def _validate(space: SearchSpace) -> None:
     for key in ("max_alpha", "max_beta", "max_gamma"):
         _check(getattr(g, key) >= 1, f"grid.{key} must be at least 1")
     _check(b.resolution > 0, f"baseline.resolution must be a positive integer, got {b.resolution}")
-    _check(b.model == "efficientnet" or b.model.startswith("efficientnet-"), f"baseline.model {b.model!r}: only the efficientnet family can be searched")
-    _check(b.model == "efficientnet" or (b.width is None and b.depth is None), "baseline.width/depth apply only to model 'efficientnet'")
+    _check(
+        b.model == "efficientnet" or b.model.startswith("efficientnet-"),
+        f"baseline.model {b.model!r}: only the efficientnet family can be searched",
+    )
+    _check(
+        b.model == "efficientnet" or (b.width is None and b.depth is None),
+        "baseline.width/depth apply only to model 'efficientnet'",
+    )
     _check(0 <= b.dropout < 1 and 0 <= b.drop_path < 1, "baseline.dropout and drop_path must be in [0, 1)")
     _check(p.epochs >= 1, f"proxy.epochs must be at least 1, got {p.epochs}")
     _check(p.batch_size >= 1, f"proxy.batch_size must be at least 1, got {p.batch_size}")
     _check(p.lr > 0, f"proxy.lr must be positive, got {p.lr}")
     _check(p.optimizer in ("sgd", "adamw", "rmsprop"), f"proxy.optimizer {p.optimizer!r} must be sgd, adamw or rmsprop")
-    _check(p.schedule in ("cosine", "constant", "step"), f"proxy.schedule {p.schedule!r} must be cosine, constant or step")
+    _check(
+        p.schedule in ("cosine", "constant", "step"), f"proxy.schedule {p.schedule!r} must be cosine, constant or step"
+    )
     _check(0 <= p.label_smoothing < 1, "proxy.label_smoothing must be in [0, 1)")
     for key in ("train_subset", "test_subset"):
         v = getattr(p, key)
         _check(v is None or v >= 1, f"proxy.{key} must be a positive integer or null")
     _check(len(space.seeds) >= 1, "seeds must list at least one seed")
     _check(len(set(space.seeds)) == len(space.seeds), "seeds must not repeat")
-    _check(space.pruning.min_epochs >= 1 and space.pruning.reduction_factor >= 2, "pruning.min_epochs >= 1 and pruning.reduction_factor >= 2")
+    _check(
+        space.pruning.min_epochs >= 1 and space.pruning.reduction_factor >= 2,
+        "pruning.min_epochs >= 1 and pruning.reduction_factor >= 2",
+    )
     _check(space.data.storage_size > 0, "data.storage_size must be a positive integer")
     e = space.extrapolation
-    _check(e.max_phi >= 1 and e.base_resolution > 0 and e.resolution_multiple >= 1 and e.num_classes >= 1, "extrapolation values must be positive")
+    _check(
+        e.max_phi >= 1 and e.base_resolution > 0 and e.resolution_multiple >= 1 and e.num_classes >= 1,
+        "extrapolation values must be positive",
+    )
     _check(
         _NAME.fullmatch(space.name) is not None,
-        f"name {space.name!r} must be a plain word (letters, digits, '.', '_', '-'; up to 64) as it names the run folder",
+        f"name {space.name!r} must be a plain word (letters, digits, '.', '_', '-'; up to 64) as it names the run "
+        "folder",
     )
 
 
@@ -266,13 +285,18 @@ def parse_space(data: Any, source: str = "search space") -> SearchSpace:
 def load_space(path: str | Path) -> SearchSpace:
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"search space {p} does not exist (or is not a file): give a YAML file, or --preset {'|'.join(presets())}")
+        raise UsageError(
+            f"search space {p} does not exist (or is not a file): give a YAML file, or --preset {'|'.join(presets())}"
+        )
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.constructor.ConstructorError as exc:  # a tag such as !!python/object: never constructed
         mark = exc.problem_mark
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"search space {p} uses a YAML tag that is not allowed{at}: write plain mappings, lists, numbers and strings") from None
+        raise UsageError(
+            f"search space {p} uses a YAML tag that is not allowed{at}: write plain mappings, lists, numbers and "
+            "strings"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

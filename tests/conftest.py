@@ -11,7 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: str | os.PathLike | None = None, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run the real console entry point in a fresh interpreter."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run(
@@ -27,7 +29,7 @@ def run_cli(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 6
 def assert_usage_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
     """Exit 2, exactly one line on stderr, no traceback, and the line says what is wrong."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert lines[0].startswith("scaling-search: error: ")
@@ -55,7 +57,7 @@ def data_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def cifar10(data_cache):
     """CIFAR-10 from the shared JPEG archive (the repository's sibling shared/data)."""
-    from scaling_search.data import DataSpec, load_dataset
+    from scaling_search.data.sources import DataSpec, load_dataset
 
     assert CIFAR10_ARCHIVE.is_file(), f"test data missing: {CIFAR10_ARCHIVE} (CI clones shared/ beside the repository)"
     return load_dataset(DataSpec("cifar10", data_dir=str(SHARED_DATA)), cache_dir=data_cache)
@@ -77,7 +79,14 @@ extrapolation: {{max_phi: 2, detection: false}}
 
 
 def tiny_space(
-    tmp_path: Path, *, epochs: int = 1, train: int = 128, seeds=(0,), pruning: bool = False, lr: float = 0.05, name: str = "tiny.yaml"
+    tmp_path: Path,
+    *,
+    epochs: int = 1,
+    train: int = 128,
+    seeds=(0,),
+    pruning: bool = False,
+    lr: float = 0.05,
+    name: str = "tiny.yaml",
 ) -> Path:
     """A 3-candidate search space ((1.1, 1.1, 1.2), (1.2, 1.1, 1.2) and the paper's) of tiny trials."""
     path = tmp_path / name
@@ -90,7 +99,8 @@ def data_env(tmp_path_factory):
     if not CIFAR10_ARCHIVE.exists():
         pytest.fail(f"the shared CIFAR-10 archive is missing at {SHARED_DATA}")
     cache = os.environ.get("SCALING_SEARCH_CACHE") or str(tmp_path_factory.mktemp("cache"))
-    # One torch thread per CLI process: runs that share the 2 cores (several workers, a busy CI) do not oversubscribe them.
+    # One torch thread per CLI process: runs that share the 2 cores (several workers, a busy CI)
+    # do not oversubscribe them.
     return {"SCALING_SEARCH_DATA": str(SHARED_DATA), "SCALING_SEARCH_CACHE": cache, "OMP_NUM_THREADS": "1"}
 
 
@@ -107,7 +117,8 @@ def unit_attempts(run_dir: Path) -> dict[str, list[str]]:
     con = sqlite3.connect(run_dir / "study.db")
     try:
         rows = con.execute(
-            "select t.state, a.value_json from trials t join trial_user_attributes a on a.trial_id = t.trial_id where a.key = 'unit' order by t.number"
+            "select t.state, a.value_json from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
+            "where a.key = 'unit' order by t.number"
         ).fetchall()
     finally:
         con.close()

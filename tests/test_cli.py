@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 from conftest import ROOT, assert_usage_error, run_cli
 
 
@@ -61,7 +60,22 @@ def test_flops_json_contract():
     assert out["params"] == 5_288_548 and isinstance(out["macs"], int)
     assert abs(out["macs"] / 0.386e9 - 1) < 0.005
     assert out["macs_fvcore"] > out["macs"] and out["fvcore_conv_linear"] == out["macs"]
-    custom = json.loads(run_cli("flops", "efficientnet", "--width", "0.5", "--depth", "0.5", "--resolution", "64", "--num-classes", "10", "--json", "--no-fvcore").stdout)
+    custom = json.loads(
+        run_cli(
+            "flops",
+            "efficientnet",
+            "--width",
+            "0.5",
+            "--depth",
+            "0.5",
+            "--resolution",
+            "64",
+            "--num-classes",
+            "10",
+            "--json",
+            "--no-fvcore",
+        ).stdout
+    )
     assert custom["resolution"] == 64 and custom["macs_fvcore"] is None and custom["params"] < 1_000_000
 
 
@@ -93,8 +107,27 @@ def test_bad_input_one_line_exit_2(args, fragment):
 
 def test_table_output_file_is_atomic_and_validated(tmp_path):
     target = tmp_path / "t.csv"
-    proc = run_cli("table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--max-phi", "1", "--format", "csv", "--output", str(target))
+    proc = run_cli(
+        "table",
+        "--alpha",
+        "1.2",
+        "--beta",
+        "1.1",
+        "--gamma",
+        "1.15",
+        "--max-phi",
+        "1",
+        "--format",
+        "csv",
+        "--output",
+        str(target),
+    )
     assert proc.returncode == 0, proc.stderr
     assert target.read_text().startswith("phi,") and len(target.read_text().splitlines()) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
-    assert_usage_error(run_cli("table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--output", str(tmp_path / "no" / "t.md")), "does not exist")
+    assert_usage_error(
+        run_cli(
+            "table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--output", str(tmp_path / "no" / "t.md")
+        ),
+        "does not exist",
+    )

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CIFAR10_ARCHIVE, SHARED_DATA
 from PIL import Image
 
-from conftest import CIFAR10_ARCHIVE, SHARED_DATA
-from scaling_search.data import DataSpec, Dataset, balanced_order, balanced_subset, load_dataset
+from scaling_search.data.sources import Dataset, DataSpec, balanced_order, balanced_subset, load_dataset
 from scaling_search.errors import UsageError
 
 CLASSES = ("cat", "dog", "frog")
@@ -49,7 +49,12 @@ def _cifar_batches(n: int, seed: int = 0) -> dict[str, dict]:
             b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
             b"labels": [int(v) for v in rng.integers(0, 10, size=n)],
         }
-    batches["batches.meta"] = {b"label_names": [c.encode() for c in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")]}
+    batches["batches.meta"] = {
+        b"label_names": [
+            c.encode()
+            for c in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+        ]
+    }
     return batches
 
 
@@ -190,14 +195,20 @@ def test_download_checked_against_its_checksum(tmp_path, loopback_server, monkey
     assert load_dataset(DataSpec("cifar10"), cache_dir=good_cache).from_cache
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     ds_md5 = load_dataset(
-        DataSpec("cifar10", allow_download=True, download_url=url, download_checksum="md5:" + md5), cache_dir=tmp_path / "md5-cache"
+        DataSpec("cifar10", allow_download=True, download_url=url, download_checksum="md5:" + md5),
+        cache_dir=tmp_path / "md5-cache",
     )
     assert np.array_equal(ds_md5.test_x, ds.test_x)
 
     # A missing file on the server: a clear error, nothing kept.
     gone = tmp_path / "gone-cache"
     with pytest.raises(UsageError, match="could not download"):
-        load_dataset(DataSpec("cifar10", allow_download=True, download_url=f"{base}/nothing.tar.gz", download_checksum="md5:" + md5), cache_dir=gone)
+        load_dataset(
+            DataSpec(
+                "cifar10", allow_download=True, download_url=f"{base}/nothing.tar.gz", download_checksum="md5:" + md5
+            ),
+            cache_dir=gone,
+        )
     assert not [p for p in gone.rglob("*") if p.is_file()]
 
 
@@ -229,13 +240,17 @@ def test_imagefolder_with_val_split_and_as_archive(tmp_path):
     assert packed.classes == folder.classes
     assert np.array_equal(packed.train_x, folder.train_x) and np.array_equal(packed.test_y, folder.test_y)
     # Relative paths resolve against the data folder.
-    rel = load_dataset(DataSpec("imagefolder:tree", data_dir=str(tmp_path), storage_size=8), cache_dir=tmp_path / "cache")
+    rel = load_dataset(
+        DataSpec("imagefolder:tree", data_dir=str(tmp_path), storage_size=8), cache_dir=tmp_path / "cache"
+    )
     assert rel.from_cache and np.array_equal(rel.train_x, folder.train_x)
 
 
 def test_cifar10_as_image_tree_folder(tmp_path):
-    root = _make_tree(tmp_path / "data" / "cifar10")
-    ds = load_dataset(DataSpec("cifar10", data_dir=str(tmp_path / "data"), storage_size=8), cache_dir=tmp_path / "cache")
+    _make_tree(tmp_path / "data" / "cifar10")
+    ds = load_dataset(
+        DataSpec("cifar10", data_dir=str(tmp_path / "data"), storage_size=8), cache_dir=tmp_path / "cache"
+    )
     assert ds.classes == CLASSES and ds.train_x.shape == (12, 8, 8, 3)
 
 
@@ -264,7 +279,10 @@ def test_unreadable_image_is_named(tmp_path):
         (lambda root: root.mkdir(), "needs train/ and test/"),
         (lambda root: ((root / "train").mkdir(parents=True), (root / "test").mkdir()), "no images"),
         (lambda root: (_make_tree(root), (root / "train" / "empty").mkdir()), "has no images"),
-        (lambda root: (_make_tree(root), _write_image(root / "test" / "newt" / "a.png", (4, 4), 0)), "only in test: newt"),
+        (
+            lambda root: (_make_tree(root), _write_image(root / "test" / "newt" / "a.png", (4, 4), 0)),
+            "only in test: newt",
+        ),
     ],
     ids=["missing", "empty", "no-classes", "empty-class", "classes-differ"],
 )
@@ -302,7 +320,7 @@ def test_damaged_cache_is_detected_and_rebuilt(tmp_path, caplog):
     size = cache_file.stat().st_size
     with open(cache_file, "r+b") as f:
         f.truncate(size - 100)
-    with caplog.at_level(logging.WARNING, logger="scaling_search.data"):
+    with caplog.at_level(logging.WARNING, logger="scaling_search.data.sources"):
         rebuilt = load_dataset(spec, cache_dir=cache)
     assert not rebuilt.from_cache and "damaged" in caplog.text
     assert np.array_equal(rebuilt.train_x, first.train_x) and np.array_equal(rebuilt.test_y, first.test_y)

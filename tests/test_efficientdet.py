@@ -4,10 +4,11 @@ import time
 
 import pytest
 import torch
+from conftest import ROOT, assert_usage_error, run_cli
 
+from scaling_search.analysis.series import d_series, d_series_departures
 from scaling_search.cli import main
 from scaling_search.errors import UsageError
-from scaling_search.extrapolate import d_series, d_series_departures
 from scaling_search.flops import count, count_fvcore, trainable_params
 from scaling_search.models import EfficientNetConfig, analytic_counts, build, get_config, scale_network
 from scaling_search.models.bifpn import MaxPoolSame, fast_normalized_fusion, same_pool_padding
@@ -24,8 +25,6 @@ from scaling_search.models.efficientdet_config import (
 )
 from scaling_search.scaling import PAPER, Coefficients
 
-from conftest import ROOT, assert_usage_error, run_cli
-
 # effdet tf_efficientdet_d*: trainable params with 90 classes, fvcore GMACs at the official resolution
 EXACT_PARAMS = {
     "d0": 3_880_067,
@@ -37,7 +36,16 @@ EXACT_PARAMS = {
     "d6": 51_871_782,
     "d7": 51_871_782,
 }
-FVCORE_GMACS = {"d0": 2.571, "d1": 6.176, "d2": 11.105, "d3": 25.087, "d4": 55.501, "d5": 136.076, "d6": 226.728, "d7": 326.485}
+FVCORE_GMACS = {
+    "d0": 2.571,
+    "d1": 6.176,
+    "d2": 11.105,
+    "d3": 25.087,
+    "d4": 55.501,
+    "d5": 136.076,
+    "d6": 226.728,
+    "d7": 326.485,
+}
 
 
 def _meta(config):
@@ -100,7 +108,12 @@ def test_first_layer_resamples_each_edge_on_its_own():
     # P4 and P5 feed two nodes each in the first layer: two separate 1x1 convs each.
     model = _meta(get_config("efficientdet-d0"))
     first, second = model.bifpn.layers[0], model.bifpn.layers[1]
-    projected = [(node.node.level, len(node.node.inputs)) for node in first.nodes for r in node.resample if not isinstance(r.project, torch.nn.Identity)]
+    projected = [
+        (node.node.level, len(node.node.inputs))
+        for node in first.nodes
+        for r in node.resample
+        if not isinstance(r.project, torch.nn.Identity)
+    ]
     assert sorted(projected) == [(3, 2), (4, 2), (4, 3), (5, 2), (5, 3)]
     assert all(isinstance(r.project, torch.nn.Identity) for node in second.nodes for r in node.resample)
     assert len(model.bifpn.extra) == 2 and not isinstance(model.bifpn.extra[0].project, torch.nn.Identity)
@@ -171,7 +184,11 @@ def test_backbone_is_built_without_its_head():
         assert not hasattr(model.backbone, name)
     b0 = get_config("efficientnet-b0")
     net = scale_network(b0)
-    head = net.stages[-1].out_channels * net.head_channels + 2 * net.head_channels + (net.head_channels + 1) * b0.num_classes
+    head = (
+        net.stages[-1].out_channels * net.head_channels
+        + 2 * net.head_channels
+        + (net.head_channels + 1) * b0.num_classes
+    )
     assert trainable_params(model.backbone) == analytic_counts(b0).params - head
     feats = model.backbone(torch.zeros(1, 3, 64, 64, device="meta"), (8, 16, 32))
     assert [tuple(f.shape[1:]) for f in feats] == [(40, 8, 8), (112, 4, 4), (320, 2, 2)]
@@ -238,14 +255,21 @@ def test_d_series_rows_are_measured_side_by_side():
     assert [r["phi"] for r in rows] == [0, 1]
     last = rows[-1]
     formula, official = count(EfficientDetConfig.from_formula(1, coeffs)), count(get_config("efficientdet-d1"))
-    assert (last["params"], last["macs"], last["official_params"], last["official_macs"]) == (formula.params, formula.macs, official.params, official.macs)
+    assert (last["params"], last["macs"], last["official_params"], last["official_macs"]) == (
+        formula.params,
+        formula.macs,
+        official.params,
+        official.macs,
+    )
     for r in rows:
         assert r["backbone_width"] == round(1.05 ** r["phi"], 4) and r["backbone_depth"] == round(1.3 ** r["phi"], 4)
         assert r["params_diff"] == round(r["params"] / r["official_params"] - 1, 4)
     assert rows[0]["params"] == EXACT_PARAMS["d0"] and rows[0]["params_diff"] == 0  # phi 0 is D0 for any triple
     assert rows[1]["official_backbone"] == "b1" and rows[1]["params_diff"] != 0
     notes = d_series_departures(coeffs, rows)
-    assert "alpha=1.3, beta=1.05, gamma=1.1" in notes[0] and not any("departs" in n for n in notes)  # d0, d1 follow the formulas
+    assert "alpha=1.3, beta=1.05, gamma=1.1" in notes[0] and not any(
+        "departs" in n for n in notes
+    )  # d0, d1 follow the formulas
 
 
 def test_committed_paper_d_series_is_current():
@@ -256,8 +280,15 @@ def test_committed_paper_d_series_is_current():
     assert sum("departs" in n for n in notes) == 5  # width, BiFPN layers, resolution, backbone, fusion
     assert any("d7 (b7 -> b6)" in n for n in notes) and any("d5 (1152 -> 1280), d7 (1408 -> 1536)" in n for n in notes)
     committed = json.loads((ROOT / "results" / "paper" / "d_series.json").read_text())
-    assert (committed["rows"], committed["notes"]) == (rows, notes), "results/paper is stale: regenerate it (see results/paper/README.md)"
-    assert (committed["alpha"], committed["beta"], committed["gamma"], committed["family"]) == (1.2, 1.1, 1.15, "efficientdet")
+    assert (committed["rows"], committed["notes"]) == (rows, notes), (
+        "results/paper is stale: regenerate it (see results/paper/README.md)"
+    )
+    assert (committed["alpha"], committed["beta"], committed["gamma"], committed["family"]) == (
+        1.2,
+        1.1,
+        1.15,
+        "efficientdet",
+    )
 
 
 def test_d_series_fvcore_on_request():
@@ -267,14 +298,53 @@ def test_d_series_fvcore_on_request():
 
 
 def test_table_cli_efficientdet(capsys, monkeypatch):
-    assert main(["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--family", "efficientdet", "--max-phi", "1", "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "table",
+                "--alpha",
+                "1.2",
+                "--beta",
+                "1.1",
+                "--gamma",
+                "1.15",
+                "--family",
+                "efficientdet",
+                "--max-phi",
+                "1",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["family"] == "efficientdet" and data["num_classes"] == 90
     assert [r["official_params"] for r in data["rows"]] == [EXACT_PARAMS["d0"], EXACT_PARAMS["d1"]]
     assert "macs_fvcore" not in data["rows"][0]
     # The flag's wiring only (fvcore itself is tested above): a stand-in keeps it quick.
-    monkeypatch.setattr("scaling_search.extrapolate.measure_fvcore", lambda config: 10**9 * config.fpn_channels)
-    assert main(["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--family", "efficientdet", "--max-phi", "2", "--fvcore", "--format", "csv"]) == 0
+    monkeypatch.setattr("scaling_search.analysis.series.measure_fvcore", lambda config: 10**9 * config.fpn_channels)
+    assert (
+        main(
+            [
+                "table",
+                "--alpha",
+                "1.2",
+                "--beta",
+                "1.1",
+                "--gamma",
+                "1.15",
+                "--family",
+                "efficientdet",
+                "--max-phi",
+                "2",
+                "--fvcore",
+                "--format",
+                "csv",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     header = lines[0].split(",")
     fv = [dict(zip(header, line.split(",")))["macs_fvcore_diff"] for line in lines[1:]]
@@ -304,7 +374,25 @@ def test_flops_cli_contract_without_fvcore(variant, capsys):
 
 
 def test_flops_cli_formula(capsys):
-    assert main(["flops", "efficientdet", "--phi", "2", "--alpha", "1.3", "--beta", "1.05", "--gamma", "1.1", "--no-fvcore", "--json"]) == 0
+    assert (
+        main(
+            [
+                "flops",
+                "efficientdet",
+                "--phi",
+                "2",
+                "--alpha",
+                "1.3",
+                "--beta",
+                "1.05",
+                "--gamma",
+                "1.1",
+                "--no-fvcore",
+                "--json",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     expected = count(EfficientDetConfig.from_formula(2, Coefficients(1.3, 1.05, 1.1)))
     assert data["model"] == "efficientdet(phi=2,alpha=1.3,beta=1.05,gamma=1.1)"
@@ -325,7 +413,18 @@ def test_flops_cli_formula(capsys):
         (("table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--fvcore"), ("--fvcore", "efficientdet")),
         (("table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--family", "efficientxyz"), ("family",)),
     ],
-    ids=["unknown", "negative-phi", "phi-with-official", "alpha-with-official", "no-phi", "width", "phi-on-classifier", "beta-below-1", "fvcore-b-series", "bad-family"],
+    ids=[
+        "unknown",
+        "negative-phi",
+        "phi-with-official",
+        "alpha-with-official",
+        "no-phi",
+        "width",
+        "phi-on-classifier",
+        "beta-below-1",
+        "fvcore-b-series",
+        "bad-family",
+    ],
 )
 def test_bad_inputs_exit_2(args, fragments):
     assert_usage_error(run_cli(*args, "--no-fvcore") if args[0] == "flops" else run_cli(*args), *fragments)

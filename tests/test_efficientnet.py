@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from scaling_search.flops import count, trainable_params
-from scaling_search.models import EfficientNetConfig, analytic_counts, build, get_config, round_filters, round_repeats, scale_network
+from scaling_search.models import (
+    EfficientNetConfig,
+    analytic_counts,
+    build,
+    get_config,
+    round_filters,
+    round_repeats,
+    scale_network,
+)
 from scaling_search.models.efficientnet_config import block_specs
 
 # torchvision's efficientnet_b* trainable parameters with 1000 classes
@@ -19,7 +27,16 @@ EXACT_PARAMS = {
     "b7": 66_347_960,
     "b8": 87_413_142,
 }
-STEM_HEAD = {"b0": (32, 1280), "b1": (32, 1280), "b2": (32, 1408), "b3": (40, 1536), "b4": (48, 1792), "b5": (48, 2048), "b6": (56, 2304), "b7": (64, 2560)}
+STEM_HEAD = {
+    "b0": (32, 1280),
+    "b1": (32, 1280),
+    "b2": (32, 1408),
+    "b3": (40, 1536),
+    "b4": (48, 1792),
+    "b5": (48, 2048),
+    "b6": (56, 2304),
+    "b7": (64, 2560),
+}
 BLOCKS = {"b0": 16, "b1": 23, "b2": 23, "b3": 26, "b4": 32, "b5": 39, "b6": 45, "b7": 55}
 
 

@@ -6,15 +6,14 @@ import json
 
 import pytest
 import torch
-
 from conftest import SHARED_DATA, assert_usage_error, run_cli
-from scaling_search.augment import channel_stats, crop_flip, to_input
-from scaling_search.data import DataSpec
+
+from scaling_search.data.sources import DataSpec
 from scaling_search.errors import UsageError
 from scaling_search.flops import count
-from scaling_search.models import EfficientNetConfig
-from scaling_search.models import build
-from scaling_search.proxy import TrialConfig, TrialFailed, TrialPruned, lr_factor, recalibrate_bn, train_trial
+from scaling_search.models import EfficientNetConfig, build
+from scaling_search.train.augment import channel_stats, crop_flip, to_input
+from scaling_search.train.loop import TrialConfig, TrialFailed, TrialPruned, lr_factor, recalibrate_bn, train_trial
 
 SPEC = DataSpec("cifar10", data_dir=str(SHARED_DATA))
 
@@ -65,7 +64,7 @@ def test_resolution_other_than_storage_and_other_optimizers(cifar10):
         )
         result = train_trial(config, data=cifar10)
         assert result.resolution == 48 and result.macs == count(config.model).macs
-        assert all(l == l and l < 10 for l in result.epoch_losses)
+        assert all(loss == loss and loss < 10 for loss in result.epoch_losses)
 
 
 def test_absurd_learning_rate_fails_the_trial_with_a_reason(cifar10):
@@ -97,7 +96,9 @@ def test_callback_can_prune_and_the_error_propagates(cifar10):
 
 def test_bad_trial_settings_are_usage_errors(cifar10):
     with pytest.raises(UsageError, match="100 outputs"):
-        train_trial(tiny(model=EfficientNetConfig(width=0.25, depth=0.25, resolution=32, num_classes=100)), data=cifar10)
+        train_trial(
+            tiny(model=EfficientNetConfig(width=0.25, depth=0.25, resolution=32, num_classes=100)), data=cifar10
+        )
     with pytest.raises(UsageError, match="optimizer"):
         tiny(optimizer="lamb")
     with pytest.raises(UsageError, match="schedule"):
@@ -131,7 +132,14 @@ def test_lr_schedules():
     assert [round(lr_factor(s, 10, 2, "constant"), 3) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
     cosine = [lr_factor(s, 10, 0, "cosine") for s in range(10)]
     assert cosine[0] == 1.0 and all(a > b for a, b in zip(cosine, cosine[1:])) and cosine[-1] > 0
-    assert [lr_factor(s, 8, 0, "step") for s in (0, 3, 4, 5, 6, 7)] == [1.0, 1.0, 0.1, 0.1, pytest.approx(0.01), pytest.approx(0.01)]
+    assert [lr_factor(s, 8, 0, "step") for s in (0, 3, 4, 5, 6, 7)] == [
+        1.0,
+        1.0,
+        0.1,
+        0.1,
+        pytest.approx(0.01),
+        pytest.approx(0.01),
+    ]
 
 
 def test_crop_flip_is_a_shifted_mirrored_view_of_each_image():
@@ -176,13 +184,24 @@ def test_cli_train_json(cifar10, data_cache):
     proc = run_cli(
         "train", "--data", "cifar10", "--data-dir", str(SHARED_DATA),
         "--width", "0.25", "--depth", "0.25", "--resolution", "32", "--epochs", "1",
-        "--subset", "256", "--test-subset", "100", "--batch-size", "32", "--seed", "3", "--device", "cpu", "--json", "--progress",
+        "--subset", "256", "--test-subset", "100", "--batch-size", "32", "--seed", "3",
+        "--device", "cpu", "--json", "--progress",
         env={"SCALING_SEARCH_CACHE": str(data_cache)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)  # the progress bar goes to stderr, never into the JSON
     assert "training" in proc.stderr and "eta" in proc.stderr
-    for key in ("accuracy", "images_per_second", "epochs", "params", "macs", "wall_seconds", "device", "epoch_losses", "epoch_accuracies"):
+    for key in (
+        "accuracy",
+        "images_per_second",
+        "epochs",
+        "params",
+        "macs",
+        "wall_seconds",
+        "device",
+        "epoch_losses",
+        "epoch_accuracies",
+    ):
         assert key in result
     assert result["epochs"] == 1 and result["device"] == "cpu" and 0 <= result["accuracy"] <= 1
     assert result["params"] == count(EfficientNetConfig(width=0.25, depth=0.25, resolution=32, num_classes=10)).params
@@ -205,14 +224,37 @@ def test_cli_train_json(cifar10, data_cache):
     ids=["missing-dir", "unknown-dataset", "resolution-0", "epochs", "optimizer", "device", "width"],
 )
 def test_cli_train_bad_inputs(args, fragments, data_cache):
-    base = {"--data": "cifar10", "--data-dir": str(SHARED_DATA), "--width": "0.25", "--depth": "0.25", "--resolution": "32", "--epochs": "1"}
+    base = {
+        "--data": "cifar10",
+        "--data-dir": str(SHARED_DATA),
+        "--width": "0.25",
+        "--depth": "0.25",
+        "--resolution": "32",
+        "--epochs": "1",
+    }
     merged = dict(base)
     merged.update(dict(zip(args[::2], args[1::2])))
     flat = [t for kv in merged.items() for t in kv]
-    proc = run_cli("train", *flat, "--subset", "64", "--test-subset", "20", env={"SCALING_SEARCH_CACHE": str(data_cache)}, timeout=120)
+    proc = run_cli(
+        "train",
+        *flat,
+        "--subset",
+        "64",
+        "--test-subset",
+        "20",
+        env={"SCALING_SEARCH_CACHE": str(data_cache)},
+        timeout=120,
+    )
     assert_usage_error(proc, *fragments)
 
 
 def test_cli_train_without_any_data_folder(tmp_path):
-    proc = run_cli("train", "--data", "cifar10", "--epochs", "1", env={"SCALING_SEARCH_DATA": "", "SCALING_SEARCH_CACHE": str(tmp_path)})
+    proc = run_cli(
+        "train",
+        "--data",
+        "cifar10",
+        "--epochs",
+        "1",
+        env={"SCALING_SEARCH_DATA": "", "SCALING_SEARCH_CACHE": str(tmp_path)},
+    )
     assert_usage_error(proc, "--data-dir", "SCALING_SEARCH_DATA")

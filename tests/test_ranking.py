@@ -3,7 +3,7 @@ import math
 import pandas as pd
 import pytest
 
-from scaling_search.ranking import difference_interval, mean_interval, rank, t_quantile_975
+from scaling_search.analysis.ranking import difference_interval, mean_interval, rank, t_quantile_975
 
 
 def test_t_quantiles():
@@ -21,7 +21,7 @@ def test_mean_interval():
     mean, lo, hi = mean_interval([0.50, 0.51, 0.52])
     assert hi - mean == pytest.approx(4.303 * 0.01 / 3**0.5, rel=1e-3)
     assert math.isnan(mean_interval([0.4])[1])
-    assert mean_interval([0.05, 0.3]) [1] == 0.0  # clipped: an accuracy interval stays in [0, 1]
+    assert mean_interval([0.05, 0.3])[1] == 0.0  # clipped: an accuracy interval stays in [0, 1]
 
 
 def test_difference_interval():
@@ -35,12 +35,29 @@ def _trials(spec):
     for (a, b, g), accs in spec.items():
         for seed, acc in enumerate(accs):
             state = "PRUNED" if acc is None else "COMPLETE"
-            rows.append(dict(alpha=a, beta=b, gamma=g, seed=seed, state=state, accuracy=acc if acc is not None else 0.1, epochs_run=1 if acc is None else 3, params=10, macs=20, resolution=40, theoretical_ratio=1.9, measured_ratio=2.2))
+            rows.append(
+                dict(
+                    alpha=a,
+                    beta=b,
+                    gamma=g,
+                    seed=seed,
+                    state=state,
+                    accuracy=acc if acc is not None else 0.1,
+                    epochs_run=1 if acc is None else 3,
+                    params=10,
+                    macs=20,
+                    resolution=40,
+                    theoretical_ratio=1.9,
+                    measured_ratio=2.2,
+                )
+            )
     return pd.DataFrame(rows)
 
 
 def test_rank_winner_and_statements():
-    trials = _trials({(1.0, 1.0, 1.4): [0.70, 0.71, 0.72], (1.2, 1.1, 1.15): [0.60, 0.61, 0.62], (2.0, 1.0, 1.0): [None, None]})
+    trials = _trials(
+        {(1.0, 1.0, 1.4): [0.70, 0.71, 0.72], (1.2, 1.1, 1.15): [0.60, 0.61, 0.62], (2.0, 1.0, 1.0): [None, None]}
+    )
     r = rank(trials, final_epochs=3)
     assert (r.winner["alpha"], r.winner["gamma"]) == (1.0, 1.4)
     assert list(r.table["seeds"]) == [3, 3, 0]

@@ -21,15 +21,15 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
+from conftest import ROOT, TINY, read_csv, tiny_space, unit_attempts
 from PIL import Image
 
-from conftest import ROOT, TINY, read_csv, tiny_space, unit_attempts
 from scaling_search.cli import main
 from scaling_search.errors import UsageError
 
@@ -78,10 +78,24 @@ def clean_env(data_env: dict) -> dict:
 
 
 def run_args(space: Path | str, out: Path | str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "scaling_search.cli", "run", "--space", str(space), "--out", str(out), "--heartbeat", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "scaling_search.cli",
+        "run",
+        "--space",
+        str(space),
+        "--out",
+        str(out),
+        "--heartbeat",
+        "1",
+        *extra,
+    ]
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None, poll: float = 0.1) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None, poll: float = 0.1
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if proc is not None and proc.poll() is not None:
@@ -217,7 +231,13 @@ class Ctx:
         from scaling_search.space import load_space
 
         self.out.mkdir()
-        meta = {"fingerprint": load_space(space).fingerprint(), "space": "tiny", "budget": "2x", "backend": "optuna", "storage": f"sqlite:///{self.out / 'study.db'}"}
+        meta = {
+            "fingerprint": load_space(space).fingerprint(),
+            "space": "tiny",
+            "budget": "2x",
+            "backend": "optuna",
+            "storage": f"sqlite:///{self.out / 'study.db'}",
+        }
         (self.out / "run.json").write_text(json.dumps(meta))
         (self.out / "trials.csv").write_text("unit,state\na1.2-b1.1-g1.15-s0,COMPLETE\n")
         (self.out / "best.json").write_text('{"alpha": 1.2}\n')
@@ -248,51 +268,161 @@ def _damaged_run_json(c: Ctx) -> list:
 
 CATALOGUE = [
     # flops
-    case("flops-unknown-model", lambda c: ["flops", "efficientnet-b42"], "unknown model 'efficientnet-b42'", "choose one of"),
+    case(
+        "flops-unknown-model",
+        lambda c: ["flops", "efficientnet-b42"],
+        "unknown model 'efficientnet-b42'",
+        "choose one of",
+    ),
     case("flops-unknown-family", lambda c: ["flops", "resnet-50"], "unknown model 'resnet-50'", "choose one of"),
-    case("flops-resolution-0", lambda c: ["flops", "efficientnet", "--resolution", "0"], "resolution must be a positive integer", "--help"),
-    case("flops-resolution-not-int", lambda c: ["flops", "efficientnet", "--resolution", "2.5"], "resolution must be a positive integer", "'2.5'"),
-    case("flops-width-negative", lambda c: ["flops", "efficientnet", "--width", "-1"], "width must be a positive number"),
-    case("flops-alpha-below-1", lambda c: ["flops", "efficientdet", "--phi", "1", "--alpha", "0.9"], "alpha = 0.9 is below 1", "use values >= 1"),
+    case(
+        "flops-resolution-0",
+        lambda c: ["flops", "efficientnet", "--resolution", "0"],
+        "resolution must be a positive integer",
+        "--help",
+    ),
+    case(
+        "flops-resolution-not-int",
+        lambda c: ["flops", "efficientnet", "--resolution", "2.5"],
+        "resolution must be a positive integer",
+        "'2.5'",
+    ),
+    case(
+        "flops-width-negative", lambda c: ["flops", "efficientnet", "--width", "-1"], "width must be a positive number"
+    ),
+    case(
+        "flops-alpha-below-1",
+        lambda c: ["flops", "efficientdet", "--phi", "1", "--alpha", "0.9"],
+        "alpha = 0.9 is below 1",
+        "use values >= 1",
+    ),
     case("flops-detector-without-phi", lambda c: ["flops", "efficientdet"], "efficientdet needs phi", "--phi 3"),
     # candidates
     case("candidates-budget-abc", lambda c: ["candidates", "--budget", "abc"], "budget 'abc'", "--budget 2x"),
     case("candidates-budget-0x", lambda c: ["candidates", "--budget", "0x"], "budget '0x' must be greater than 1x"),
-    case("candidates-budget-negative", lambda c: ["candidates", "--budget=-2x"], "budget '-2x' must be greater than 1x"),
-    case("candidates-budget-negative-spaced", lambda c: ["candidates", "--budget", "-2x"], "--budget: expected one argument", "--option=VALUE"),
-    case("candidates-budget-1x", lambda c: ["candidates", "--budget", "1x"], "budget '1x' must be greater than 1x", "2x doubles"),
+    case(
+        "candidates-budget-negative", lambda c: ["candidates", "--budget=-2x"], "budget '-2x' must be greater than 1x"
+    ),
+    case(
+        "candidates-budget-negative-spaced",
+        lambda c: ["candidates", "--budget", "-2x"],
+        "--budget: expected one argument",
+        "--option=VALUE",
+    ),
+    case(
+        "candidates-budget-1x",
+        lambda c: ["candidates", "--budget", "1x"],
+        "budget '1x' must be greater than 1x",
+        "2x doubles",
+    ),
     case("candidates-step-0", lambda c: ["candidates", "--step", "0"], "step 0.0 must be in (0, 1]", "--step 0.05"),
     case("candidates-step-above-1", lambda c: ["candidates", "--step", "1.5"], "step 1.5 must be in (0, 1]"),
     case("candidates-step-not-number", lambda c: ["candidates", "--step", "abc"], "--step", "invalid float", "--help"),
-    case("candidates-tolerance-2", lambda c: ["candidates", "--tolerance", "2"], "tolerance 2.0 must be in (0, 1)", "--tolerance 0.05"),
-    case("candidates-tolerance-negative", lambda c: ["candidates", "--tolerance", "-0.1"], "tolerance -0.1 must be in (0, 1)"),
+    case(
+        "candidates-tolerance-2",
+        lambda c: ["candidates", "--tolerance", "2"],
+        "tolerance 2.0 must be in (0, 1)",
+        "--tolerance 0.05",
+    ),
+    case(
+        "candidates-tolerance-negative",
+        lambda c: ["candidates", "--tolerance", "-0.1"],
+        "tolerance -0.1 must be in (0, 1)",
+    ),
     case("candidates-max-below-1", lambda c: ["candidates", "--max-beta", "0.5"], "max-beta = 0.5 is below 1"),
     case("candidates-unknown-constraint", lambda c: ["candidates", "--constraint", "exact"], "invalid choice: 'exact'"),
-    case("candidates-none-on-grid", lambda c: ["candidates", "--budget", "3x", "--tolerance", "0.001", "--step", "0.5"], "no (alpha, beta, gamma)", "widen --tolerance"),
+    case(
+        "candidates-none-on-grid",
+        lambda c: ["candidates", "--budget", "3x", "--tolerance", "0.001", "--step", "0.5"],
+        "no (alpha, beta, gamma)",
+        "widen --tolerance",
+    ),
     # table
-    case("table-alpha-below-1", lambda c: ["table", "--alpha", "0.9", "--beta", "1.1", "--gamma", "1.15"], "alpha = 0.9 is below 1"),
-    case("table-gamma-not-number", lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "abc"], "gamma must be a number >= 1"),
+    case(
+        "table-alpha-below-1",
+        lambda c: ["table", "--alpha", "0.9", "--beta", "1.1", "--gamma", "1.15"],
+        "alpha = 0.9 is below 1",
+    ),
+    case(
+        "table-gamma-not-number",
+        lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "abc"],
+        "gamma must be a number >= 1",
+    ),
     case("table-missing-beta", lambda c: ["table", "--alpha", "1.2", "--gamma", "1.15"], "required: --beta"),
-    case("table-unknown-family", lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--family", "resnet"], "invalid choice: 'resnet'"),
-    case("table-max-phi-0", lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--max-phi", "0"], "max-phi must be a positive integer"),
-    case("table-budget-abc", lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--budget", "abc"], "budget 'abc'"),
+    case(
+        "table-unknown-family",
+        lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--family", "resnet"],
+        "invalid choice: 'resnet'",
+    ),
+    case(
+        "table-max-phi-0",
+        lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--max-phi", "0"],
+        "max-phi must be a positive integer",
+    ),
+    case(
+        "table-budget-abc",
+        lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--budget", "abc"],
+        "budget 'abc'",
+    ),
     case(
         "table-output-folder-missing",
-        lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--output", c.tmp / "nowhere" / "t.md"],
+        lambda c: [
+            "table",
+            "--alpha",
+            "1.2",
+            "--beta",
+            "1.1",
+            "--gamma",
+            "1.15",
+            "--output",
+            c.tmp / "nowhere" / "t.md",
+        ],
         "does not exist",
         "create it first",
     ),
-    case("table-output-is-a-folder", lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--output", c.tmp], "is a folder", "give a file path"),
+    case(
+        "table-output-is-a-folder",
+        lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--output", c.tmp],
+        "is a folder",
+        "give a file path",
+    ),
     # train
     case("train-resolution-0", lambda c: ["train", "--resolution", "0"], "resolution must be a positive integer"),
-    case("train-unknown-dataset", lambda c: ["train", "--data", "mnist"], "unknown dataset 'mnist'", "imagefolder:PATH"),
+    case(
+        "train-unknown-dataset", lambda c: ["train", "--data", "mnist"], "unknown dataset 'mnist'", "imagefolder:PATH"
+    ),
     case("train-lr-overflows", lambda c: ["train", "--lr", "1e300"], "learning rate must be a positive number up to"),
     case("train-batch-of-one", lambda c: ["train", "--batch-size", "1"], "batch size must be at least 2"),
-    case("train-data-dir-missing", lambda c: ["train", "--data-dir", c.tmp / "nowhere"], "nowhere does not exist", "point it at the folder"),
-    case("train-imagefolder-missing", lambda c: ["train", "--data", f"imagefolder:{c.tmp / 'nowhere'}"], "does not exist", "train/ and test/"),
-    case("train-imagefolder-empty", lambda c: ["train", "--data", f"imagefolder:{c.tree('empty')}"], "needs train/ and test/"),
-    case("train-imagefolder-empty-class", lambda c: ["train", "--data", f"imagefolder:{c.tree('empty-class')}"], "train/newt has no images", "add its images or remove"),
-    case("train-imagefolder-corrupt-image", lambda c: ["train", "--data", f"imagefolder:{c.tree('corrupt')}"], "cannot read image", "dog/1.png", "replace or remove"),
+    case(
+        "train-data-dir-missing",
+        lambda c: ["train", "--data-dir", c.tmp / "nowhere"],
+        "nowhere does not exist",
+        "point it at the folder",
+    ),
+    case(
+        "train-imagefolder-missing",
+        lambda c: ["train", "--data", f"imagefolder:{c.tmp / 'nowhere'}"],
+        "does not exist",
+        "train/ and test/",
+    ),
+    case(
+        "train-imagefolder-empty",
+        lambda c: ["train", "--data", f"imagefolder:{c.tree('empty')}"],
+        "needs train/ and test/",
+    ),
+    case(
+        "train-imagefolder-empty-class",
+        lambda c: ["train", "--data", f"imagefolder:{c.tree('empty-class')}"],
+        "train/newt has no images",
+        "add its images or remove",
+    ),
+    case(
+        "train-imagefolder-corrupt-image",
+        lambda c: ["train", "--data", f"imagefolder:{c.tree('corrupt')}"],
+        "cannot read image",
+        "dog/1.png",
+        "replace or remove",
+    ),
     # run: command line
     case("run-budget-abc", lambda c: c.run("--budget", "abc"), "budget 'abc'", "--budget 2x"),
     case("run-budget-0x", lambda c: c.run("--budget", "0x"), "must be greater than 1x"),
@@ -300,51 +430,195 @@ CATALOGUE = [
     case("run-budget-1x", lambda c: c.run("--budget", "1x"), "budget '1x' must be greater than 1x"),
     case("run-seeds-0", lambda c: c.run("--seeds", "0"), "seeds must be a positive integer"),
     case("run-heartbeat-0", lambda c: c.run("--heartbeat", "0"), "heartbeat must be a positive integer"),
-    case("run-unknown-preset", lambda c: ["run", "--preset", "nope", "--out", c.out], "unknown preset 'nope'", "--space FILE"),
-    case("run-space-missing", lambda c: ["run", "--space", c.tmp / "none.yaml", "--out", c.out], "does not exist", "give a YAML file"),
+    case(
+        "run-unknown-preset",
+        lambda c: ["run", "--preset", "nope", "--out", c.out],
+        "unknown preset 'nope'",
+        "--space FILE",
+    ),
+    case(
+        "run-space-missing",
+        lambda c: ["run", "--space", c.tmp / "none.yaml", "--out", c.out],
+        "does not exist",
+        "give a YAML file",
+    ),
     # run: the search space
-    case("run-space-malformed", lambda c: c.run(space=c.write("bad.yaml", "name: t\nproxy: [epochs: 1\n")), "not valid YAML at line", "fix the syntax"),
+    case(
+        "run-space-malformed",
+        lambda c: c.run(space=c.write("bad.yaml", "name: t\nproxy: [epochs: 1\n")),
+        "not valid YAML at line",
+        "fix the syntax",
+    ),
     case("run-space-not-a-mapping", lambda c: c.run(space=c.write("list.yaml", "- 1\n- 2\n")), "expected a mapping"),
-    case("run-space-unknown-key", lambda c: c.run(space=c.space({"proxy.epochz": 1})), "unknown key 'proxy.epochz'", "known keys are"),
-    case("run-space-wrong-type", lambda c: c.run(space=c.space({"proxy.epochs": "many"})), "proxy.epochs: expected integer, got 'many'"),
-    case("run-space-missing-field", lambda c: c.run(space=c.space({"proxy": DROP})), "missing required key 'proxy'", "add it"),
+    case(
+        "run-space-unknown-key",
+        lambda c: c.run(space=c.space({"proxy.epochz": 1})),
+        "unknown key 'proxy.epochz'",
+        "known keys are",
+    ),
+    case(
+        "run-space-wrong-type",
+        lambda c: c.run(space=c.space({"proxy.epochs": "many"})),
+        "proxy.epochs: expected integer, got 'many'",
+    ),
+    case(
+        "run-space-missing-field",
+        lambda c: c.run(space=c.space({"proxy": DROP})),
+        "missing required key 'proxy'",
+        "add it",
+    ),
     case(
         "run-space-python-tag",
-        lambda c: c.run(space=c.write("evil.yaml", f"name: !!python/object/apply:os.system ['touch {c.tmp}/HACKED']\n")),
+        lambda c: c.run(
+            space=c.write("evil.yaml", f"name: !!python/object/apply:os.system ['touch {c.tmp}/HACKED']\n")
+        ),
         "tag that is not allowed",
         "plain mappings",
     ),
-    case("run-space-name-escapes", lambda c: ["run", "--space", c.space({"name": "../x"})], "name '../x' must be a plain word"),
-    case("run-space-name-absolute", lambda c: ["run", "--space", c.space({"name": "/tmp/x"})], "name '/tmp/x' must be a plain word"),
-    case("run-space-resolution-0", lambda c: c.run(space=c.space({"baseline.resolution": 0})), "baseline.resolution must be a positive integer"),
-    case("run-space-resolution-not-int", lambda c: c.run(space=c.space({"baseline.resolution": 32.5})), "baseline.resolution: expected integer, got 32.5"),
-    case("run-space-unknown-family", lambda c: c.run(space=c.space({"baseline.model": "resnet50"})), "baseline.model 'resnet50'", "only the efficientnet family"),
-    case("run-space-unknown-model", lambda c: c.run(space=c.space({"baseline.model": "efficientnet-b42", "baseline.width": DROP, "baseline.depth": DROP})), "unknown model 'efficientnet-b42'"),
-    case("run-space-coefficient-below-1", lambda c: c.run(space=c.space({"grid.max_alpha": 0.8})), "grid.max_alpha must be at least 1"),
+    case(
+        "run-space-name-escapes",
+        lambda c: ["run", "--space", c.space({"name": "../x"})],
+        "name '../x' must be a plain word",
+    ),
+    case(
+        "run-space-name-absolute",
+        lambda c: ["run", "--space", c.space({"name": "/tmp/x"})],
+        "name '/tmp/x' must be a plain word",
+    ),
+    case(
+        "run-space-resolution-0",
+        lambda c: c.run(space=c.space({"baseline.resolution": 0})),
+        "baseline.resolution must be a positive integer",
+    ),
+    case(
+        "run-space-resolution-not-int",
+        lambda c: c.run(space=c.space({"baseline.resolution": 32.5})),
+        "baseline.resolution: expected integer, got 32.5",
+    ),
+    case(
+        "run-space-unknown-family",
+        lambda c: c.run(space=c.space({"baseline.model": "resnet50"})),
+        "baseline.model 'resnet50'",
+        "only the efficientnet family",
+    ),
+    case(
+        "run-space-unknown-model",
+        lambda c: c.run(
+            space=c.space({"baseline.model": "efficientnet-b42", "baseline.width": DROP, "baseline.depth": DROP})
+        ),
+        "unknown model 'efficientnet-b42'",
+    ),
+    case(
+        "run-space-coefficient-below-1",
+        lambda c: c.run(space=c.space({"grid.max_alpha": 0.8})),
+        "grid.max_alpha must be at least 1",
+    ),
     case("run-space-step-0", lambda c: c.run(space=c.space({"grid.step": 0})), "grid.step 0.0 must be in (0, 1]"),
-    case("run-space-tolerance-1.5", lambda c: c.run(space=c.space({"constraint.tolerance": 1.5})), "constraint.tolerance 1.5 must be in (0, 1)"),
+    case(
+        "run-space-tolerance-1.5",
+        lambda c: c.run(space=c.space({"constraint.tolerance": 1.5})),
+        "constraint.tolerance 1.5 must be in (0, 1)",
+    ),
     case("run-space-budget-1x", lambda c: c.run(space=c.space({"constraint.budget": "1x"})), "must be greater than 1x"),
-    case("run-space-no-candidate", lambda c: c.run(space=c.space({"constraint.tolerance": 0.001})), "no (alpha, beta, gamma) satisfies", "widen constraint.tolerance"),
-    case("run-space-batch-of-one", lambda c: c.run(space=c.space({"proxy.batch_size": 1})), "proxy section: batch size must be at least 2"),
-    case("run-space-lr-infinite", lambda c: c.run(space=c.space({"proxy.lr": float("inf")})), "proxy section: learning rate must be a positive number"),
-    case("run-space-momentum-1.5", lambda c: c.run(space=c.space({"proxy.momentum": 1.5})), "momentum must be in [0, 1)"),
-    case("run-space-subset-too-large", lambda c: c.run(space=c.space({"proxy.train_subset": 60000})), "train_subset is 60000", "lower it"),
-    case("run-baseline-out-of-memory", lambda c: c.run(space=c.space({"baseline.resolution": 600_000})), "does not fit in memory", "lower proxy.batch_size"),
+    case(
+        "run-space-no-candidate",
+        lambda c: c.run(space=c.space({"constraint.tolerance": 0.001})),
+        "no (alpha, beta, gamma) satisfies",
+        "widen constraint.tolerance",
+    ),
+    case(
+        "run-space-batch-of-one",
+        lambda c: c.run(space=c.space({"proxy.batch_size": 1})),
+        "proxy section: batch size must be at least 2",
+    ),
+    case(
+        "run-space-lr-infinite",
+        lambda c: c.run(space=c.space({"proxy.lr": float("inf")})),
+        "proxy section: learning rate must be a positive number",
+    ),
+    case(
+        "run-space-momentum-1.5", lambda c: c.run(space=c.space({"proxy.momentum": 1.5})), "momentum must be in [0, 1)"
+    ),
+    case(
+        "run-space-subset-too-large",
+        lambda c: c.run(space=c.space({"proxy.train_subset": 60000})),
+        "train_subset is 60000",
+        "lower it",
+    ),
+    case(
+        "run-baseline-out-of-memory",
+        lambda c: c.run(space=c.space({"baseline.resolution": 600_000})),
+        "does not fit in memory",
+        "lower proxy.batch_size",
+    ),
     # run: data
-    case("run-data-dir-missing", lambda c: c.run("--data-dir", c.tmp / "nowhere"), "nowhere does not exist", "point it at the folder"),
-    case("run-data-dir-empty", lambda c: c.run("--data-dir", c.tree("empty")), "no CIFAR-10 in", "put the dataset there"),
-    case("run-data-class-without-images", lambda c: c.run("--data-dir", c.tree("empty-class")), "train/newt has no images", "add its images or remove"),
-    case("run-data-corrupt-image", lambda c: c.run("--data-dir", c.tree("corrupt")), "cannot read image", "dog/1.png", "replace or remove"),
+    case(
+        "run-data-dir-missing",
+        lambda c: c.run("--data-dir", c.tmp / "nowhere"),
+        "nowhere does not exist",
+        "point it at the folder",
+    ),
+    case(
+        "run-data-dir-empty", lambda c: c.run("--data-dir", c.tree("empty")), "no CIFAR-10 in", "put the dataset there"
+    ),
+    case(
+        "run-data-class-without-images",
+        lambda c: c.run("--data-dir", c.tree("empty-class")),
+        "train/newt has no images",
+        "add its images or remove",
+    ),
+    case(
+        "run-data-corrupt-image",
+        lambda c: c.run("--data-dir", c.tree("corrupt")),
+        "cannot read image",
+        "dog/1.png",
+        "replace or remove",
+    ),
     # run: the run folder
-    case("run-out-is-a-file", lambda c: ["run", "--space", c.space(), "--out", c.write("taken", "x")], "is not a folder", "choose another --out"),
-    case("run-out-read-only", lambda c: ["run", "--space", c.space(), "--out", c.read_only(c.tmp / "ro")], "cannot be written", "choose another --out"),
-    case("run-out-under-read-only", lambda c: ["run", "--space", c.space(), "--out", c.read_only(c.tmp / "ro") / "run"], "cannot be written"),
+    case(
+        "run-out-is-a-file",
+        lambda c: ["run", "--space", c.space(), "--out", c.write("taken", "x")],
+        "is not a folder",
+        "choose another --out",
+    ),
+    case(
+        "run-out-read-only",
+        lambda c: ["run", "--space", c.space(), "--out", c.read_only(c.tmp / "ro")],
+        "cannot be written",
+        "choose another --out",
+    ),
+    case(
+        "run-out-under-read-only",
+        lambda c: ["run", "--space", c.space(), "--out", c.read_only(c.tmp / "ro") / "run"],
+        "cannot be written",
+    ),
     case("run-out-holds-another-search", _another_search, "holds a run of another search", "use a new --out"),
     # run: the study storage
-    case("run-storage-no-driver", _unreachable_storage_for_earlier_run, "needs a database driver", "pip install", never=("secret",)),
-    case("run-storage-folder-missing", lambda c: c.run("--storage", f"sqlite:///{c.tmp / 'nowhere' / 'study.db'}"), "nowhere does not exist", "create it"),
-    case("run-storage-folder-read-only", lambda c: c.run("--storage", f"sqlite:///{c.read_only(c.tmp / 'ro') / 'study.db'}"), "cannot be written", "folder you can write"),
-    case("run-storage-not-sqlite", lambda c: c.run("--storage", f"sqlite:///{c.write('notes.db', 'plain text, not a database' * 100)}"), "is not a SQLite database", "give a new path"),
+    case(
+        "run-storage-no-driver",
+        _unreachable_storage_for_earlier_run,
+        "needs a database driver",
+        "pip install",
+        never=("secret",),
+    ),
+    case(
+        "run-storage-folder-missing",
+        lambda c: c.run("--storage", f"sqlite:///{c.tmp / 'nowhere' / 'study.db'}"),
+        "nowhere does not exist",
+        "create it",
+    ),
+    case(
+        "run-storage-folder-read-only",
+        lambda c: c.run("--storage", f"sqlite:///{c.read_only(c.tmp / 'ro') / 'study.db'}"),
+        "cannot be written",
+        "folder you can write",
+    ),
+    case(
+        "run-storage-not-sqlite",
+        lambda c: c.run("--storage", f"sqlite:///{c.write('notes.db', 'plain text, not a database' * 100)}"),
+        "is not a SQLite database",
+        "give a new path",
+    ),
     # report
     case("report-not-a-run-folder", lambda c: ["report", c.tmp], "is not a run folder", "--out folder"),
     case("report-missing-folder", lambda c: ["report", c.tmp / "nowhere"], "is not a run folder"),
@@ -388,15 +662,28 @@ def test_scientific_notation_is_a_number_in_a_space():
     "build, says, never",
     [
         case("candidates-budget-abc", lambda c: ["candidates", "--budget", "abc"], "budget 'abc'"),
-        case("run-space-malformed", lambda c: c.run(space=c.write("bad.yaml", "name: t\nproxy: [epochs: 1\n")), "not valid YAML"),
+        case(
+            "run-space-malformed",
+            lambda c: c.run(space=c.write("bad.yaml", "name: t\nproxy: [epochs: 1\n")),
+            "not valid YAML",
+        ),
         # goes through the data load and Optuna, which print warnings unless told not to
-        case("run-storage-no-driver", _unreachable_storage_for_earlier_run, "needs a database driver", never=("secret",)),
+        case(
+            "run-storage-no-driver", _unreachable_storage_for_earlier_run, "needs a database driver", never=("secret",)
+        ),
     ],
 )
 def test_real_entry_point_prints_one_line(build, says, never, tmp_path, data_env):
     args = build(Ctx(tmp_path))
     before = snapshot(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "scaling_search.cli", *map(str, args)], cwd=ROOT, env=clean_env(data_env), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scaling_search.cli", *map(str, args)],
+        cwd=ROOT,
+        env=clean_env(data_env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_one_clear_line(proc.returncode, proc.stderr, says, never)
     assert_unchanged(before, snapshot(tmp_path))
 
@@ -406,8 +693,17 @@ def test_ray_backend_without_ray_installed(tmp_path, data_env):
     args = [str(a) for a in ctx.run("--backend", "ray")]
     block = "import sys; sys.modules['ray'] = None; from scaling_search.cli import main; sys.exit(main(sys.argv[1:]))"
     before = snapshot(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", block, *args], cwd=ROOT, env=clean_env(data_env), capture_output=True, text=True, timeout=300)
-    assert_one_clear_line(proc.returncode, proc.stderr, ("--backend ray needs Ray Tune", "pip install 'scaling-search[ray]'"))
+    proc = subprocess.run(
+        [sys.executable, "-c", block, *args],
+        cwd=ROOT,
+        env=clean_env(data_env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_one_clear_line(
+        proc.returncode, proc.stderr, ("--backend ray needs Ray Tune", "pip install 'scaling-search[ray]'")
+    )
     assert_unchanged(before, snapshot(tmp_path))
     assert not ctx.out.exists()
 
@@ -417,7 +713,9 @@ def test_ray_backend_without_ray_installed(tmp_path, data_env):
 
 def test_diverging_trials_fail_with_the_reason_and_the_run_reports(tmp_path, inproc, capsys):
     run = tmp_path / "run"
-    rc, out, err = cli(capsys, "run", "--space", tiny_space(tmp_path, lr=1e30, train=256), "--out", run, "--heartbeat", "1")
+    rc, out, err = cli(
+        capsys, "run", "--space", tiny_space(tmp_path, lr=1e30, train=256), "--out", run, "--heartbeat", "1"
+    )
     assert rc == 0, err
     rows = read_csv(run / "trials.csv")
     assert len(rows) == SAMPLE_UNITS
@@ -432,9 +730,13 @@ def test_diverging_trials_fail_with_the_reason_and_the_run_reports(tmp_path, inp
 
 
 def test_out_of_memory_fails_its_trial_and_the_search_goes_on(tmp_path, inproc, capsys, monkeypatch):
-    monkeypatch.setenv("SCALING_SEARCH_INJECT_OOM", "2@seed=1")  # a real torch.OutOfMemoryError at step 2 of seed 1's trials
+    monkeypatch.setenv(
+        "SCALING_SEARCH_INJECT_OOM", "2@seed=1"
+    )  # a real torch.OutOfMemoryError at step 2 of seed 1's trials
     run = tmp_path / "run"
-    rc, out, err = cli(capsys, "run", "--space", tiny_space(tmp_path, seeds=(0, 1), train=256), "--out", run, "--heartbeat", "1")
+    rc, out, err = cli(
+        capsys, "run", "--space", tiny_space(tmp_path, seeds=(0, 1), train=256), "--out", run, "--heartbeat", "1"
+    )
     assert rc == 0, err
     rows = read_csv(run / "trials.csv")
     assert len(rows) == 2 * SAMPLE_UNITS
@@ -451,12 +753,22 @@ def test_out_of_memory_fails_its_trial_and_the_search_goes_on(tmp_path, inproc, 
 
 
 def test_malformed_fault_switch_is_refused(monkeypatch):
-    from scaling_search.data import DataSpec
+    from scaling_search.data.sources import DataSpec
     from scaling_search.models import EfficientNetConfig
-    from scaling_search.proxy import TrialConfig, injected_oom_step
+    from scaling_search.train.loop import TrialConfig, injected_oom_step
 
-    config = TrialConfig(model=EfficientNetConfig(width=0.25, depth=0.25, resolution=40, num_classes=10), data=DataSpec("cifar10"), seed=1)
-    for text, step in (("3", 3), ("3@seed=1", 3), ("3@seed=0", None), ("1@resolution=40,seed=1", 1), ("1@width=0.25", 1)):
+    config = TrialConfig(
+        model=EfficientNetConfig(width=0.25, depth=0.25, resolution=40, num_classes=10),
+        data=DataSpec("cifar10"),
+        seed=1,
+    )
+    for text, step in (
+        ("3", 3),
+        ("3@seed=1", 3),
+        ("3@seed=0", None),
+        ("1@resolution=40,seed=1", 1),
+        ("1@width=0.25", 1),
+    ):
         monkeypatch.setenv("SCALING_SEARCH_INJECT_OOM", text)
         assert injected_oom_step(config) == step, text
     for text in ("x", "2@colour=red", "2@seed"):
@@ -472,7 +784,13 @@ def test_sigint_stops_after_the_trial_writes_the_report_and_resumes(tmp_path, da
     with open(tmp_path / "stdout.txt", "w") as stdout:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
         try:
-            wait_for(lambda: "COMPLETE" in (s := trial_states(run)) and "RUNNING" in s, 300, "a trial running after a finished one", proc, poll=0.05)
+            wait_for(
+                lambda: "COMPLETE" in (s := trial_states(run)) and "RUNNING" in s,
+                300,
+                "a trial running after a finished one",
+                proc,
+                poll=0.05,
+            )
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=300)
         finally:
@@ -494,7 +812,9 @@ def test_sigint_stops_after_the_trial_writes_the_report_and_resumes(tmp_path, da
     assert resumed.returncode == 0 and resumed.stderr == "", resumed.stderr
     assert f"resuming: {done} of {2 * SAMPLE_UNITS} trials already finished" in resumed.stdout
     attempts = unit_attempts(run)
-    assert len(attempts) == 2 * SAMPLE_UNITS and all(s == ["COMPLETE"] for s in attempts.values()), attempts  # none trained twice
+    assert len(attempts) == 2 * SAMPLE_UNITS and all(s == ["COMPLETE"] for s in attempts.values()), (
+        attempts
+    )  # none trained twice
     assert [r["state"] for r in read_csv(run / "trials.csv")] == ["COMPLETE"] * 2 * SAMPLE_UNITS
 
 
@@ -518,7 +838,9 @@ def test_kill_9_while_writing_leaves_the_old_or_the_new_file(tmp_path):
     rng = random.Random(6)
     mid_write = 0
     for _ in range(10):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(size)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(target), str(size)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.0, 0.4))
         proc.kill()
@@ -570,7 +892,13 @@ def test_kill_9_during_the_report_leaves_whole_files(tmp_path, finished_run, dat
     trials_before = (run / "trials.csv").read_text()
     caught = []
     for target in ("trials.csv", "best.json", "coefficients.md", "alpha_beta.png"):  # early to late in the report
-        proc = subprocess.Popen([sys.executable, "-m", "scaling_search.cli", "report", str(run)], cwd=ROOT, env=clean_env(data_env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scaling_search.cli", "report", str(run)],
+            cwd=ROOT,
+            env=clean_env(data_env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         while proc.poll() is None and not any(e.name.startswith(f".{target}.") for e in os.scandir(run)):
             time.sleep(0.0005)  # a temporary file lives for its write and fsync: a few milliseconds
         if proc.poll() is None:
@@ -588,15 +916,21 @@ def test_kill_9_during_the_report_leaves_whole_files(tmp_path, finished_run, dat
 @pytest.mark.parametrize("cut", ["empty", "in-magic", "in-header", "in-arrays", "last-byte"])
 def test_truncated_decode_cache_is_rebuilt(tmp_path, cut):
     """On top of tests/test_data.py (a 100-byte truncation and a flipped byte): every cut point."""
-    from scaling_search.arraycache import MAGIC
-    from scaling_search.data import DataSpec, load_dataset
+    from scaling_search.data.sources import DataSpec, load_dataset
+    from scaling_search.data.sources.cache import MAGIC
 
     root = Ctx(tmp_path).tree("fine")
     spec, cache = DataSpec(f"imagefolder:{root}", storage_size=8), tmp_path / "cache"
     first = load_dataset(spec, cache_dir=cache)
     (cache_file,) = (cache / "datasets").glob("*.arrays")
     size = cache_file.stat().st_size
-    keep = {"empty": 0, "in-magic": len(MAGIC) // 2, "in-header": len(MAGIC) + 12, "in-arrays": size - first.train_x.nbytes // 2, "last-byte": size - 1}[cut]
+    keep = {
+        "empty": 0,
+        "in-magic": len(MAGIC) // 2,
+        "in-header": len(MAGIC) + 12,
+        "in-arrays": size - first.train_x.nbytes // 2,
+        "last-byte": size - 1,
+    }[cut]
     with open(cache_file, "r+b") as f:
         f.truncate(keep)
     again = load_dataset(spec, cache_dir=cache)
@@ -611,7 +945,14 @@ def test_locked_study_storage_waits_then_completes(tmp_path, data_env):
     run.mkdir()
     holder = sqlite3.connect(run / "study.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
-    proc = subprocess.Popen(run_args(tiny_space(tmp_path), run), cwd=ROOT, env=clean_env(data_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        run_args(tiny_space(tmp_path), run),
+        cwd=ROOT,
+        env=clean_env(data_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: (run / "run.json").exists(), 300, "the run to reach its storage", proc)
         time.sleep(3)
@@ -643,7 +984,9 @@ def test_storage_locked_past_the_wait_limit_fails_clearly(tmp_path, monkeypatch)
     finally:
         holder.rollback()
         holder.close()
-    assert "stayed locked by another program for over 1 s" in str(err.value) and "run the same command again" in str(err.value)
+    assert "stayed locked by another program for over 1 s" in str(err.value) and "run the same command again" in str(
+        err.value
+    )
     assert optuna_backend.OptunaStudy(url, "s").count_finished() == 0
     assert db_rows(tmp_path, "pragma integrity_check") == [("ok",)]
 
@@ -669,7 +1012,9 @@ def test_search_space_yaml_never_builds_objects(tmp_path, tag):
     with pytest.raises(UsageError) as err:
         load_space(path)
     assert not marker.exists()
-    assert "not allowed" in str(err.value) or "expected string" in str(err.value)  # !!binary is safe YAML: bytes, refused as a name
+    assert "not allowed" in str(err.value) or "expected string" in str(
+        err.value
+    )  # !!binary is safe YAML: bytes, refused as a name
 
 
 @pytest.mark.parametrize("name", ["../x", "/tmp/x", "..", ".hidden", "a/b", "", "x\0y", "x" * 65])
@@ -702,7 +1047,9 @@ def test_nothing_is_unpickled_or_loaded_unsafely():
             assert ok, f"{path.name}:{call.lineno}: torch.load without weights_only=True"
         for call in _calls(tree, "pickle", ("load", "loads", "Unpickler")):
             pytest.fail(f"{path.name}:{call.lineno}: unrestricted pickle")
-        for call in _calls(tree, "yaml", ("load", "full_load", "unsafe_load", "load_all", "full_load_all", "unsafe_load_all")):
+        for call in _calls(
+            tree, "yaml", ("load", "full_load", "unsafe_load", "load_all", "full_load_all", "unsafe_load_all")
+        ):
             pytest.fail(f"{path.name}:{call.lineno}: YAML loaded with a loader that builds objects")
 
 
@@ -712,7 +1059,8 @@ def test_building_one_family_imports_no_other():
         "from scaling_search.models import build, get_config\n"
         "build(get_config('efficientnet', width=0.25, depth=0.25, resolution=32, num_classes=10))\n"
         "assert 'scaling_search.models.efficientnet' in sys.modules\n"
-        "print(sorted(m for m in sys.modules if m in ('scaling_search.models.efficientdet', 'scaling_search.models.bifpn')))\n"
+        "print(sorted(m for m in sys.modules if m in ('scaling_search.models.efficientdet', "
+        "'scaling_search.models.bifpn')))\n"
     )
     proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -762,12 +1110,18 @@ def test_soak_three_workers_one_killed_and_restarted(tmp_path, data_env):
     logs = "".join((tmp_path / f"worker{i}.out").read_text() for i in range(3))
     assert [w.returncode for w in workers] == [0, 0, 0], logs
     attempts = unit_attempts(run)
-    grid = {f"a{a}-b{b}-g{g}-s{s}" for a, b, g in (("1.1", "1.1", "1.2"), ("1.2", "1.1", "1.2"), ("1.2", "1.1", "1.15")) for s in seeds}
+    grid = {
+        f"a{a}-b{b}-g{g}-s{s}"
+        for a, b, g in (("1.1", "1.1", "1.2"), ("1.2", "1.1", "1.2"), ("1.2", "1.1", "1.15"))
+        for s in seeds
+    }
     completed = {k for k, states in attempts.items() if "COMPLETE" in states}
     assert completed == grid  # no unit lost
     assert all(states.count("COMPLETE") == 1 for states in attempts.values()), attempts  # none completed twice
     killed = [k for k, states in attempts.items() if states != ["COMPLETE"]]
-    assert len(killed) == 1 and attempts[killed[0]] == ["FAIL", "COMPLETE"], attempts  # the killed trial, re-queued and run again
+    assert len(killed) == 1 and attempts[killed[0]] == ["FAIL", "COMPLETE"], (
+        attempts
+    )  # the killed trial, re-queued and run again
     rows = read_csv(run / "trials.csv")
     assert len(rows) == 15 and {r["state"] for r in rows} == {"COMPLETE"}
     assert len({w for (w,) in db_rows(run, "select value_json from trial_user_attributes where key = 'worker'")}) >= 3

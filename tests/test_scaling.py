@@ -66,7 +66,14 @@ def test_tolerance_and_step_change_the_grid():
 
 @pytest.mark.parametrize(
     "kwargs,fragment",
-    [({"step": 0}, "step"), ({"step": -0.1}, "step"), ({"tolerance": 0}, "tolerance"), ({"tolerance": 1.5}, "tolerance"), ({"max_alpha": 0.5}, "max alpha"), ({"constraint": "nope"}, "constraint")],
+    [
+        ({"step": 0}, "step"),
+        ({"step": -0.1}, "step"),
+        ({"tolerance": 0}, "tolerance"),
+        ({"tolerance": 1.5}, "tolerance"),
+        ({"max_alpha": 0.5}, "max alpha"),
+        ({"constraint": "nope"}, "constraint"),
+    ],
 )
 def test_grid_rejects_bad_arguments(kwargs, fragment):
     with pytest.raises(UsageError, match=fragment):
@@ -95,7 +102,7 @@ def test_dropout_follows_the_official_table():
 
 
 def test_implied_phi():
-    assert implied_phi(1.2 ** 3, 1.2) == pytest.approx(3)
+    assert implied_phi(1.2**3, 1.2) == pytest.approx(3)
     assert implied_phi(1.0, 1.0) is None
     assert math.isclose(implied_phi(2.0, 1.1), math.log(2) / math.log(1.1))
 
@@ -104,6 +111,8 @@ def test_scaling_imports_without_torch():
     import subprocess
     import sys
 
-    code = "import sys, scaling_search.scaling, scaling_search.models.efficientnet_config; print('torch' in sys.modules)"
+    code = (
+        "import sys, scaling_search.scaling, scaling_search.models.efficientnet_config; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, assert_usage_error, run_cli, tiny_space
 from conftest import db_states as _db_states
 from conftest import read_csv as _read_csv
@@ -18,9 +17,31 @@ from conftest import unit_attempts as _unit_attempts
 
 def test_tiny_run_writes_every_output_and_report_rebuilds(tmp_path, data_env):
     out = tmp_path / "run"
-    proc = run_cli("run", "--budget", "2x", "--space", str(tiny_space(tmp_path, seeds=(0, 1))), "--out", str(out), "--heartbeat", "1", env=data_env)
+    proc = run_cli(
+        "run",
+        "--budget",
+        "2x",
+        "--space",
+        str(tiny_space(tmp_path, seeds=(0, 1))),
+        "--out",
+        str(out),
+        "--heartbeat",
+        "1",
+        env=data_env,
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    for name in ("trials.csv", "best.json", "coefficients.md", "b_series.csv", "accuracy_vs_macs.png", "alpha_beta.png", "b_series_macs.png", "study.db", "run.json", "space.yaml"):
+    for name in (
+        "trials.csv",
+        "best.json",
+        "coefficients.md",
+        "b_series.csv",
+        "accuracy_vs_macs.png",
+        "alpha_beta.png",
+        "b_series_macs.png",
+        "study.db",
+        "run.json",
+        "space.yaml",
+    ):
         assert (out / name).is_file(), name
     rows = _read_csv(out / "trials.csv")
     # (1.1, 1.1, 1.2), (1.2, 1.1, 1.2) from the grid, plus the paper's triple, x 2 seeds
@@ -47,7 +68,18 @@ def test_tiny_run_writes_every_output_and_report_rebuilds(tmp_path, data_env):
     assert (out / "trials.csv").read_text() == before
     assert (out / "accuracy_vs_macs.png").is_file() and "Ranking" in (out / "coefficients.md").read_text()
     # the same command again trains nothing
-    again = run_cli("run", "--budget", "2x", "--space", str(tiny_space(tmp_path, seeds=(0, 1))), "--out", str(out), "--heartbeat", "1", env=data_env)
+    again = run_cli(
+        "run",
+        "--budget",
+        "2x",
+        "--space",
+        str(tiny_space(tmp_path, seeds=(0, 1))),
+        "--out",
+        str(out),
+        "--heartbeat",
+        "1",
+        env=data_env,
+    )
     assert again.returncode == 0 and "6 of 6 trials already finished" in again.stdout
     assert len(_db_states(out)) == 6
 
@@ -55,7 +87,18 @@ def test_tiny_run_writes_every_output_and_report_rebuilds(tmp_path, data_env):
 def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path, data_env):
     out = tmp_path / "run"
     space = tiny_space(tmp_path, seeds=(0, 1, 2), train=384)
-    args = [sys.executable, "-m", "scaling_search.cli", "run", "--space", str(space), "--out", str(out), "--heartbeat", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "scaling_search.cli",
+        "run",
+        "--space",
+        str(space),
+        "--out",
+        str(out),
+        "--heartbeat",
+        "1",
+    ]
     env = {**os.environ, **data_env, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -96,9 +139,23 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path, data_env):
 def test_two_workers_share_one_study(tmp_path, data_env):
     out = tmp_path / "run"
     space = tiny_space(tmp_path, seeds=(0, 1, 2, 3), train=256)  # ~1 s a unit: both workers get some
-    args = [sys.executable, "-m", "scaling_search.cli", "run", "--space", str(space), "--out", str(out), "--heartbeat", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "scaling_search.cli",
+        "run",
+        "--space",
+        str(space),
+        "--out",
+        str(out),
+        "--heartbeat",
+        "1",
+    ]
     env = {**os.environ, **data_env, "PYTHONWARNINGS": "ignore"}
-    workers = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    workers = [
+        subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=600) for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
     attempts = _unit_attempts(out)
@@ -113,7 +170,14 @@ def test_two_workers_share_one_study(tmp_path, data_env):
 def test_pruning_reports_saved_compute(tmp_path, data_env):
     out = tmp_path / "run"
     # enough steps that accuracies differ (at chance they tie, and ties are all promoted)
-    proc = run_cli("run", "--space", str(tiny_space(tmp_path, epochs=3, train=512, seeds=(0, 1), pruning=True)), "--out", str(out), env=data_env)
+    proc = run_cli(
+        "run",
+        "--space",
+        str(tiny_space(tmp_path, epochs=3, train=512, seeds=(0, 1), pruning=True)),
+        "--out",
+        str(out),
+        env=data_env,
+    )
     assert proc.returncode == 0, proc.stderr
     best = json.loads((out / "best.json").read_text())
     assert best["epochs_full_grid"] == 18
@@ -128,10 +192,17 @@ def test_pruning_reports_saved_compute(tmp_path, data_env):
 def test_run_bad_inputs_touch_nothing(tmp_path, data_env):
     space = tiny_space(tmp_path)
     out = tmp_path / "run"
-    assert_usage_error(run_cli("run", "--budget", "abc", "--space", str(space), "--out", str(out), env=data_env), "budget")
+    assert_usage_error(
+        run_cli("run", "--budget", "abc", "--space", str(space), "--out", str(out), env=data_env), "budget"
+    )
     assert_usage_error(run_cli("run", "--preset", "nope", "--out", str(out), env=data_env), "unknown preset")
-    assert_usage_error(run_cli("run", "--space", str(tmp_path / "none.yaml"), "--out", str(out), env=data_env), "does not exist")
-    assert_usage_error(run_cli("run", "--space", str(space), "--out", str(out), "--data-dir", str(tmp_path / "nodata"), env=data_env), "")
+    assert_usage_error(
+        run_cli("run", "--space", str(tmp_path / "none.yaml"), "--out", str(out), env=data_env), "does not exist"
+    )
+    assert_usage_error(
+        run_cli("run", "--space", str(space), "--out", str(out), "--data-dir", str(tmp_path / "nodata"), env=data_env),
+        "",
+    )
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_usage_error(run_cli("run", "--space", str(space), "--out", str(blocker), env=data_env), "not a folder")
@@ -151,4 +222,4 @@ def test_ray_backend_writes_the_same_columns(tmp_path, data_env):
     assert list(ray_rows[0]) == list(optuna_rows[0])
     assert len(ray_rows) == len(optuna_rows) == 3
     assert all(r["state"] == "COMPLETE" and 0 < float(r["accuracy"]) <= 1 for r in ray_rows)
-    assert {r['unit'] for r in ray_rows} == {r['unit'] for r in optuna_rows}
+    assert {r["unit"] for r in ray_rows} == {r["unit"] for r in optuna_rows}

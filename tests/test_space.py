@@ -54,7 +54,9 @@ def test_malformed_yaml_and_unsafe_tags(tmp_path):
     with pytest.raises(UsageError, match="not valid YAML at line"):
         load_space(bad)
     unsafe = tmp_path / "unsafe.yaml"
-    unsafe.write_text("name: !!python/object/apply:os.system ['echo hacked']\ndata: {name: cifar10}\nproxy: {epochs: 1}\n")
+    unsafe.write_text(
+        "name: !!python/object/apply:os.system ['echo hacked']\ndata: {name: cifar10}\nproxy: {epochs: 1}\n"
+    )
     with pytest.raises(UsageError):
         load_space(unsafe)
     with pytest.raises(UsageError, match="does not exist"):

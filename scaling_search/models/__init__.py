@@ -1,7 +1,14 @@
 """Model factory: registry of families, EfficientNet (and detectors built on it)."""
 
 from .efficientdet_config import EfficientDetConfig, bifpn_nodes
-from .efficientnet_config import EfficientNetConfig, analytic_counts, official_config, round_filters, round_repeats, scale_network
+from .efficientnet_config import (
+    EfficientNetConfig,
+    analytic_counts,
+    official_config,
+    round_filters,
+    round_repeats,
+    scale_network,
+)
 from .registry import build, families, get_config, model_names
 
 __all__ = [

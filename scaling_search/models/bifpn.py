@@ -7,7 +7,7 @@ the BiFPN width, max-pool to go down, nearest-neighbour to go up).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,9 @@ class Resample(nn.Module):
         return x
 
 
-def fast_normalized_fusion(inputs: Sequence[torch.Tensor], weights: torch.Tensor, eps: float = FUSION_EPS) -> torch.Tensor:
+def fast_normalized_fusion(
+    inputs: Sequence[torch.Tensor], weights: torch.Tensor, eps: float = FUSION_EPS
+) -> torch.Tensor:
     """sum_i relu(w_i) x_i / (sum_j relu(w_j) + eps): bounded like softmax, cheaper."""
     w = F.relu(weights)
     w = w / (w.sum() + eps)
@@ -96,10 +98,14 @@ def fast_normalized_fusion(inputs: Sequence[torch.Tensor], weights: torch.Tensor
 class FusionNode(nn.Module):
     """Resample every input to the node's level, fuse, then SiLU -> separable conv -> BN."""
 
-    def __init__(self, node: BiFPNNode, input_levels: Sequence[int], input_channels: Sequence[int], width: int, fusion: str):
+    def __init__(
+        self, node: BiFPNNode, input_levels: Sequence[int], input_channels: Sequence[int], width: int, fusion: str
+    ):
         super().__init__()
         self.node = node
-        self.resample = nn.ModuleList(Resample(c, width, node.level - lvl) for lvl, c in zip(input_levels, input_channels))
+        self.resample = nn.ModuleList(
+            Resample(c, width, node.level - lvl) for lvl, c in zip(input_levels, input_channels)
+        )
         self.fusion = fusion
         if fusion == "fast":
             self.weights = nn.Parameter(torch.ones(len(node.inputs)))
@@ -128,7 +134,9 @@ class BiFPNLayer(nn.Module):
         channels = list(in_channels)
         self.nodes = nn.ModuleList()
         for node in nodes:
-            self.nodes.append(FusionNode(node, [levels[i] for i in node.inputs], [channels[i] for i in node.inputs], width, fusion))
+            self.nodes.append(
+                FusionNode(node, [levels[i] for i in node.inputs], [channels[i] for i in node.inputs], width, fusion)
+            )
             levels.append(node.level)
             channels.append(width)
         self.outputs = bifpn_outputs(tuple(nodes), min_level, max_level)
@@ -155,7 +163,9 @@ class BiFPN(nn.Module):
         self.extra = nn.ModuleList(Resample(backbone_channels[-1] if i == 0 else w, w, 1) for i in range(extra))
         level_channels = list(backbone_channels) + [w] * extra
         self.layers = nn.ModuleList(
-            BiFPNLayer(config.nodes, config.min_level, level_channels if i == 0 else [w] * config.num_levels, w, config.fusion)
+            BiFPNLayer(
+                config.nodes, config.min_level, level_channels if i == 0 else [w] * config.num_levels, w, config.fusion
+            )
             for i in range(config.fpn_layers)
         )
 

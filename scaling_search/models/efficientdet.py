@@ -6,7 +6,7 @@ The backbone is the project's EfficientNet built without its head; its
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -76,4 +76,3 @@ class EfficientDet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         feats = self.bifpn(self.backbone(x, self.strides))
         return self.class_net(feats), self.box_net(feats)
-

@@ -98,7 +98,10 @@ def _check_phi(phi: Any) -> int:
 
 def formula_fpn_channels(phi: int) -> int:
     """BiFPN width W = 64 * 1.35^phi, to the nearest multiple of 8."""
-    return int(round(FPN_BASE_CHANNELS * FPN_CHANNEL_GROWTH ** _check_phi(phi) / FPN_CHANNEL_MULTIPLE)) * FPN_CHANNEL_MULTIPLE
+    return (
+        int(round(FPN_BASE_CHANNELS * FPN_CHANNEL_GROWTH ** _check_phi(phi) / FPN_CHANNEL_MULTIPLE))
+        * FPN_CHANNEL_MULTIPLE
+    )
 
 
 def formula_fpn_layers(phi: int) -> int:
@@ -177,7 +180,7 @@ class EfficientDetConfig:
     def num_levels(self) -> int:
         return self.max_level - self.min_level + 1
 
-    def with_(self, **changes: Any) -> "EfficientDetConfig":
+    def with_(self, **changes: Any) -> EfficientDetConfig:
         return replace(self, **changes)
 
     @classmethod
@@ -189,7 +192,7 @@ class EfficientDetConfig:
         num_classes: int = NUM_CLASSES,
         base: EfficientNetConfig | None = None,
         multiple: int = 8,
-    ) -> "EfficientDetConfig":
+    ) -> EfficientDetConfig:
         """D-phi by the paper's rules, on the compound B-phi of ``coefficients``."""
         _check_phi(phi)
         c = coefficients
@@ -206,7 +209,7 @@ class EfficientDetConfig:
         )
 
     @classmethod
-    def official(cls, variant: str, num_classes: int = NUM_CLASSES) -> "EfficientDetConfig":
+    def official(cls, variant: str, num_classes: int = NUM_CLASSES) -> EfficientDetConfig:
         """The published ``efficientdet-<variant>`` (d0..d7)."""
         if variant not in OFFICIAL_D:
             raise UsageError(f"unknown EfficientDet variant {variant!r}: choose one of {', '.join(OFFICIAL_D)}")

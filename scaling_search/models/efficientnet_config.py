@@ -98,7 +98,7 @@ class EfficientNetConfig:
             if not 0.0 <= value < 1.0:
                 raise UsageError(f"{key} must be in [0, 1), got {value!r}")
 
-    def with_(self, **changes) -> "EfficientNetConfig":
+    def with_(self, **changes) -> EfficientNetConfig:
         return replace(self, **changes)
 
 

@@ -8,8 +8,9 @@ model is actually built.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import UsageError
 from ..scaling import PAPER, Coefficients
@@ -54,11 +55,15 @@ def _configure_efficientnet(
         )
     else:
         if width is not None or depth is not None:
-            raise UsageError(f"{name} has fixed width and depth: use 'efficientnet --width W --depth D' for other values")
+            raise UsageError(
+                f"{name} has fixed width and depth: use 'efficientnet --width W --depth D' for other values"
+            )
         config = official_config(name.split("-", 1)[1])
         if resolution is not None:
             config = config.with_(resolution=resolution)
-    changes = {k: v for k, v in (("num_classes", num_classes), ("dropout", dropout), ("drop_path", drop_path)) if v is not None}
+    changes = {
+        k: v for k, v in (("num_classes", num_classes), ("dropout", dropout), ("drop_path", drop_path)) if v is not None
+    }
     return config.with_(**changes) if changes else config
 
 
@@ -94,7 +99,10 @@ def _configure_efficientdet(
     classes = DET_NUM_CLASSES if num_classes is None else num_classes
     if name == "efficientdet":
         if phi is None:
-            raise UsageError("efficientdet needs phi: e.g. 'efficientdet --phi 3' (optionally --alpha/--beta/--gamma for the backbone)")
+            raise UsageError(
+                "efficientdet needs phi: e.g. 'efficientdet --phi 3' (optionally --alpha/--beta/--gamma for the "
+                "backbone)"
+            )
         coeffs = Coefficients(
             PAPER.alpha if alpha is None else alpha,
             PAPER.beta if beta is None else beta,
@@ -103,8 +111,12 @@ def _configure_efficientdet(
         config = EfficientDetConfig.from_formula(phi, coeffs, num_classes=classes)
     else:
         variant = name.split("-", 1)[1]
-        _reject(name, {"phi": phi, "alpha": alpha, "beta": beta, "gamma": gamma}, ("phi", "alpha", "beta", "gamma"),
-                f"it is the official configuration; use 'efficientdet --phi {variant[1:]}' for the formula")
+        _reject(
+            name,
+            {"phi": phi, "alpha": alpha, "beta": beta, "gamma": gamma},
+            ("phi", "alpha", "beta", "gamma"),
+            f"it is the official configuration; use 'efficientdet --phi {variant[1:]}' for the formula",
+        )
         config = EfficientDetConfig.official(variant, classes)
     return config if resolution is None else config.with_(resolution=resolution)
 
@@ -137,7 +149,7 @@ def get_config(name: str, **options: Any):
     raise UsageError(f"unknown model {name!r}: choose one of {known}")
 
 
-def build(config) -> "Any":
+def build(config) -> Any:
     """Build the torch module for a config returned by ``get_config``."""
     for family in _FAMILIES.values():
         if isinstance(config, family.config_type):

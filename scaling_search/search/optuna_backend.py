@@ -17,9 +17,9 @@ import os
 import re
 import threading
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -37,12 +37,16 @@ GRACE_FACTOR = 4
 SQLITE_LOCK_TIMEOUT = 120  # seconds
 
 # Python packages that provide SQLAlchemy's default driver of each database.
-_DRIVERS = {"postgresql": "psycopg2-binary", "postgres": "psycopg2-binary", "mysql": "mysqlclient (or use mysql+pymysql:// with PyMySQL)"}
+_DRIVERS = {
+    "postgresql": "psycopg2-binary",
+    "postgres": "psycopg2-binary",
+    "mysql": "mysqlclient (or use mysql+pymysql:// with PyMySQL)",
+}
 
 
 def sqlite_path(url: str) -> Path | None:
     if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):])
+        return Path(url[len("sqlite:///") :])
     return None
 
 
@@ -61,17 +65,27 @@ def _check_sqlite(url: str) -> None:
         return
     folder = db.parent
     if not folder.is_dir():
-        raise UsageError(f"storage {url!r}: folder {folder} does not exist: create it, or give a sqlite:///PATH in an existing folder")
+        raise UsageError(
+            f"storage {url!r}: folder {folder} does not exist: create it, or give a sqlite:///PATH in an existing "
+            "folder"
+        )
     if not os.access(folder, os.W_OK | os.X_OK):  # SQLite writes its journal beside the file
-        raise UsageError(f"storage {url!r}: folder {folder} cannot be written (permission denied): give a sqlite:///PATH in a folder you can write")
+        raise UsageError(
+            f"storage {url!r}: folder {folder} cannot be written (permission denied): give a sqlite:///PATH in a "
+            "folder you can write"
+        )
     if db.exists():
         try:
             with open(db, "rb") as f:
                 head = f.read(len(_SQLITE_HEADER))
         except OSError as exc:
-            raise UsageError(f"storage {url!r} cannot be read ({exc.strerror}): give a SQLite file you can read and write") from None
+            raise UsageError(
+                f"storage {url!r} cannot be read ({exc.strerror}): give a SQLite file you can read and write"
+            ) from None
         if head and head != _SQLITE_HEADER:  # an empty file is a new database
-            raise UsageError(f"storage {url!r}: {db} is not a SQLite database: give a new path or the study.db of a run")
+            raise UsageError(
+                f"storage {url!r}: {db} is not a SQLite database: give a new path or the study.db of a run"
+            )
 
 
 @contextlib.contextmanager
@@ -117,7 +131,8 @@ def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT) -> optuna.storage
         scheme = url.split(":", 1)[0].split("+", 1)[0]
         package = _DRIVERS.get(scheme, missing or "the driver for this database")
         raise UsageError(
-            f"storage {redact(url)!r} needs a database driver that is not installed ({missing or exc}): pip install {package}, or use sqlite:///PATH"
+            f"storage {redact(url)!r} needs a database driver that is not installed ({missing or exc}): pip "
+            f"install {package}, or use sqlite:///PATH"
         ) from None
     except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use this storage"
         raise storage_error(url, exc) from None
@@ -132,7 +147,11 @@ def storage_error(url: str, exc: BaseException) -> UsageError:
             f"study storage {redact(url)!r} stayed locked by another program for over {SQLITE_LOCK_TIMEOUT} s: "
             "close that program (or wait for it) and run the same command again; finished trials are kept"
         )
-    hint = "check the path and that the file is a SQLite database" if url.startswith("sqlite") else "check the URL and that the database server is running and reachable"
+    hint = (
+        "check the path and that the file is a SQLite database"
+        if url.startswith("sqlite")
+        else "check the URL and that the database server is running and reachable"
+    )
     return UsageError(f"cannot use study storage {redact(url)!r}: {first}: {hint}")
 
 
@@ -147,7 +166,14 @@ class TrialOutcome:
 class OptunaStudy:
     """One study on one storage, shared by any number of worker processes."""
 
-    def __init__(self, url: str, study_name: str, *, heartbeat: int = DEFAULT_HEARTBEAT, pruner: optuna.pruners.BasePruner | None = None):
+    def __init__(
+        self,
+        url: str,
+        study_name: str,
+        *,
+        heartbeat: int = DEFAULT_HEARTBEAT,
+        pruner: optuna.pruners.BasePruner | None = None,
+    ):
         self.url = url
         self.pruning = pruner is not None
         self.heartbeat = heartbeat
@@ -158,7 +184,11 @@ class OptunaStudy:
             with self.lock():  # two workers creating the SQLite schema at once collide
                 self.storage = open_storage(url, heartbeat)
                 self.study = optuna.create_study(
-                    storage=self.storage, study_name=study_name, direction="maximize", load_if_exists=True, pruner=pruner
+                    storage=self.storage,
+                    study_name=study_name,
+                    direction="maximize",
+                    load_if_exists=True,
+                    pruner=pruner,
                 )
         except optuna.exceptions.StorageInternalError as exc:
             raise storage_error(url, exc.__cause__ or exc) from None
@@ -181,7 +211,9 @@ class OptunaStudy:
 
     def _claim(self) -> optuna.trial.FrozenTrial | None:
         with self.lock():
-            for t in sorted(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number):
+            for t in sorted(
+                self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number
+            ):
                 # Heartbeat first: a claimed trial never exists without one, so it can always go stale.
                 self.storage.record_heartbeat(t._trial_id)
                 try:
@@ -193,7 +225,9 @@ class OptunaStudy:
 
     def fail_stale(self) -> None:
         with self.lock(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable here; not the user's concern
+            warnings.simplefilter(
+                "ignore", optuna.exceptions.ExperimentalWarning
+            )  # stable here; not the user's concern
             optuna.storages.fail_stale_trials(self.study)
 
     # --------------------------------------------------------------- worker
@@ -229,7 +263,7 @@ class OptunaStudy:
         beat.start()
 
         def report(epoch: int, loss: float, acc: float) -> None:
-            from ..proxy import TrialPruned
+            from ..train.loop import TrialPruned
 
             trial.report(acc, step=epoch + 1)
             if self.pruning and trial.should_prune():
@@ -260,7 +294,13 @@ class OptunaStudy:
 
     def unit_records(self) -> dict[str, dict]:
         """Per unit, the trial that speaks for it (finished beats running beats queued)."""
-        order = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.FAIL: 2, TrialState.RUNNING: 3, TrialState.WAITING: 4}
+        order = {
+            TrialState.COMPLETE: 0,
+            TrialState.PRUNED: 1,
+            TrialState.FAIL: 2,
+            TrialState.RUNNING: 3,
+            TrialState.WAITING: 4,
+        }
         best: dict[str, tuple[tuple, dict]] = {}
         attempts: dict[str, int] = {}
         for t in self.study.get_trials(deepcopy=False):
@@ -284,7 +324,11 @@ class OptunaStudy:
 
     def finished_units(self) -> set[str]:
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        return {t.user_attrs.get("unit") for t in self.study.get_trials(deepcopy=False, states=finished) if not _interrupted(t)}
+        return {
+            t.user_attrs.get("unit")
+            for t in self.study.get_trials(deepcopy=False, states=finished)
+            if not _interrupted(t)
+        }
 
     def count_finished(self) -> int:
         return len(self.finished_units())

@@ -25,13 +25,20 @@ def check_ray_available(address: str | None = None) -> None:
         # (Ray >= 2.60 turns it on by default and warns): a fresh token for
         # this run, inherited by the cluster's processes, unless one is given.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-        if os.environ["RAY_AUTH_MODE"] == "token" and not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        if (
+            os.environ["RAY_AUTH_MODE"] == "token"
+            and not os.environ.get("RAY_AUTH_TOKEN")
+            and not os.environ.get("RAY_AUTH_TOKEN_PATH")
+        ):
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     try:
         import ray  # noqa: F401
         from ray import tune  # noqa: F401
     except ImportError:
-        raise UsageError("--backend ray needs Ray Tune, which is not installed: pip install 'scaling-search[ray]' (or use --backend optuna)") from None
+        raise UsageError(
+            "--backend ray needs Ray Tune, which is not installed: pip install 'scaling-search[ray]' (or use "
+            "--backend optuna)"
+        ) from None
 
 
 def _init_ray(address: str | None, device: str) -> None:
@@ -65,11 +72,17 @@ def _trainable(config: dict, space: SearchSpace, data, device: str) -> None:
         tune.report({"epoch": epoch + 1, "accuracy": acc, "loss": loss, "state": "RUNNING"})
 
     state, fields = run_unit(space, unit, data, device, on_epoch)
-    final = {"epoch": fields.get("epochs_run") or 0, "state": state, **{k: v for k, v in fields.items() if v is not None}}
+    final = {
+        "epoch": fields.get("epochs_run") or 0,
+        "state": state,
+        **{k: v for k, v in fields.items() if v is not None},
+    }
     tune.report(final)
 
 
-def run_ray(space: SearchSpace, units: list[Unit], data, device: str, options, console, stop: threading.Event) -> list[dict]:
+def run_ray(
+    space: SearchSpace, units: list[Unit], data, device: str, options, console, stop: threading.Event
+) -> list[dict]:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -77,10 +90,17 @@ def run_ray(space: SearchSpace, units: list[Unit], data, device: str, options, c
     _init_ray(options.ray_address, device)
     gpus = options.gpus_per_trial if options.gpus_per_trial is not None else (1.0 if device.startswith("cuda") else 0.0)
     cpus = options.cpus_per_trial if options.cpus_per_trial is not None else 1.0
-    trainable = tune.with_resources(tune.with_parameters(_trainable, space=space, data=data, device=device), {"cpu": cpus, "gpu": gpus})
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, space=space, data=data, device=device), {"cpu": cpus, "gpu": gpus}
+    )
     scheduler = None
     if space.pruning.enabled:
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=space.proxy.epochs, grace_period=space.pruning.min_epochs, reduction_factor=space.pruning.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=space.proxy.epochs,
+            grace_period=space.pruning.min_epochs,
+            reduction_factor=space.pruning.reduction_factor,
+        )
     storage = (Path(options.out) / "ray").resolve()
     name = "study"
     path = storage / name
@@ -94,7 +114,9 @@ def run_ray(space: SearchSpace, units: list[Unit], data, device: str, options, c
             tune_config=tune.TuneConfig(metric="accuracy", mode="max", scheduler=scheduler),
             run_config=tune.RunConfig(storage_path=str(storage), name=name, verbose=0),
         )
-    console.print(f"Ray Tune: {len(units)} trials, {cpus:g} CPU / {gpus:g} GPU each" + (", ASHA over epochs" if scheduler else ""))
+    console.print(
+        f"Ray Tune: {len(units)} trials, {cpus:g} CPU / {gpus:g} GPU each" + (", ASHA over epochs" if scheduler else "")
+    )
     grid = tuner.fit()
     records = []
     for result in grid:
@@ -123,4 +145,15 @@ def run_ray(space: SearchSpace, units: list[Unit], data, device: str, options, c
     return records
 
 
-_FIELDS = ("accuracy", "epochs_run", "params", "macs", "images_per_second", "wall_seconds", "device", "failure", "epoch_accuracies", "epoch_losses")
+_FIELDS = (
+    "accuracy",
+    "epochs_run",
+    "params",
+    "macs",
+    "images_per_second",
+    "wall_seconds",
+    "device",
+    "failure",
+    "epoch_accuracies",
+    "epoch_losses",
+)

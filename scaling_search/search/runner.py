@@ -71,10 +71,13 @@ def check_run_dir(out: Path, space: SearchSpace, study_name: str) -> dict | None
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
-        raise UsageError(f"{meta_path} is unreadable: this folder does not hold a scaling-search run; choose another --out") from None
+        raise UsageError(
+            f"{meta_path} is unreadable: this folder does not hold a scaling-search run; choose another --out"
+        ) from None
     if meta.get("fingerprint") != space.fingerprint():
         raise UsageError(
-            f"run folder {out} holds a run of another search (space {meta.get('space')!r}, budget {meta.get('budget')}): "
+            f"run folder {out} holds a run of another search (space {meta.get('space')!r}, budget "
+            f"{meta.get('budget')}): "
             "use a new --out, or the same space and budget to resume"
         )
     return meta
@@ -101,7 +104,12 @@ def software_versions() -> dict:
     import optuna
     import torch
 
-    return {"scaling_search": __version__, "torch": torch.__version__, "optuna": optuna.__version__, "python": platform.python_version()}
+    return {
+        "scaling_search": __version__,
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def device_name(device: str) -> str:
@@ -115,7 +123,9 @@ def device_name(device: str) -> str:
 # ------------------------------------------------------------ estimate
 
 
-def estimate_seconds(space: SearchSpace, units: list[Unit], n_train: int, n_test: int, device: str) -> tuple[float, float]:
+def estimate_seconds(
+    space: SearchSpace, units: list[Unit], n_train: int, n_test: int, device: str
+) -> tuple[float, float]:
     """Seconds for ``units`` from a few timed train steps of the baseline, scaled by each unit's MACs.
 
     Returns (seconds, baseline images per second). Rough by design: it is
@@ -131,7 +141,7 @@ def estimate_seconds(space: SearchSpace, units: list[Unit], n_train: int, n_test
     try:
         ips = _baseline_speed(base, batch, device)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
-        from ..proxy import is_out_of_memory
+        from ..train.loop import is_out_of_memory
 
         if not is_out_of_memory(exc):
             raise
@@ -192,7 +202,7 @@ def study_name_for(space: SearchSpace) -> str:
 
 def run(space: SearchSpace, options: RunOptions, console) -> int:
     """Run (or resume) the study; returns the process exit status."""
-    from ..data import DataSpec, load_dataset
+    from ..data.sources import DataSpec, load_dataset
 
     device = resolve_device(options.device)
     candidates = search_candidates(space)
@@ -209,10 +219,19 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
 
         check_ray_available(options.ray_address)
 
-    data = load_dataset(DataSpec(name=space.data.name, data_dir=space.data.data_dir, storage_size=space.data.storage_size), progress=console.is_terminal)
-    for split, want, have in (("train", space.proxy.train_subset, len(data.train_y)), ("test", space.proxy.test_subset, len(data.test_y))):
+    data = load_dataset(
+        DataSpec(name=space.data.name, data_dir=space.data.data_dir, storage_size=space.data.storage_size),
+        progress=console.is_terminal,
+    )
+    for split, want, have in (
+        ("train", space.proxy.train_subset, len(data.train_y)),
+        ("test", space.proxy.test_subset, len(data.test_y)),
+    ):
         if want is not None and want > have:
-            raise UsageError(f"proxy.{split}_subset is {want} but {space.data.name} has only {have} {split} images: lower it or set it to null")
+            raise UsageError(
+                f"proxy.{split}_subset is {want} but {space.data.name} has only {have} {split} images: lower it or "
+                "set it to null"
+            )
     n_train = space.proxy.train_subset or len(data.train_y)
     n_test = space.proxy.test_subset or len(data.test_y)
     n_cand = len(candidates)
@@ -231,7 +250,10 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     finished = study.finished_units() if study is not None else set()
     left = [u for u in units if u.key not in finished]
     seconds, ips = estimate_seconds(space, left, n_train, n_test, device)
-    console.print(f"estimate: about {format_duration(seconds)} for the {len(left)} trials left of {len(units)} (baseline trains at {ips:,.0f} img/s here)")
+    console.print(
+        f"estimate: about {format_duration(seconds)} for the {len(left)} trials left of {len(units)} (baseline "
+        f"trains at {ips:,.0f} img/s here)"
+    )
     if options.estimate_only:
         return 0
 
@@ -276,7 +298,16 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     finally:
         restore()
     wall = time.perf_counter() - started
-    return finish(out, space, records, units, len(data.classes), console, stopped=stop.is_set(), info={"wall_seconds_this_run": round(wall, 1), "device": device_name(device), "backend": options.backend})
+    return finish(
+        out,
+        space,
+        records,
+        units,
+        len(data.classes),
+        console,
+        stopped=stop.is_set(),
+        info={"wall_seconds_this_run": round(wall, 1), "device": device_name(device), "backend": options.backend},
+    )
 
 
 def _open_study(options: RunOptions, url: str, name: str, space: SearchSpace):
@@ -286,7 +317,9 @@ def _open_study(options: RunOptions, url: str, name: str, space: SearchSpace):
     if space.pruning.enabled:
         import optuna
 
-        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=space.pruning.min_epochs, reduction_factor=space.pruning.reduction_factor)
+        pruner = optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=space.pruning.min_epochs, reduction_factor=space.pruning.reduction_factor
+        )
     return OptunaStudy(url, name, heartbeat=options.heartbeat, pruner=pruner)
 
 
@@ -295,7 +328,10 @@ def _install_stop_handlers(stop: threading.Event, console):
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        console.print("stopping after the current trial, then writing the report (press Ctrl-C again to stop at once; the trial will re-run on resume)")
+        console.print(
+            "stopping after the current trial, then writing the report (press Ctrl-C again to stop at once; the "
+            "trial will re-run on resume)"
+        )
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -306,7 +342,9 @@ def _install_stop_handlers(stop: threading.Event, console):
     return restore
 
 
-def _run_optuna(study, space: SearchSpace, units: list[Unit], data, device: str, console, stop: threading.Event) -> list[dict]:
+def _run_optuna(
+    study, space: SearchSpace, units: list[Unit], data, device: str, console, stop: threading.Event
+) -> list[dict]:
     from .trials import run_unit
 
     queued = study.ensure_units(units)
@@ -330,23 +368,49 @@ def _run_optuna(study, space: SearchSpace, units: list[Unit], data, device: str,
             }[outcome.state](outcome.fields)
             if outcome.state == "COMPLETE" and outcome.fields["accuracy"] > best.get("accuracy", -1):
                 best.update(accuracy=outcome.fields["accuracy"], unit=u)
-            lead = f" | best ({best['unit'].alpha:g}, {best['unit'].beta:g}, {best['unit'].gamma:g}) s{best['unit'].seed} {best['accuracy']:.4f}" if best else ""
-            progress.line(f"[{n}/{len(units)}] ({u.alpha:g}, {u.beta:g}, {u.gamma:g}) seed {u.seed}: {what}{lead} | eta {format_duration(eta)}")
+            lead = (
+                f" | best ({best['unit'].alpha:g}, {best['unit'].beta:g}, {best['unit'].gamma:g}) "
+                f"s{best['unit'].seed} {best['accuracy']:.4f}"
+                if best
+                else ""
+            )
+            progress.line(
+                f"[{n}/{len(units)}] ({u.alpha:g}, {u.beta:g}, {u.gamma:g}) seed {u.seed}: {what}{lead} | eta "
+                f"{format_duration(eta)}"
+            )
 
         waited = {"last": 0.0}
 
         def on_wait(running: int) -> None:
             if time.monotonic() - waited["last"] > 60:
                 waited["last"] = time.monotonic()
-                progress.line(f"queue empty; waiting for {running} trial(s) running elsewhere (a dead worker's trial comes back after its heartbeat stops)")
+                progress.line(
+                    f"queue empty; waiting for {running} trial(s) running elsewhere (a dead worker's trial comes "
+                    "back after its heartbeat stops)"
+                )
 
-        study.work(lambda unit, report: run_unit(space, unit, data, device, report), stop=stop, on_done=on_done, on_wait=on_wait)
+        study.work(
+            lambda unit, report: run_unit(space, unit, data, device, report),
+            stop=stop,
+            on_done=on_done,
+            on_wait=on_wait,
+        )
     return list(study.unit_records().values())
 
 
-def finish(out: Path, space: SearchSpace, records: list[dict], units: list[Unit], num_classes: int, console, *, stopped: bool, info: dict) -> int:
+def finish(
+    out: Path,
+    space: SearchSpace,
+    records: list[dict],
+    units: list[Unit],
+    num_classes: int,
+    console,
+    *,
+    stopped: bool,
+    info: dict,
+) -> int:
     """Merge records over the full unit list, write the report, print the verdict."""
-    from ..report import trials_frame, write_report
+    from ..analysis.report import trials_frame, write_report
 
     by_key = {r["unit"]: r for r in records if r.get("unit")}
     rows = []
@@ -368,7 +432,10 @@ def finish(out: Path, space: SearchSpace, records: list[dict], units: list[Unit]
     for s in ranking.statements:
         console.print(f"  {s}")
     if "pruning_saved_fraction" in info:
-        console.print(f"  pruning trained {info['epochs_trained']} of {info['epochs_full_grid']} epochs of the full grid ({info['pruning_saved_fraction']:.0%} saved)")
+        console.print(
+            f"  pruning trained {info['epochs_trained']} of {info['epochs_full_grid']} epochs of the full grid "
+            f"({info['pruning_saved_fraction']:.0%} saved)"
+        )
     finished = int(frame["state"].isin(["COMPLETE", "PRUNED", "FAIL"]).sum())
     console.print(f"{finished} of {len(units)} trials finished; outputs in {out}")
     if stopped:
@@ -389,7 +456,13 @@ class _progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
             self._progress = Progress(
-                "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), "eta", TimeRemainingColumn(), console=self.console
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                "eta",
+                TimeRemainingColumn(),
+                console=self.console,
             )
             self._progress.start()
             self._task = self._progress.add_task("trials", total=self.total, completed=self.done)
@@ -410,7 +483,7 @@ class _progress:
 
 def rebuild(out: Path, console) -> int:
     """``scaling-search report DIR``: tables and plots again, from the stored study."""
-    from ..report import read_trials
+    from ..analysis.report import read_trials
     from ..space import load_space
     from .optuna_backend import sqlite_path
 
@@ -420,7 +493,9 @@ def rebuild(out: Path, console) -> int:
     try:
         meta = json.loads(meta_path.read_text())
     except ValueError:
-        raise UsageError(f"{meta_path} is not valid JSON: the run folder is damaged; run the search again with a new --out") from None
+        raise UsageError(
+            f"{meta_path} is not valid JSON: the run folder is damaged; run the search again with a new --out"
+        ) from None
     space = load_space(out / "space.yaml")
     units = units_for(space, search_candidates(space))
     prior = {}
@@ -437,11 +512,16 @@ def rebuild(out: Path, console) -> int:
         db = sqlite_path(url)
         if db is not None and not db.exists():  # a moved or committed run folder: its own copy
             if not (out / "study.db").exists():
-                raise UsageError(f"the study storage {db} is gone and {out / 'study.db'} does not exist: restore one of them, or run the search again")
+                raise UsageError(
+                    f"the study storage {db} is gone and {out / 'study.db'} does not exist: restore one of them, "
+                    "or run the search again"
+                )
             url = f"sqlite:///{(out / 'study.db').resolve()}"
         records = list(OptunaStudy(url, meta["study_name"]).unit_records().values())
     else:
         if not (out / "trials.csv").is_file():
             raise UsageError(f"{out / 'trials.csv'} is missing: nothing to rebuild the report from")
-        records = [{k: (None if v != v else v) for k, v in r.items()} for r in read_trials(out).to_dict(orient="records")]
+        records = [
+            {k: (None if v != v else v) for k, v in r.items()} for r in read_trials(out).to_dict(orient="records")
+        ]
     return finish(out, space, records, units, int(meta.get("num_classes", 10)), console, stopped=False, info=info)

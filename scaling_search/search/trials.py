@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
+from ..analysis.series import compound_config, measured_ratio
 from ..errors import UsageError
-from ..extrapolate import compound_config, measured_ratio
 from ..models import EfficientNetConfig, get_config
 from ..scaling import PAPER, Candidate, Coefficients, candidate_grid, derived_step_default
 from ..space import SearchSpace
@@ -77,7 +77,7 @@ class Unit:
         }
 
     @classmethod
-    def from_attrs(cls, attrs: dict) -> "Unit":
+    def from_attrs(cls, attrs: dict) -> Unit:
         return cls(**{k: attrs[k] for k in ("alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio")})
 
 
@@ -125,7 +125,14 @@ def search_candidates(space: SearchSpace) -> list[Candidate]:
 
 def units_for(space: SearchSpace, candidates: list[Candidate]) -> list[Unit]:
     return [
-        Unit(c.coefficients.alpha, c.coefficients.beta, c.coefficients.gamma, seed, c.theoretical_ratio, float(c.measured_ratio))
+        Unit(
+            c.coefficients.alpha,
+            c.coefficients.beta,
+            c.coefficients.gamma,
+            seed,
+            c.theoretical_ratio,
+            float(c.measured_ratio),
+        )
         for seed in space.seeds
         for c in candidates
     ]
@@ -133,12 +140,14 @@ def units_for(space: SearchSpace, candidates: list[Candidate]) -> list[Unit]:
 
 def trial_model(space: SearchSpace, unit: Unit, num_classes: int) -> EfficientNetConfig:
     """The phi = 1 network of a candidate at the proxy task's scale."""
-    return compound_config(unit.coefficients, 1, baseline_config(space, num_classes), space.constraint.resolution_multiple)
+    return compound_config(
+        unit.coefficients, 1, baseline_config(space, num_classes), space.constraint.resolution_multiple
+    )
 
 
 def trial_config(space: SearchSpace, unit: Unit, num_classes: int, device: str):
-    from ..data import DataSpec
-    from ..proxy import TrialConfig
+    from ..data.sources import DataSpec
+    from ..train.loop import TrialConfig
 
     p, d = space.proxy, space.data
     return TrialConfig(
@@ -200,7 +209,7 @@ def run_unit(
     on_epoch: Callable[[int, float, float], None] | None = None,
 ) -> tuple[str, dict]:
     """Train one unit; returns (state, fields). Failures are results, not crashes."""
-    from ..proxy import TrialFailed, TrialPruned, train_trial
+    from ..train.loop import TrialFailed, TrialPruned, train_trial
 
     history: list[tuple[float, float]] = []
 

@@ -11,15 +11,24 @@ from typing import Any
 
 import pandas as pd
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
+from ..scaling import Coefficients, parse_budget
+from ..search.trials import TRIAL_COLUMNS
+from ..space import SearchSpace
 from .ranking import Ranking, rank
-from .scaling import Coefficients, parse_budget
-from .search.trials import TRIAL_COLUMNS
-from .space import SearchSpace
 from .tables import Column, millions, num, ratio, render, to_csv, to_markdown
 
 TRIALS_CSV = "trials.csv"
-OUTPUTS = ("trials.csv", "best.json", "coefficients.md", "b_series.csv", "d_series.csv", "accuracy_vs_macs.png", "alpha_beta.png", "b_series_macs.png")
+OUTPUTS = (
+    "trials.csv",
+    "best.json",
+    "coefficients.md",
+    "b_series.csv",
+    "d_series.csv",
+    "accuracy_vs_macs.png",
+    "alpha_beta.png",
+    "b_series_macs.png",
+)
 
 
 def _clean(value: Any) -> Any:
@@ -66,7 +75,9 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return [{k: _clean(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
 
 
-def write_report(run_dir: Path, trials: pd.DataFrame, space: SearchSpace, info: dict, *, extrapolate: bool = True) -> Ranking:
+def write_report(
+    run_dir: Path, trials: pd.DataFrame, space: SearchSpace, info: dict, *, extrapolate: bool = True
+) -> Ranking:
     """Rank, extrapolate the winner and write every output file. Returns the ranking."""
     from . import plots
 
@@ -124,26 +135,35 @@ def write_report(run_dir: Path, trials: pd.DataFrame, space: SearchSpace, info: 
     plots.accuracy_vs_macs(ranking.table, run_dir / "accuracy_vs_macs.png", title)
     plots.alpha_beta_plane(ranking.table, run_dir / "alpha_beta.png", title)
     if b_rows:
-        plots.b_series_macs(b_rows, run_dir / "b_series_macs.png", budget, f"winner ({best['alpha']:g}, {best['beta']:g}, {best['gamma']:g})")
+        plots.b_series_macs(
+            b_rows,
+            run_dir / "b_series_macs.png",
+            budget,
+            f"winner ({best['alpha']:g}, {best['beta']:g}, {best['gamma']:g})",
+        )
     return ranking
 
 
 def _extrapolate(coeffs: Coefficients, space: SearchSpace, budget: float) -> tuple[list[dict], list[dict]]:
-    from .extrapolate import b_series
-    from .models import EfficientNetConfig
+    from ..models import EfficientNetConfig
+    from .series import b_series
 
     e = space.extrapolation
     base = EfficientNetConfig(resolution=e.base_resolution)
-    b_rows = b_series(coeffs, max_phi=e.max_phi, base=base, multiple=e.resolution_multiple, budget=budget, num_classes=e.num_classes)
+    b_rows = b_series(
+        coeffs, max_phi=e.max_phi, base=base, multiple=e.resolution_multiple, budget=budget, num_classes=e.num_classes
+    )
     d_rows: list[dict] = []
     if e.detection:
-        from .extrapolate import d_series
+        from .series import d_series
 
         d_rows = d_series(coeffs, max_phi=e.max_phi)
     return b_rows, d_rows
 
 
-def _coefficients_md(space: SearchSpace, best: dict, rank_rows: list[dict], ranking: Ranking, b_rows: list[dict], d_rows: list[dict]) -> str:
+def _coefficients_md(
+    space: SearchSpace, best: dict, rank_rows: list[dict], ranking: Ranking, b_rows: list[dict], d_rows: list[dict]
+) -> str:
     p, c = space.proxy, space.constraint
     lines = [f"# Compound-scaling coefficients: {space.name}", ""]
     if best["alpha"] is not None:
@@ -159,27 +179,45 @@ def _coefficients_md(space: SearchSpace, best: dict, rank_rows: list[dict], rank
     lines += [f"- {s}" for s in ranking.statements]
     lines += [
         "",
-        f"Units finished: {best['units_finished']} of {best['units_total']}" + ("" if best["complete"] else " (the study is not complete: run the same command again to resume)."),
+        f"Units finished: {best['units_finished']} of {best['units_total']}"
+        + ("" if best["complete"] else " (the study is not complete: run the same command again to resume)."),
         "",
         "## Protocol",
         "",
         f"- data: {space.data.name}; baseline {space.baseline.model} at {space.baseline.resolution} px",
-        f"- grid: {space.grid.kind}, constraint {c.mode} {c.budget} within {c.tolerance:g}, resolutions to multiples of {c.resolution_multiple}",
-        f"- proxy: {p.epochs} epochs, batch {p.batch_size}, {p.optimizer} lr {p.lr:g}, {p.schedule} schedule, label smoothing {p.label_smoothing:g}, "
+        f"- grid: {space.grid.kind}, constraint {c.mode} {c.budget} within {c.tolerance:g}, resolutions to "
+        f"multiples of {c.resolution_multiple}",
+        f"- proxy: {p.epochs} epochs, batch {p.batch_size}, {p.optimizer} lr {p.lr:g}, {p.schedule} schedule, "
+        f"label smoothing {p.label_smoothing:g}, "
         f"train subset {p.train_subset or 'all'}, test subset {p.test_subset or 'all'}",
         f"- seeds: {', '.join(str(s) for s in space.seeds)}; pruning: "
-        + (f"successive halving from {space.pruning.min_epochs} epoch(s), factor {space.pruning.reduction_factor}" if space.pruning.enabled else "off"),
+        + (
+            f"successive halving from {space.pruning.min_epochs} epoch(s), factor {space.pruning.reduction_factor}"
+            if space.pruning.enabled
+            else "off"
+        ),
         "",
         "## Ranking",
         "",
         to_markdown(rank_rows, RANKING_COLUMNS),
     ]
     if b_rows:
-        from .extrapolate import b_series_columns
+        from .series import b_series_columns
 
-        lines += [render("md", b_rows, b_series_columns(), title="B-series from the winner (ImageNet scale) beside the official table"), ""]
+        lines += [
+            render(
+                "md",
+                b_rows,
+                b_series_columns(),
+                title="B-series from the winner (ImageNet scale) beside the official table",
+            ),
+            "",
+        ]
     if d_rows:
-        from .extrapolate import d_series_columns
+        from .series import d_series_columns
 
-        lines += [render("md", d_rows, d_series_columns(), title="D-series from the winner beside the official table"), ""]
+        lines += [
+            render("md", d_rows, d_series_columns(), title="D-series from the winner beside the official table"),
+            "",
+        ]
     return "\n".join(lines).rstrip() + "\n"

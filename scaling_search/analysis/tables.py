@@ -9,10 +9,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 FORMATS = ("md", "csv", "json", "latex")
 
@@ -102,7 +103,15 @@ def to_csv(rows: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
-def render(fmt: str, rows: Sequence[dict], columns: Sequence[Column], *, title: str = "", notes: Sequence[str] = (), meta: dict | None = None) -> str:
+def render(
+    fmt: str,
+    rows: Sequence[dict],
+    columns: Sequence[Column],
+    *,
+    title: str = "",
+    notes: Sequence[str] = (),
+    meta: dict | None = None,
+) -> str:
     """One of FORMATS; JSON carries ``meta`` and the notes beside the rows."""
     if fmt == "md":
         return to_markdown(rows, columns, title, notes)

@@ -26,18 +26,18 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..data.sources import Dataset, DataSpec, balanced_subset, load_dataset
+from ..errors import UsageError
+from ..models import EfficientNetConfig, build
+from ..progress import progress_bar
 from .augment import channel_stats, crop_flip, to_input
-from .data import DataSpec, Dataset, balanced_subset, load_dataset
-from .errors import UsageError
-from .models import EfficientNetConfig, build
-from .progress import progress_bar
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("cosine", "constant", "step")
@@ -115,13 +115,17 @@ class TrialConfig:
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= _FLOAT32_MAX):
-            raise UsageError(f"learning rate must be a positive number up to {_FLOAT32_MAX:.3g} (float32), got {self.lr!r}")
+            raise UsageError(
+                f"learning rate must be a positive number up to {_FLOAT32_MAX:.3g} (float32), got {self.lr!r}"
+            )
         if not 0 <= self.momentum < 1:
             raise UsageError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise UsageError(f"weight decay must be >= 0, got {self.weight_decay!r}")
         if not 0 <= self.warmup_epochs <= self.epochs:
-            raise UsageError(f"warmup epochs must be between 0 and the {self.epochs} epochs, got {self.warmup_epochs!r}")
+            raise UsageError(
+                f"warmup epochs must be between 0 and the {self.epochs} epochs, got {self.warmup_epochs!r}"
+            )
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"label smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not 0 <= self.crop_padding < 1:
@@ -186,7 +190,9 @@ def resolve_device(name: str) -> torch.device:
     if device.type != "cuda":
         raise UsageError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise UsageError(f"device {name!r} asked for, but this machine has no usable CUDA GPU: use --device cpu or auto")
+        raise UsageError(
+            f"device {name!r} asked for, but this machine has no usable CUDA GPU: use --device cpu or auto"
+        )
     index = torch.cuda.current_device() if device.index is None else device.index
     if index >= torch.cuda.device_count():
         raise UsageError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
@@ -236,22 +242,31 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text or "cudnn_status_alloc_failed" in text)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "cudnn_status_alloc_failed" in text
+    )
 
 
-def injected_oom_step(config: "TrialConfig") -> int | None:
+def injected_oom_step(config: TrialConfig) -> int | None:
     """The step at which ``SCALING_SEARCH_INJECT_OOM`` fails this trial, if it names it."""
     text = os.environ.get(ENV_INJECT_OOM, "").strip()
     if not text:
         return None
     step, _, where = text.partition("@")
-    values = {"seed": config.seed, "width": config.model.width, "depth": config.model.depth, "resolution": config.model.resolution}
+    values = {
+        "seed": config.seed,
+        "width": config.model.width,
+        "depth": config.model.depth,
+        "resolution": config.model.resolution,
+    }
     try:
         at = int(step)
         wanted = dict(item.split("=", 1) for item in where.split(",")) if where else {}
         matches = all(math.isclose(float(v), values[k.strip()], rel_tol=1e-6) for k, v in wanted.items())
     except (ValueError, KeyError):
-        raise UsageError(f"{ENV_INJECT_OOM}={text!r}: expected STEP or STEP@key=value,... with keys {', '.join(values)}") from None
+        raise UsageError(
+            f"{ENV_INJECT_OOM}={text!r}: expected STEP or STEP@key=value,... with keys {', '.join(values)}"
+        ) from None
     return at if matches else None
 
 
@@ -299,7 +314,9 @@ def evaluate(
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=images.device)
     for start in range(0, images.shape[0], batch_size):
-        x = to_input(images[start : start + batch_size].permute(0, 3, 1, 2), resolution, mean, std, channels_last=channels_last)
+        x = to_input(
+            images[start : start + batch_size].permute(0, 3, 1, 2), resolution, mean, std, channels_last=channels_last
+        )
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(x)
         correct += (logits.argmax(1) == labels[start : start + batch_size]).sum()
@@ -330,7 +347,7 @@ def train_trial(
             f"the model has {config.model.num_classes} outputs but the dataset has {dataset.num_classes} classes: "
             f"set num_classes={dataset.num_classes}"
         )
-    from .flops import count
+    from ..flops import count
 
     counted = count(config.model)
     previous_benchmark = torch.backends.cudnn.benchmark
@@ -344,7 +361,8 @@ def train_trial(
         failure = (
             f"out of memory on {device} at batch size {config.batch_size} "
             f"({config.model.width:g}x width, {config.model.depth:g}x depth, {config.model.resolution} px): "
-            f"try a smaller batch size (--batch-size {max(2, config.batch_size // 2)} with 'train', proxy.batch_size in a search space)"
+            f"try a smaller batch size (--batch-size {max(2, config.batch_size // 2)} with 'train', "
+            "proxy.batch_size in a search space)"
         )
     finally:
         torch.backends.cudnn.benchmark = previous_benchmark
@@ -355,7 +373,9 @@ def train_trial(
     raise TrialFailed(failure)
 
 
-def _run(config: TrialConfig, dataset: Dataset, device: torch.device, counted, started: float, on_epoch, progress: bool) -> TrialResult:
+def _run(
+    config: TrialConfig, dataset: Dataset, device: torch.device, counted, started: float, on_epoch, progress: bool
+) -> TrialResult:
     seed_everything(config.seed)
     train_index = balanced_subset(dataset.train_y, config.train_subset, config.seed) if config.train_subset else None
     test_index = balanced_subset(dataset.test_y, config.test_subset, TEST_SUBSET_SEED) if config.test_subset else None
@@ -363,7 +383,9 @@ def _run(config: TrialConfig, dataset: Dataset, device: torch.device, counted, s
     def upload(x: np.ndarray, y: np.ndarray, index: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         if index is not None:
             x, y = x[index], y[index]
-        return torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(np.ascontiguousarray(y)).to(device)
+        return torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(np.ascontiguousarray(y)).to(
+            device
+        )
 
     train_x, train_y = upload(dataset.train_x, dataset.train_y, train_index)
     test_x, test_y = upload(dataset.test_x, dataset.test_y, test_index)
@@ -415,7 +437,13 @@ def _run(config: TrialConfig, dataset: Dataset, device: torch.device, counted, s
             reported = 0
             for step in range(steps):
                 index = order[step * batch : (step + 1) * batch]
-                x = to_input(crop_flip(train_x, index, pad=pad, flip=config.hflip, generator=generator), resolution, mean, std, channels_last=channels_last)
+                x = to_input(
+                    crop_flip(train_x, index, pad=pad, flip=config.hflip, generator=generator),
+                    resolution,
+                    mean,
+                    std,
+                    channels_last=channels_last,
+                )
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                     loss = criterion(model(x), train_y[index])
                 if oom_at == epoch * steps + step + 1:
@@ -442,10 +470,21 @@ def _run(config: TrialConfig, dataset: Dataset, device: torch.device, counted, s
                 # The epoch's first images, un-augmented: no extra random draws, so
                 # switching recalibration on or off leaves the training identical.
                 picks = order[: config.bn_recalibration_batches * batch].split(batch)
-                inputs = (to_input(train_x[p].permute(0, 3, 1, 2), resolution, mean, std, channels_last=channels_last) for p in picks)
+                inputs = (
+                    to_input(train_x[p].permute(0, 3, 1, 2), resolution, mean, std, channels_last=channels_last)
+                    for p in picks
+                )
                 recalibrate_bn(model, inputs, autocast, device.type)
             accuracy = evaluate(
-                model, test_x, test_y, resolution=resolution, mean=mean, std=std, batch_size=eval_batch, channels_last=channels_last, autocast=autocast
+                model,
+                test_x,
+                test_y,
+                resolution=resolution,
+                mean=mean,
+                std=std,
+                batch_size=eval_batch,
+                channels_last=channels_last,
+                autocast=autocast,
             )
             losses.append(epoch_loss)
             accuracies.append(accuracy)

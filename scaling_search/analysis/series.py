@@ -10,10 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .models.efficientdet_config import NUM_CLASSES as DET_NUM_CLASSES
-from .models.efficientdet_config import OFFICIAL_D, EfficientDetConfig, official_departures
-from .models.efficientnet_config import OFFICIAL, EfficientNetConfig, analytic_counts, compound_config, official_config, scale_network
-from .scaling import Coefficients, implied_phi
+from ..models.efficientdet_config import NUM_CLASSES as DET_NUM_CLASSES
+from ..models.efficientdet_config import OFFICIAL_D, EfficientDetConfig, official_departures
+from ..models.efficientnet_config import (
+    OFFICIAL,
+    EfficientNetConfig,
+    analytic_counts,
+    compound_config,
+    official_config,
+    scale_network,
+)
+from ..scaling import Coefficients, implied_phi
 from .tables import Column, giga, millions, num, percent, ratio
 
 DEFAULT_MAX_PHI = 7
@@ -41,7 +48,7 @@ class Measured:
 
 
 def measure(config) -> Measured:
-    from .flops import count  # torch only when a table is actually measured
+    from ..flops import count  # torch only when a table is actually measured
 
     c = count(config)
     return Measured(params=c.params, macs=c.macs)
@@ -94,7 +101,9 @@ def b_series(
                     "official_macs_ratio": round(om.macs / official_b0.macs, 4),
                     "official_phi_depth": _round_opt(implied_phi(off.depth, coeffs.alpha)),
                     "official_phi_width": _round_opt(implied_phi(off.width, coeffs.beta)),
-                    "official_phi_resolution": _round_opt(implied_phi(off.resolution / official_config("b0").resolution, coeffs.gamma)),
+                    "official_phi_resolution": _round_opt(
+                        implied_phi(off.resolution / official_config("b0").resolution, coeffs.gamma)
+                    ),
                     "params_diff": round(m.params / om.params - 1, 4),
                     "macs_diff": round(m.macs / om.macs - 1, 4),
                 }
@@ -168,7 +177,7 @@ def b_series_columns() -> list[Column]:
 
 
 def measure_fvcore(config) -> int:
-    from .flops import count_fvcore  # real compute: only when a table asks for it
+    from ..flops import count_fvcore  # real compute: only when a table asks for it
 
     return count_fvcore(config).total
 
@@ -209,7 +218,14 @@ def d_series(
         if variant in OFFICIAL_D:
             off = EfficientDetConfig.official(variant, num_classes)
             om = measure(off)
-            row.update({"official": off.name, **_det_columns(off, "official_"), "official_params": om.params, "official_macs": om.macs})
+            row.update(
+                {
+                    "official": off.name,
+                    **_det_columns(off, "official_"),
+                    "official_params": om.params,
+                    "official_macs": om.macs,
+                }
+            )
             if fvcore:
                 row["official_macs_fvcore"] = measure_fvcore(off)
             row["params_diff"] = round(m.params / om.params - 1, 4)
@@ -248,7 +264,8 @@ def d_series_departures(coeffs: Coefficients, rows: list[dict]) -> list[str]:
     if off:
         widest = max(off, key=lambda r: abs(r["macs_diff"]))
         notes.append(
-            f"Largest measured MACs difference, formula vs official: {widest['official']} {widest['macs_diff'] * 100:+.1f}% "
+            f"Largest measured MACs difference, formula vs official: {widest['official']} "
+            f"{widest['macs_diff'] * 100:+.1f}% "
             f"(params {widest['params_diff'] * 100:+.1f}%)."
         )
     return notes

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .scaling import PAPER
+from ..scaling import PAPER
 
 # Two-sided 95% Student-t quantiles for 1..30 degrees of freedom.
 _T975 = (
@@ -108,7 +108,11 @@ def rank(trials: pd.DataFrame, final_epochs: int) -> Ranking:
         return Ranking(table, ("No trials yet.",))
     # Ranked candidates first, best mean first; unranked (pruned, failed) after.
     table["_ranked"] = table["seeds"] > 0
-    table = table.sort_values(["_ranked", "accuracy_mean"], ascending=[False, False]).drop(columns="_ranked").reset_index(drop=True)
+    table = (
+        table.sort_values(["_ranked", "accuracy_mean"], ascending=[False, False])
+        .drop(columns="_ranked")
+        .reset_index(drop=True)
+    )
     table.insert(0, "rank", pd.array([i + 1 if s > 0 else None for i, s in enumerate(table["seeds"])], dtype="Int64"))
     statements = _statements(table)
     return Ranking(table.drop(columns=["_accs"]), tuple(statements))
@@ -143,7 +147,9 @@ def _statements(table: pd.DataFrame) -> list[str]:
     if ranked.empty:
         return ["No candidate has finished a trial at the final fidelity yet."]
     win = ranked.iloc[0]
-    out.append(f"Winner: {_name(win)} with held-out accuracy {_acc(win)}; {len(ranked)} of {len(table)} candidates ranked.")
+    out.append(
+        f"Winner: {_name(win)} with held-out accuracy {_acc(win)}; {len(ranked)} of {len(table)} candidates ranked."
+    )
     if len(ranked) > 1:
         out.append(_compare(win, ranked.iloc[1], "the runner-up"))
     paper = table[table["paper"]]

@@ -20,15 +20,16 @@ import os
 import pickle
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from .arraycache import CacheCorrupt, load_arrays, save_arrays
+from ..errors import UsageError
+from .cache import CacheCorrupt, load_arrays, save_arrays
 from .decode import decode_all, is_image_name
-from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,13 @@ class DataSpec:
     download_checksum: str | None = None  # 'md5:HEX' or 'sha256:HEX'; default CIFAR10_CHECKSUM
 
     def __post_init__(self) -> None:
-        if self.name != "cifar10" and not (self.name.startswith("imagefolder:") and self.name[len("imagefolder:"):].strip()):
-            raise UsageError(f"unknown dataset {self.name!r}: use 'cifar10' or 'imagefolder:PATH' (a folder with train/ and test/ class folders)")
+        if self.name != "cifar10" and not (
+            self.name.startswith("imagefolder:") and self.name[len("imagefolder:") :].strip()
+        ):
+            raise UsageError(
+                f"unknown dataset {self.name!r}: use 'cifar10' or 'imagefolder:PATH' (a folder with train/ and "
+                "test/ class folders)"
+            )
         if not isinstance(self.storage_size, int) or isinstance(self.storage_size, bool) or self.storage_size < 1:
             raise UsageError(f"storage size must be a positive number of pixels, got {self.storage_size!r}")
 
@@ -219,7 +225,9 @@ class _TreeSource:
         if self._listing is None:
             test = next((s for s in _TEST_SPLITS if (self.path / s).is_dir()), None)
             if not (self.path / "train").is_dir() or test is None:
-                raise UsageError(f"{self.path} needs train/ and test/ (or val/) folders with one folder of images per class")
+                raise UsageError(
+                    f"{self.path} needs train/ and test/ (or val/) folders with one folder of images per class"
+                )
             listing = []
             for split in ("train", test):
                 for klass in _class_dirs(self.path / split):
@@ -258,7 +266,12 @@ class _TreeSource:
         is_train = np.array([s == "train" for s, _, _ in listing], dtype=bool)
         y = np.array([index[k] for _, k, _ in listing], dtype=np.int64)
         return Dataset(
-            np.ascontiguousarray(x[is_train]), y[is_train], np.ascontiguousarray(x[~is_train]), y[~is_train], classes, source=str(self.path)
+            np.ascontiguousarray(x[is_train]),
+            y[is_train],
+            np.ascontiguousarray(x[~is_train]),
+            y[~is_train],
+            classes,
+            source=str(self.path),
         )
 
 
@@ -289,7 +302,9 @@ def _check_classes(root: Path, listing: list[tuple[str, str, str]]) -> None:
             if (root / split).is_dir():
                 for klass in _class_dirs(root / split):
                     if klass not in (train_classes if split == "train" else test_classes):
-                        raise UsageError(f"class folder {root / split / klass} has no images: add its images or remove the folder")
+                        raise UsageError(
+                            f"class folder {root / split / klass} has no images: add its images or remove the folder"
+                        )
     if not train_classes:
         raise UsageError(f"no images in {root}: expected train/<class>/<image> and test/<class>/<image> files")
     if not test_classes:
@@ -345,7 +360,9 @@ def _tree_members(path: Path, listing: list[tuple[str, str, str]]) -> Iterator[t
             if prefix is None:
                 prefix = parts[0]
             elif parts[0] != prefix:
-                raise UsageError(f"archive {path} holds more than one dataset tree ({prefix or '.'}/ and {parts[0] or '.'}/)")
+                raise UsageError(
+                    f"archive {path} holds more than one dataset tree ({prefix or '.'}/ and {parts[0] or '.'}/)"
+                )
             listing.append(parts[1:])
             yield f"{path}:{name}", data
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
@@ -452,7 +469,9 @@ def _download_cifar10(spec: DataSpec, cache: Path, progress: bool) -> Path:
     from .download import download
 
     target = cache / "downloads" / CIFAR10_ARCHIVE
-    return download(spec.download_url or CIFAR10_URL, target, spec.download_checksum or CIFAR10_CHECKSUM, progress=progress)
+    return download(
+        spec.download_url or CIFAR10_URL, target, spec.download_checksum or CIFAR10_CHECKSUM, progress=progress
+    )
 
 
 def _locate(spec: DataSpec, cache: Path, progress: bool) -> _Source:
@@ -462,20 +481,26 @@ def _locate(spec: DataSpec, cache: Path, progress: bool) -> _Source:
         if not path.is_absolute() and root is not None:
             path = root / path
         if not path.exists():
-            raise UsageError(f"imagefolder {path} does not exist: give a folder (or archive) with train/ and test/ class folders")
+            raise UsageError(
+                f"imagefolder {path} does not exist: give a folder (or archive) with train/ and test/ class folders"
+            )
         if path.is_file() and not _is_archive(path):
             raise UsageError(f"imagefolder {path} is a file but not a tar or zip archive")
         return _TreeSource(path, _safe_label(path.name))
     found = None
     if root is not None:
         if not root.exists():
-            raise UsageError(f"{what}{'' if what.endswith('=') else ' '}{root} does not exist: point it at the folder that holds the dataset")
+            raise UsageError(
+                f"{what}{'' if what.endswith('=') else ' '}{root} does not exist: point it at the folder that "
+                "holds the dataset"
+            )
         found = _find_cifar10(root)
         if found is not None:
             return found
         if not spec.allow_download:  # a folder was named: a download elsewhere would surprise
             raise UsageError(
-                f"no CIFAR-10 in {root}: expected {CIFAR10_FOLDER}/, {CIFAR10_ARCHIVE}, train/ and test/ class folders, "
+                f"no CIFAR-10 in {root}: expected {CIFAR10_FOLDER}/, {CIFAR10_ARCHIVE}, train/ and test/ class "
+                "folders, "
                 "or an archive of them (cifar10*.tar.gz): put the dataset there or point to the folder that holds it"
             )
     downloaded = cache / "downloads" / CIFAR10_ARCHIVE  # a download from an earlier run
@@ -483,7 +508,10 @@ def _locate(spec: DataSpec, cache: Path, progress: bool) -> _Source:
         return _PickleSource(downloaded)
     if spec.allow_download:
         return _PickleSource(_download_cifar10(spec, cache, progress))
-    raise UsageError(f"CIFAR-10 needs a data folder: pass --data-dir DIR or set {ENV_DATA}, or fetch it once with 'scaling-search train --download'")
+    raise UsageError(
+        f"CIFAR-10 needs a data folder: pass --data-dir DIR or set {ENV_DATA}, or fetch it once with "
+        "'scaling-search train --download'"
+    )
 
 
 def _safe_label(name: str) -> str:
@@ -503,7 +531,12 @@ def load_dataset(spec: DataSpec, cache_dir: str | Path | None = None, progress: 
     cache = cache_root(cache_dir)
     source = _locate(spec, cache, progress)
     key_text = json.dumps(
-        {"format": _CACHE_FORMAT, "label": source.label, "source": source.fingerprint(), "storage_size": spec.storage_size},
+        {
+            "format": _CACHE_FORMAT,
+            "label": source.label,
+            "source": source.fingerprint(),
+            "storage_size": spec.storage_size,
+        },
         sort_keys=True,
     )
     key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
@@ -511,7 +544,13 @@ def load_dataset(spec: DataSpec, cache_dir: str | Path | None = None, progress: 
     try:
         arrays, meta = load_arrays(path)
         return Dataset(
-            arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"], tuple(meta["classes"]), source=meta.get("source", ""), from_cache=True
+            arrays["train_x"],
+            arrays["train_y"],
+            arrays["test_x"],
+            arrays["test_y"],
+            tuple(meta["classes"]),
+            source=meta.get("source", ""),
+            from_cache=True,
         )
     except FileNotFoundError:
         pass
@@ -521,7 +560,12 @@ def load_dataset(spec: DataSpec, cache_dir: str | Path | None = None, progress: 
     try:
         save_arrays(
             path,
-            {"train_x": dataset.train_x, "train_y": dataset.train_y, "test_x": dataset.test_x, "test_y": dataset.test_y},
+            {
+                "train_x": dataset.train_x,
+                "train_y": dataset.train_y,
+                "test_x": dataset.test_x,
+                "test_y": dataset.test_y,
+            },
             {"classes": list(dataset.classes), "source": dataset.source, "storage_size": spec.storage_size},
         )
     except OSError as exc:

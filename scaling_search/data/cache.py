@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_open
+from ..atomic import atomic_open
 
 MAGIC = b"scaling-search arrays v1\n"
 _LEN = struct.Struct("<Q")

@@ -15,20 +15,20 @@ import multiprocessing
 import os
 import struct
 import zlib
+from collections.abc import Iterable, Iterator
 from itertools import chain, islice
-from typing import Iterable, Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import UsageError
-from .progress import progress_bar
+from ..errors import UsageError
+from ..progress import progress_bar
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 
 # (name shown in errors, payload): bytes of an encoded image, a path to read, or
 # an HxWx3 uint8 array that only needs resizing.
-Payload = Union[bytes, str, np.ndarray]
+Payload = bytes | str | np.ndarray
 Item = tuple[str, Payload]
 
 # What PIL raises for unreadable, truncated or hostile files.

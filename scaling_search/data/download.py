@@ -13,9 +13,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .atomic import atomic_open
-from .errors import UsageError
-from .progress import progress_bar
+from ..atomic import atomic_open
+from ..errors import UsageError
+from ..progress import progress_bar
 
 _CHUNK = 1 << 20
 _ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
@@ -32,7 +32,9 @@ def parse_checksum(text: str) -> tuple[str, str]:
     return algorithm, digest
 
 
-def download(url: str, dest: str | os.PathLike, checksum: str, *, progress: bool = False, timeout: float = 60.0) -> Path:
+def download(
+    url: str, dest: str | os.PathLike, checksum: str, *, progress: bool = False, timeout: float = 60.0
+) -> Path:
     """Download ``url`` to ``dest`` if its ``checksum`` ('md5:...' or 'sha256:...') matches.
 
     A mismatch or a network failure raises UsageError and leaves nothing at
@@ -65,7 +67,7 @@ def download(url: str, dest: str | os.PathLike, checksum: str, *, progress: bool
         got = digest.hexdigest()
         if got != expected:
             raise UsageError(
-                f"download of {url} failed its checksum ({algorithm} expected {expected}, got {got}); the file was discarded"
+                f"download of {url} failed its checksum ({algorithm} expected {expected}, got {got}); the file was "
+                "discarded"
             )
     return target
-

@@ -1,0 +1,1 @@
+"""Analysis: trial ranking, scaling series tables, plots and the run report."""

@@ -1,0 +1,1 @@
+"""Training: the proxy training loop and its on-device augmentation."""

@@ -917,7 +917,7 @@ def test_kill_9_during_the_report_leaves_whole_files(tmp_path, finished_run, dat
 def test_truncated_decode_cache_is_rebuilt(tmp_path, cut):
     """On top of tests/test_data.py (a 100-byte truncation and a flipped byte): every cut point."""
     from scaling_search.data.sources import DataSpec, load_dataset
-    from scaling_search.data.sources.cache import MAGIC
+    from scaling_search.data.cache import MAGIC
 
     root = Ctx(tmp_path).tree("fine")
     spec, cache = DataSpec(f"imagefolder:{root}", storage_size=8), tmp_path / "cache"

@@ -147,6 +147,7 @@ def build_plan(
     max_gamma: float = 2.0,
     grid: str = "full",
     constraint: str = "measured",
+    hint: str = "widen --tolerance, refine --step or raise the --max-* bounds",
 ) -> Plan:
     """The candidates of one budget around ``base`` (at ``base.resolution``), the paper's triple, their classes."""
     value = parse_budget(budget)
@@ -164,8 +165,8 @@ def build_plan(
     )
     if not cands:
         raise UsageError(
-            f"no (alpha, beta, gamma) on this grid is within {tolerance:g} of a {value:g}x budget "
-            f"({constraint} constraint): widen the tolerance, refine the step or raise the max bounds"
+            f"no (alpha, beta, gamma) satisfies a {value:g}x budget within {tolerance:g} on this grid "
+            f"({constraint} constraint): {hint}"
         )
     if not any(c.is_paper for c in cands):
         cands.append(Candidate(PAPER, PAPER.flops_ratio, measure(PAPER), reference=True))
@@ -206,6 +207,7 @@ def space_plan(space: SearchSpace) -> Plan:
         max_gamma=g.max_gamma,
         grid=g.kind,
         constraint=c.mode,
+        hint="widen constraint.tolerance, refine grid.step or raise the grid bounds",
     )
 
 

@@ -224,35 +224,30 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
 
 
 def grid_candidates(args: argparse.Namespace):
-    from .analysis.series import measured_ratio
+    """The same plan a search builds: from a space (--space/--preset) or from the grid options."""
     from .models import EfficientNetConfig
-    from .scaling import candidate_grid, derived_step_default
+    from .search.plan import build_plan, space_plan
+    from .space import load_space, preset_path
 
-    base = EfficientNetConfig(resolution=args.base_resolution)
-    return candidate_grid(
+    if args.space or args.preset:
+        return space_plan(load_space(args.space or preset_path(args.preset)))
+    return build_plan(
         args.budget,
-        step=derived_step_default(args.grid, args.step),
+        EfficientNetConfig(resolution=args.base_resolution),
+        multiple=args.multiple,
+        step=args.step,
         tolerance=args.tolerance,
         max_alpha=args.max_alpha,
         max_beta=args.max_beta,
         max_gamma=args.max_gamma,
         grid=args.grid,
         constraint=args.constraint,
-        measure=lambda c: measured_ratio(c, base, args.multiple),
     )
 
 
 def _cmd_candidates(args: argparse.Namespace) -> int:
-    from .scaling import parse_budget
-
-    budget = parse_budget(args.budget)
-    cands = grid_candidates(args)
-    if not cands:
-        raise UsageError(
-            f"no (alpha, beta, gamma) on this grid is within {args.tolerance:g} of a {budget:g}x budget: "
-            "widen --tolerance, refine --step or raise the --max-* bounds"
-        )
-    rows = [c.to_dict() | {"paper": c.is_paper} for c in cands]
+    plan = grid_candidates(args)
+    rows = plan.rows()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -264,13 +259,15 @@ def _cmd_candidates(args: argparse.Namespace) -> int:
         Column("gamma", "gamma", num),
         Column("theoretical_ratio", "a*b^2*g^2", ratio),
         Column("measured_ratio", "measured MACs ratio", ratio),
+        Column("class", "network", str),
         Column("paper", "paper", lambda v: "<- paper" if v else ""),
     ]
     print(to_markdown(rows, columns), end="")
+    off = " (the paper's triple is off the budget, listed as a reference)" if plan.paper_class.reference else ""
     print(
-        f"\n{len(rows)} candidates for a {budget:g}x budget ({args.grid} grid, {args.constraint} constraint, "
-        f"tolerance {args.tolerance:g}); measured ratios are MACs of the rounded B0 at phi = 1 over B0 at "
-        f"{args.base_resolution} px."
+        f"\n{len(rows)} candidates for a {plan.budget:g}x budget in {len(plan.classes)} distinct networks, each "
+        f"trained once ({plan.constraint} constraint, tolerance {plan.tolerance:g}){off}; measured ratios are MACs "
+        f"of the rounded phi = 1 network over the baseline at {plan.base_resolution} px."
     )
     return 0
 
@@ -614,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("candidates", help="list (alpha, beta, gamma) candidates for a budget")
     _add_grid_options(p)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--space", help="list the candidates of this search space (overrides the grid options)")
+    source.add_argument("--preset", help="list the candidates of a shipped search space")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_candidates)
 

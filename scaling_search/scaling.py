@@ -76,11 +76,17 @@ PAPER = Coefficients(PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA)
 
 @dataclass(frozen=True)
 class Candidate:
-    """A grid point with both of its FLOPs ratios (measured is None until measured)."""
+    """A grid point with both of its FLOPs ratios (measured is None until measured).
+
+    ``reference`` marks a point trained for comparison although it is off the
+    budget (the paper's triple under the measured constraint): its real cost is
+    its ``measured_ratio``.
+    """
 
     coefficients: Coefficients
     theoretical_ratio: float
     measured_ratio: float | None = None
+    reference: bool = False
 
     @property
     def is_paper(self) -> bool:
@@ -94,6 +100,7 @@ class Candidate:
             "gamma": c.gamma,
             "theoretical_ratio": round(self.theoretical_ratio, 6),
             "measured_ratio": None if self.measured_ratio is None else round(self.measured_ratio, 6),
+            "reference": self.reference,
         }
 
 

@@ -69,7 +69,7 @@ TINY = """\
 name: tiny
 baseline: {{model: efficientnet, width: 0.25, depth: 0.25, resolution: 32}}
 data: {{name: cifar10}}
-grid: {{kind: full, step: 0.1, max_alpha: 1.2, max_beta: 1.1, max_gamma: 1.2}}
+grid: {{kind: full, step: 0.1, max_alpha: 1.1, max_beta: 1.1, max_gamma: 1.3}}
 constraint: {{budget: 2x, tolerance: 0.05, resolution_multiple: 4}}
 proxy: {{epochs: {epochs}, batch_size: 64, lr: {lr}, train_subset: {train}, test_subset: 128}}
 seeds: {seeds}
@@ -88,7 +88,7 @@ def tiny_space(
     lr: float = 0.05,
     name: str = "tiny.yaml",
 ) -> Path:
-    """A 3-candidate search space ((1.1, 1.1, 1.2), (1.2, 1.1, 1.2) and the paper's) of tiny trials."""
+    """A 3-network search space ((1, 1.1, 1.3), (1.1, 1.1, 1.2) and the paper's) of tiny trials."""
     path = tmp_path / name
     path.write_text(TINY.format(epochs=epochs, train=train, seeds=list(seeds), pruning=str(pruning).lower(), lr=lr))
     return path

@@ -22,6 +22,8 @@ def test_candidates_measured_constraint_reports_both_ratios():
     rows = json.loads(proc.stdout)
     assert rows
     for r in rows:
+        if r["reference"]:  # the paper's triple, listed with its real cost
+            continue
         assert abs(r["measured_ratio"] / 2 - 1) < 0.05
         assert r["theoretical_ratio"] == pytest.approx(r["alpha"] * r["beta"] ** 2 * r["gamma"] ** 2, rel=1e-5)
     # rounding makes the measured set differ from the theoretical one

@@ -33,7 +33,7 @@ from PIL import Image
 from scaling_search.cli import main
 from scaling_search.errors import UsageError
 
-SAMPLE_UNITS = 3  # tiny_space: (1.1, 1.1, 1.2), (1.2, 1.1, 1.2) and the paper's (1.2, 1.1, 1.15)
+SAMPLE_UNITS = 3  # tiny_space: (1, 1.1, 1.3), (1.1, 1.1, 1.2) and the paper's (1.2, 1.1, 1.15)
 
 
 # ------------------------------------------------------------------ helpers

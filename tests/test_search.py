@@ -44,7 +44,7 @@ def test_tiny_run_writes_every_output_and_report_rebuilds(tmp_path, data_env):
     ):
         assert (out / name).is_file(), name
     rows = _read_csv(out / "trials.csv")
-    # (1.1, 1.1, 1.2), (1.2, 1.1, 1.2) from the grid, plus the paper's triple, x 2 seeds
+    # (1, 1.1, 1.3), (1.1, 1.1, 1.2) from the grid, plus the paper's triple, x 2 seeds
     assert len(rows) == 6 and all(r["state"] == "COMPLETE" for r in rows)
     assert {(r["alpha"], r["beta"], r["gamma"]) for r in rows} >= {("1.2", "1.1", "1.15")}
     best = json.loads((out / "best.json").read_text())

@@ -13,7 +13,7 @@ def test_shipped_spaces_load():
         space = load_space(SPACES_DIR / f"{name}.yaml")
         assert space.name == name
     default = load_space(SPACES_DIR / "default.yaml")
-    assert default.baseline.resolution == 64 and default.grid.kind == "derived" and len(default.seeds) >= 2
+    assert default.baseline.resolution == 64 and default.constraint.mode == "measured" and len(default.seeds) >= 2
 
 
 def test_defaults_and_fingerprint():

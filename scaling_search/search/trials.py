@@ -10,11 +10,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..analysis.series import compound_config, measured_ratio
+from ..analysis.series import compound_config
 from ..errors import UsageError
-from ..models import EfficientNetConfig, get_config
-from ..scaling import PAPER, Candidate, Coefficients, candidate_grid, derived_step_default
+from ..models import EfficientNetConfig
+from ..scaling import Coefficients
 from ..space import SearchSpace
+
+# The candidate builder lives in plan.py; these names stay importable from here.
+from .plan import baseline_config, search_candidates, units_for  # noqa: F401
 
 # The one results schema (trials.csv columns, in order) shared by all backends.
 TRIAL_COLUMNS = (
@@ -79,63 +82,6 @@ class Unit:
     @classmethod
     def from_attrs(cls, attrs: dict) -> Unit:
         return cls(**{k: attrs[k] for k in ("alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio")})
-
-
-def baseline_config(space: SearchSpace, num_classes: int) -> EfficientNetConfig:
-    b = space.baseline
-    options = {"resolution": b.resolution, "num_classes": num_classes, "dropout": b.dropout, "drop_path": b.drop_path}
-    if b.model == "efficientnet":
-        options.update(width=b.width or 1.0, depth=b.depth or 1.0)
-    config = get_config(b.model, **options)
-    if not isinstance(config, EfficientNetConfig):
-        raise UsageError(f"baseline.model {b.model!r} is not an EfficientNet: only that family can be searched")
-    return config
-
-
-def search_candidates(space: SearchSpace) -> list[Candidate]:
-    """The space's candidates, with the paper's triple added when it satisfies the constraint."""
-    c, g = space.constraint, space.grid
-    base = baseline_config(space, 10)  # MACs ratios do not depend on the classifier size enough to matter
-    measure = lambda coeffs: measured_ratio(coeffs, base, c.resolution_multiple)  # noqa: E731
-    cands = candidate_grid(
-        c.budget,
-        step=derived_step_default(g.kind, g.step),
-        tolerance=c.tolerance,
-        max_alpha=g.max_alpha,
-        max_beta=g.max_beta,
-        max_gamma=g.max_gamma,
-        grid=g.kind,
-        constraint=c.mode,
-        measure=measure,
-    )
-    if not any(x.is_paper for x in cands):
-        from ..scaling import parse_budget
-
-        budget = parse_budget(c.budget)
-        ratio = PAPER.flops_ratio if c.mode == "theoretical" else measure(PAPER)
-        if abs(ratio / budget - 1) < c.tolerance:
-            cands.append(Candidate(PAPER, PAPER.flops_ratio, measure(PAPER)))
-    if not cands:
-        raise UsageError(
-            f"no (alpha, beta, gamma) satisfies a {c.budget} budget within {c.tolerance:g} on this grid: "
-            "widen constraint.tolerance, refine grid.step or raise the grid bounds"
-        )
-    return cands
-
-
-def units_for(space: SearchSpace, candidates: list[Candidate]) -> list[Unit]:
-    return [
-        Unit(
-            c.coefficients.alpha,
-            c.coefficients.beta,
-            c.coefficients.gamma,
-            seed,
-            c.theoretical_ratio,
-            float(c.measured_ratio),
-        )
-        for seed in space.seeds
-        for c in candidates
-    ]
 
 
 def trial_model(space: SearchSpace, unit: Unit, num_classes: int) -> EfficientNetConfig:

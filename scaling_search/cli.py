@@ -468,6 +468,70 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return rebuild(Path(args.dir), _console())
 
 
+# ------------------------------------------------------------------ export
+
+
+def _add_export_options(p: argparse.ArgumentParser) -> None:
+    for name, what in (("alpha", "depth"), ("beta", "width"), ("gamma", "resolution")):
+        p.add_argument(f"--{name}", type=_coefficient(name), help=f"{what} coefficient of a table row (with --phi)")
+    p.add_argument("--phi", type=_non_negative_int("phi"), help="the table row (B-phi); with --run, of its winner")
+    p.add_argument("--model", metavar="NAME", help="a named model: efficientnet-b0..b8, efficientdet-d0..d7, ...")
+    p.add_argument("--run", metavar="DIR", help="a run folder: its winner (kept weights' network, or B-phi row)")
+    p.add_argument("--num-classes", type=_positive_int("num-classes"), help="classifier outputs (not with --run)")
+    p.add_argument(
+        "--format", choices=("timm", "json"), default="json", help="timm: what timm needs; json: the project config"
+    )
+    p.add_argument("--out", metavar="FILE", help="write here (atomically) instead of stdout")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_text, run_config, table_row_config
+    from .scaling import Coefficients
+
+    triple = [args.alpha, args.beta, args.gamma]
+    sources = [
+        name
+        for name, given in (
+            ("--alpha/--beta/--gamma", any(v is not None for v in triple)),
+            ("--model", args.model is not None),
+            ("--run", args.run is not None),
+        )
+        if given
+    ]
+    if len(sources) != 1:
+        raise UsageError(
+            "export needs exactly one of --alpha A --beta B --gamma G --phi K, --model NAME or --run DIR"
+            + (f" (got {' and '.join(sources)})" if sources else "")
+        )
+    if args.out:
+        out = Path(args.out)
+        if out.is_dir():
+            raise UsageError(f"--out {args.out} is a folder: give a file path")
+        if not out.parent.exists():
+            raise UsageError(f"--out folder {out.parent} does not exist: create it first")
+    if args.run is not None:
+        if args.num_classes is not None:
+            raise UsageError("--num-classes does not go with --run: the run folder fixes the classes")
+        config = run_config(args.run, args.phi)
+    elif args.model is not None:
+        if args.phi is not None and not args.model.startswith("efficientdet"):
+            raise UsageError(f"--phi does not go with --model {args.model}: use --alpha/--beta/--gamma --phi K")
+        config = _model_config(argparse.Namespace(model=args.model, num_classes=args.num_classes, phi=args.phi))
+    else:
+        if None in triple or args.phi is None:
+            raise UsageError("a table row needs all of --alpha, --beta, --gamma and --phi")
+        config = table_row_config(Coefficients(*triple), args.phi, num_classes=args.num_classes or 1000)
+    text = export_text(config, args.format)
+    if args.out:
+        from .atomic import atomic_write_text
+
+        atomic_write_text(Path(args.out), text)
+        print(f"{config.name}: {args.format} export written to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 # ------------------------------------------------------------------- train
 
 
@@ -628,6 +692,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild a run folder's tables and plots from its stored study")
     p.add_argument("dir", metavar="DIR", help="a run folder written by 'scaling-search run'")
     p.set_defaults(func=_cmd_report)
+    p = sub.add_parser("export", help="a table row, named model or run winner as a project config or for timm")
+    _add_export_options(p)
+    p.set_defaults(func=_cmd_export)
+
     p = sub.add_parser("train", help="one short proxy training of a scaled EfficientNet")
     _add_train_options(p)
     p.set_defaults(func=_cmd_train)

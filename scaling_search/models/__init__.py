@@ -9,7 +9,7 @@ from .efficientnet_config import (
     round_repeats,
     scale_network,
 )
-from .registry import build, families, get_config, model_names
+from .registry import build, config_from_dict, config_to_dict, families, get_config, load_config, model_names
 
 __all__ = [
     "EfficientDetConfig",
@@ -17,8 +17,11 @@ __all__ = [
     "analytic_counts",
     "bifpn_nodes",
     "build",
+    "config_from_dict",
+    "config_to_dict",
     "families",
     "get_config",
+    "load_config",
     "model_names",
     "official_config",
     "round_filters",

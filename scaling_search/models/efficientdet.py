@@ -1,6 +1,6 @@
 """EfficientDet: EfficientNet features -> BiFPN -> shared class and box heads.
 
-The backbone is the project's EfficientNet built without its head; its
+The backbone is the project's EfficientNet feature extractor (no head); its
 ``feature_info`` says which channels the BiFPN's first layer receives.
 """
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from .bifpn import BiFPN, SeparableConv, batch_norm
 from .efficientdet_config import EfficientDetConfig, class_prior_bias
-from .efficientnet import EfficientNet
+from .efficientnet import EfficientNetFeatures
 
 
 class HeadNet(nn.Module):
@@ -46,10 +46,9 @@ class EfficientDet(nn.Module):
     def __init__(self, config: EfficientDetConfig):
         super().__init__()
         self.config = config
-        self.backbone = EfficientNet(config.backbone, include_head=False)
         self.strides = tuple(2**level for level in config.backbone_levels)
-        channels = self.backbone.feature_channels(self.strides)
-        self.bifpn = BiFPN(config, channels)
+        self.backbone = EfficientNetFeatures(config.backbone, self.strides)
+        self.bifpn = BiFPN(config, self.backbone.channels)
         w, n = config.fpn_channels, config.num_levels
         self.class_net = HeadNet(w, config.head_layers, n, config.num_anchors * config.num_classes)
         self.box_net = HeadNet(w, config.head_layers, n, config.num_anchors * 4)
@@ -74,5 +73,5 @@ class EfficientDet(nn.Module):
         nn.init.constant_(self.class_net.predict.pointwise.bias, class_prior_bias())
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        feats = self.bifpn(self.backbone(x, self.strides))
+        feats = self.bifpn(self.backbone(x))
         return self.class_net(feats), self.box_net(feats)

@@ -81,30 +81,17 @@ class MBConv(nn.Module):
         return out
 
 
-class EfficientNet(nn.Module):
-    """A compound-scaled EfficientNet; ``config.resolution`` is nominal only.
+class _Trunk(nn.Module):
+    """Stem and MBConv stages, shared by the classifier and the detector backbone."""
 
-    ``include_head=False`` builds the feature extractor alone (stem and
-    stages, no head conv, pooling or classifier), as a detector backbone:
-    modules that are never run would otherwise count as parameters. Its
-    ``forward`` then returns the feature maps.
-    """
-
-    def __init__(self, config: EfficientNetConfig, include_head: bool = True):
+    def __init__(self, config: EfficientNetConfig):
         super().__init__()
         self.config = config
-        self.include_head = include_head
         net = scale_network(config)
         self.stem = ConvBNAct(3, net.stem_channels, 3, stride=2)
         self.stages = nn.ModuleList(nn.Sequential(*(MBConv(b) for b in blocks)) for blocks in block_specs(config, net))
-        if include_head:
-            self.head = ConvBNAct(net.stages[-1].out_channels, net.head_channels, 1)
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.dropout = nn.Dropout(config.dropout)
-            self.classifier = nn.Linear(net.head_channels, config.num_classes)
         # (stage index, stride, channels) of the last stage at every output stride.
         self.feature_info = feature_strides(config)
-        self._init_weights()
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -137,14 +124,49 @@ class EfficientNet(nn.Module):
                 out.append(x)
         return out
 
-    def forward(self, x: torch.Tensor, strides: tuple[int, ...] = (8, 16, 32)) -> torch.Tensor | list[torch.Tensor]:
-        """Class logits; without a head, ``features(x, strides)`` (called through
-        the module so that hooks and counters see the backbone)."""
-        if not self.include_head:
-            return self.features(x, strides)
+
+class EfficientNet(_Trunk):
+    """A compound-scaled EfficientNet classifier; ``config.resolution`` is nominal only.
+
+    As in timm: ``forward_features`` runs stem, stages and head conv;
+    ``forward_head`` pools, drops out and classifies.
+    """
+
+    def __init__(self, config: EfficientNetConfig):
+        super().__init__(config)
+        net = scale_network(config)
+        self.head = ConvBNAct(net.stages[-1].out_channels, net.head_channels, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(net.head_channels, config.num_classes)
+        self._init_weights()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)
-        x = self.head(x)
+        return self.head(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.pool(x), 1)
-        return self.classifier(self.dropout(x))
+        return x if pre_logits else self.classifier(self.dropout(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class EfficientNetFeatures(_Trunk):
+    """The feature extractor alone (stem and stages, no head conv, pooling or
+    classifier), as a detector backbone: modules that never run would otherwise
+    count as parameters. ``forward`` returns the maps at ``strides``."""
+
+    def __init__(self, config: EfficientNetConfig, strides: tuple[int, ...] = (8, 16, 32)):
+        super().__init__(config)
+        self.strides = tuple(strides)
+        self.channels = self.feature_channels(self.strides)
+        if len(self.channels) != len(self.strides):
+            raise ValueError(f"strides {strides} not all in {[s for _, s, _ in self.feature_info]}")
+        self._init_weights()
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.features(x, self.strides)

@@ -7,9 +7,14 @@ model is actually built.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import json
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
@@ -157,3 +162,81 @@ def build(config) -> Any:
             module = importlib.import_module(module_name, __package__)
             return getattr(module, cls)(config)
     raise TypeError(f"no model family builds {type(config).__name__}")
+
+
+# ------------------------------------------------------------ configs as JSON
+
+CONFIG_FORMAT = "scaling-search-config/1"
+_CONFIG_TYPES: dict[str, type] = {"efficientnet": EfficientNetConfig, "efficientdet": EfficientDetConfig}
+
+
+def _encode(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, tuple):
+        return [_encode(v) for v in value]
+    return value
+
+
+def config_to_dict(config: EfficientNetConfig | EfficientDetConfig) -> dict[str, Any]:
+    """Every field of a model config (the stage table included), as plain JSON data."""
+    for family, cls in _CONFIG_TYPES.items():
+        if isinstance(config, cls):
+            return {"format": CONFIG_FORMAT, "family": family, "config": _encode(config)}
+    raise TypeError(f"no model family has configs of type {type(config).__name__}")
+
+
+def _decode(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise UsageError(f"{where} must be an object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UsageError(f"{where} has unknown key(s) {', '.join(unknown)}: expected {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {key: _decode_value(hints[key], value, f"{where}.{key}") for key, value in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required field is missing
+        raise UsageError(f"{where}: {exc}") from None
+
+
+def _decode_value(tp: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        return _decode_value(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise UsageError(f"{where} must be a list, got {type(value).__name__}")
+        return tuple(_decode_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _decode(tp, value, where)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str) and isinstance(value, tp) and not isinstance(value, bool):
+        return value
+    raise UsageError(f"{where} must be {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def config_from_dict(data: Any, where: str = "config") -> EfficientNetConfig | EfficientDetConfig:
+    """The config that ``config_to_dict`` wrote; anything else is a UsageError naming the key."""
+    if not isinstance(data, dict) or data.get("format") != CONFIG_FORMAT:
+        raise UsageError(f'{where} is not a scaling-search model config (expected "format": "{CONFIG_FORMAT}")')
+    family = data.get("family")
+    if family not in _CONFIG_TYPES:
+        raise UsageError(f"{where}: unknown family {family!r}: choose one of {', '.join(_CONFIG_TYPES)}")
+    return _decode(_CONFIG_TYPES[family], data.get("config"), f"{where}.config")
+
+
+def load_config(path: str | Path) -> EfficientNetConfig | EfficientDetConfig:
+    """Read a config JSON written by ``scaling-search export --format json`` (or ``config_to_dict``)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read config {path}: {exc}") from None
+    return config_from_dict(data, str(path))

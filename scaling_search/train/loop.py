@@ -27,7 +27,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -137,6 +137,16 @@ class TrialConfig:
 
 
 @dataclass(frozen=True)
+class TrainedState:
+    """The trained network as scored: weights (on the CPU) and the input
+    normalisation (per-channel mean and std of the training images, 0..255)."""
+
+    state_dict: dict[str, torch.Tensor]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class TrialResult:
     accuracy: float  # top-1 on the held-out split after the last epoch
     epoch_losses: tuple[float, ...]  # mean training loss per epoch
@@ -151,9 +161,12 @@ class TrialResult:
     test_images: int = 0
     resolution: int = 0
     device_name: str = ""
+    # Only with train_trial(..., keep_state=True); never part of the record.
+    state: TrainedState | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, state=None))
+        del d["state"]
         d["epoch_losses"] = list(self.epoch_losses)
         d["epoch_accuracies"] = list(self.epoch_accuracies)
         return d
@@ -332,10 +345,12 @@ def train_trial(
     data: Dataset | None = None,
     on_epoch: EpochCallback | None = None,
     progress: bool = False,
+    keep_state: bool = False,
 ) -> TrialResult:
     """Train ``config.model`` on ``config.data`` for ``config.epochs`` and score it.
 
-    ``data`` lets a search load the dataset once for many trials. Raises
+    ``data`` lets a search load the dataset once for many trials; ``keep_state``
+    hands back the scored weights and input normalisation in ``result.state``. Raises
     TrialFailed (diverged, out of memory), UsageError (a config that cannot
     run here), and whatever ``on_epoch`` raises (TrialPruned).
     """
@@ -354,7 +369,7 @@ def train_trial(
     torch.backends.cudnn.benchmark = config.cudnn_benchmark
     failure = None
     try:
-        return _run(config, dataset, device, counted, started, on_epoch, progress)
+        return _run(config, dataset, device, counted, started, on_epoch, progress, keep_state)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
@@ -374,7 +389,14 @@ def train_trial(
 
 
 def _run(
-    config: TrialConfig, dataset: Dataset, device: torch.device, counted, started: float, on_epoch, progress: bool
+    config: TrialConfig,
+    dataset: Dataset,
+    device: torch.device,
+    counted,
+    started: float,
+    on_epoch,
+    progress: bool,
+    keep_state: bool = False,
 ) -> TrialResult:
     seed_everything(config.seed)
     train_index = balanced_subset(dataset.train_y, config.train_subset, config.seed) if config.train_subset else None
@@ -492,6 +514,13 @@ def _run(
             if on_epoch is not None:
                 on_epoch(epoch, epoch_loss, accuracy)
 
+    state = None
+    if keep_state:
+        weights = {
+            k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
+            for k, v in model.state_dict().items()
+        }
+        state = TrainedState(weights, tuple(mean.tolist()), tuple(std.tolist()))
     return TrialResult(
         accuracy=accuracies[-1],
         epoch_losses=tuple(losses),
@@ -506,4 +535,5 @@ def _run(
         test_images=int(test_x.shape[0]),
         resolution=resolution,
         device_name=device_name(device),
+        state=state,
     )

@@ -27,6 +27,7 @@ from scaling_search.data.sources import (
     balanced_order,
     balanced_subset,
     load_dataset,
+    resolution_statement,
     upsampled,
 )
 from scaling_search.errors import UsageError
@@ -555,6 +556,16 @@ def test_upsampled_resolutions_are_those_above_the_detail_size():
     assert not any(upsampled(extrapolate(c, 1, 88).resolution, 128) for c in grid)
     with pytest.raises(UsageError, match="resolution"):
         upsampled(0, 128)
+    assert resolution_statement(128, 128, [88, 120, 104, 88]) == (
+        "images are 128 px natively; trained at 88-120 px, all within the 128 px of real detail."
+    )
+    flagged = resolution_statement(128, 128, [extrapolate(c, 1, 144).resolution for c in grid] + [144])
+    assert "144, 168, 184 px exceed the 128 px of real detail" in flagged and "upsampled" in flagged
+    # CIFAR-10 stored at 32: the default GPU study's 64-88 px are all upsampled.
+    assert "64, 88 px exceed the 32 px" in resolution_statement(32, 32, [64, 88])
+    assert "stored at 48 px" in resolution_statement(
+        128, 48, [64]
+    ) and "64 px exceed the 48 px" in resolution_statement(128, 48, [64])
 
 
 def test_train_command_on_imagenette(imagenette, data_cache, cli):

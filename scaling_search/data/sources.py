@@ -25,7 +25,7 @@ import os
 import pickle
 import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -179,6 +179,25 @@ def upsampled(resolution: int, native: int) -> bool:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UsageError(f"{name} must be a positive number of pixels, got {value!r}")
     return resolution > native
+
+
+def resolution_statement(native_size: int, stored_size: int, resolutions: Iterable[int]) -> str:
+    """One sentence for a report: the images' native and stored sizes, and which of the
+    trained ``resolutions`` exceed the detail they hold (upsampled)."""
+    detail = min(native_size, stored_size)
+    trained = sorted(set(resolutions))
+    stored = "" if stored_size == native_size else f", stored at {stored_size} px"
+    head = f"images are {native_size} px natively{stored}"
+    if not trained:
+        return head + "."
+    above = [r for r in trained if upsampled(r, detail)]
+    span = f"{trained[0]}-{trained[-1]} px" if len(trained) > 1 else f"{trained[0]} px"
+    if not above:
+        return f"{head}; trained at {span}, all within the {detail} px of real detail."
+    return (
+        f"{head}; trained at {span}: {', '.join(str(r) for r in above)} px exceed the {detail} px of real detail, "
+        "so those candidates see upsampled images (interpolated pixels, not more detail)."
+    )
 
 
 # ----------------------------------------------------------------- subsets

@@ -412,11 +412,11 @@ def _resolve_space(args: argparse.Namespace, console):
         if name is None:
             import torch
 
-            name = "default" if torch.cuda.is_available() else "cpu"
+            name = "imagenette" if torch.cuda.is_available() else "cpu"
             why = (
                 "a CUDA GPU is available"
-                if name == "default"
-                else "no CUDA GPU found; use --preset default to run the GPU-sized study anyway"
+                if name == "imagenette"
+                else "no CUDA GPU found; use --preset imagenette to run the GPU-sized study anyway"
             )
             console.print(f"no --space or --preset given: using preset '{name}' ({why})")
         space = load_space(preset_path(name))
@@ -539,7 +539,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         default="cifar10",
-        help="cifar10 or imagefolder:PATH (train/ and test/ class folders, or an archive of them)",
+        help=(
+            "cifar10, imagenette (Imagenette2 at 128 px: imagenette2-128.tar.gz or its extracted folder) or "
+            "imagefolder:PATH (train/ and test/ class folders, or an archive of them)"
+        ),
     )
     p.add_argument("--data-dir", help="where the data is (default: $SCALING_SEARCH_DATA)")
     p.add_argument(
@@ -550,8 +553,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage-size",
         type=_positive_int("storage-size"),
-        default=32,
-        help="side of the stored square images in pixels (default 32)",
+        help="side of the stored square images in pixels (default: the dataset's native size, 32 for cifar10 and "
+        "imagefolder, 128 for imagenette)",
     )
     p.add_argument("--width", type=_positive_float("width"), default=1.0, help="width multiplier (default 1.0)")
     p.add_argument("--depth", type=_positive_float("depth"), default=1.0, help="depth multiplier (default 1.0)")
@@ -619,7 +622,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "efficientnet",
         width=args.width,
         depth=args.depth,
-        resolution=args.resolution or args.storage_size,
+        resolution=args.resolution or spec.image_size,
         **{k: v for k, v in model_options.items() if v is not None},
     )
     options = {k: getattr(args, k) for k in _TRIAL_OPTIONS if getattr(args, k) is not None}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import logging
 import pickle
 import tarfile
@@ -14,10 +15,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CIFAR10_ARCHIVE, SHARED_DATA
+from conftest import CIFAR10_ARCHIVE, SHARED_DATA, read_csv
 from PIL import Image
 
-from scaling_search.data.sources import Dataset, DataSpec, balanced_order, balanced_subset, load_dataset
+from scaling_search.data.cache import load_arrays
+from scaling_search.data.sources import (
+    IMAGENETTE_CLASSES,
+    IMAGENETTE_COUNTS,
+    Dataset,
+    DataSpec,
+    balanced_order,
+    balanced_subset,
+    load_dataset,
+    resolution_statement,
+    upsampled,
+)
 from scaling_search.errors import UsageError
 
 CLASSES = ("cat", "dog", "frog")
@@ -370,3 +382,248 @@ def test_dataset_checks_its_arrays():
         Dataset(x, np.zeros(2, np.int32), x, np.zeros(2, np.int64), ("a",))
     with pytest.raises(ValueError):
         Dataset(x.astype(np.float32), np.zeros(2, np.int64), x, np.zeros(2, np.int64), ("a",))
+
+
+# ------------------------------------------------------------- Imagenette
+
+IMAGENETTE_ARCHIVE = SHARED_DATA / "imagenette2-128.tar.gz"
+WNIDS = tuple(IMAGENETTE_CLASSES)
+
+
+def _fake_imagenette(root: Path, train: int = 3, val: int = 2) -> Path:
+    """An Imagenette-shaped tree (the ten wnids, train/ and val/, a README) of
+    128 px JPEGs, one solid colour per class, under root/imagenette2-128."""
+    tree = root / "imagenette2-128"
+    for k, wnid in enumerate(WNIDS):
+        color = (25 * k, 255 - 25 * k, (97 * k) % 256)
+        for split, n in (("train", train), ("val", val)):
+            for i in range(n):
+                _write_image(tree / split / wnid / f"ILSVRC2012_val_{k:04d}{i:04d}.jpg", (128, 128), color)
+    (tree / "README.txt").write_text("a test tree\n")
+    return tree
+
+
+def _fake_imagenette_archive(root: Path) -> tuple[Path, str]:
+    """The fake tree packed as data/imagenette2-128.tar.gz, and its 'sha256:...'."""
+    tree = _fake_imagenette(root / "build")
+    (root / "data").mkdir()
+    archive = _tar(tree, root / "data" / "imagenette2-128.tar.gz", "imagenette2-128")
+    return archive, "sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+@pytest.fixture(scope="module")
+def imagenette(data_cache):
+    """The real shared archive, verified against the shipped checksum, stored at 48 px
+    (a small cache: decoding at 48 px lets libjpeg scale by 2 for free)."""
+    assert IMAGENETTE_ARCHIVE.is_file(), f"test data missing: {IMAGENETTE_ARCHIVE}"
+    return load_dataset(DataSpec("imagenette", data_dir=str(SHARED_DATA), storage_size=48), cache_dir=data_cache)
+
+
+def test_imagenette_archive_found_verified_decoded_and_cached(tmp_path):
+    archive, checksum = _fake_imagenette_archive(tmp_path)
+    spec = DataSpec("imagenette", data_dir=str(archive.parent), archive_checksum=checksum)
+    cache = tmp_path / "cache"
+    ds = load_dataset(spec, cache_dir=cache)
+    assert not ds.from_cache and "sha256 verified" in ds.source
+    assert ds.train_x.shape == (30, 128, 128, 3) and ds.test_x.shape == (20, 128, 128, 3)  # stored at native 128
+    assert ds.classes == (
+        "tench",
+        "English springer",
+        "cassette player",
+        "chain saw",
+        "church",
+        "French horn",
+        "garbage truck",
+        "gas pump",
+        "golf ball",
+        "parachute",
+    )
+    assert ds.native_size == 128 and ds.detail_size == 128
+    # Labels follow the wnid order: class k is the colour written for the k-th wnid (JPEG is lossy: near it).
+    for x, y in ((ds.train_x, ds.train_y), (ds.test_x, ds.test_y)):
+        centre = x[:, 64, 64].astype(int)
+        expected = np.array([(25 * k, 255 - 25 * k, (97 * k) % 256) for k in y])
+        assert np.abs(centre - expected).max() <= 6
+    assert np.bincount(ds.train_y).tolist() == [3] * 10 and np.bincount(ds.test_y).tolist() == [2] * 10
+
+    (cache_file,) = (cache / "datasets").glob("imagenette-128px-*.arrays")
+    _, meta = load_arrays(cache_file)
+    assert meta["native_size"] == 128 and meta["classes"][0] == "tench"
+    again = load_dataset(spec, cache_dir=cache)
+    assert again.from_cache and again.native_size == 128 and again.classes == ds.classes
+    assert np.array_equal(again.train_x, ds.train_x) and np.array_equal(again.test_y, ds.test_y)
+    # The archive named directly is the same source; stored smaller, the images hold detail only up to that size.
+    small = load_dataset(
+        DataSpec("imagenette", data_dir=str(archive), archive_checksum=checksum, storage_size=32), cache_dir=cache
+    )
+    assert small.image_size == 32 and small.native_size == 128 and small.detail_size == 32
+
+
+def test_imagenette_wrong_checksum_or_truncated_archive_is_refused(tmp_path):
+    archive, checksum = _fake_imagenette_archive(tmp_path)
+    cache = tmp_path / "cache"
+    # The real constant is the default: this archive is not the published one.
+    with pytest.raises(UsageError, match="fails its checksum") as err:
+        load_dataset(DataSpec("imagenette", data_dir=str(archive.parent)), cache_dir=cache)
+    assert "\n" not in str(err.value) and "2f97c81b" in str(err.value)
+    assert _files(cache) == []
+
+    # A truncated copy: caught by the checksum before any decoding ...
+    cut = tmp_path / "cut" / "imagenette2-128.tar.gz"
+    cut.parent.mkdir()
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size * 2 // 3])
+    with pytest.raises(UsageError, match="truncated, damaged"):
+        load_dataset(DataSpec("imagenette", data_dir=str(cut.parent), archive_checksum=checksum), cache_dir=cache)
+    assert _files(cache) == []
+    # ... and, vouched for by its own checksum, by the decoder: one line, nothing cached.
+    own = "sha256:" + hashlib.sha256(cut.read_bytes()).hexdigest()
+    with pytest.raises(UsageError, match="cannot read archive") as err:
+        load_dataset(DataSpec("imagenette", data_dir=str(cut.parent), archive_checksum=own), cache_dir=cache)
+    assert "\n" not in str(err.value)
+    assert _files(cache) == []
+
+    with pytest.raises(UsageError, match="is not ALGORITHM:HEX"):
+        DataSpec("imagenette", archive_checksum="abc")
+    with pytest.raises(UsageError, match="CIFAR-10 only"):
+        DataSpec("imagenette", allow_download=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no Imagenette in"):
+        load_dataset(DataSpec("imagenette", data_dir=str(tmp_path / "empty")), cache_dir=cache)
+
+
+def test_imagenette_tree_is_checked_by_its_image_counts(tmp_path):
+    # A tree of the wrong size: refused before decoding, naming the first short class.
+    _fake_imagenette(tmp_path / "small")
+    with pytest.raises(UsageError, match=r"train/n01440764 has 3 images, expected 963") as err:
+        load_dataset(DataSpec("imagenette", data_dir=str(tmp_path / "small")), cache_dir=tmp_path / "cache")
+    assert "\n" not in str(err.value) and _files(tmp_path / "cache") == []
+
+    # The real tree, extracted: accepted on its counts (stored at 8 px to keep the decode short).
+    with tarfile.open(IMAGENETTE_ARCHIVE) as tf:
+        tf.extractall(tmp_path / "real", filter="data")
+    spec = DataSpec("imagenette", data_dir=str(tmp_path / "real"), storage_size=8)
+    ds = load_dataset(spec, cache_dir=tmp_path / "cache")
+    assert "image counts verified" in ds.source and ds.classes[-1] == "parachute" and ds.native_size == 128
+    assert tuple(np.bincount(ds.train_y)) == IMAGENETTE_COUNTS["train"]
+    assert tuple(np.bincount(ds.test_y)) == IMAGENETTE_COUNTS["val"]
+    # One image gone: the counts no longer match.
+    next((tmp_path / "real" / "imagenette2-128" / "val" / "n03888257").iterdir()).unlink()
+    with pytest.raises(UsageError, match=r"val/n03888257 has 389 images, expected 390 \(3,924 of 3,925"):
+        load_dataset(spec, cache_dir=tmp_path / "cache")
+
+
+def test_shared_imagenette_archive_matches_the_shipped_checksum(imagenette):
+    assert "sha256 verified" in imagenette.source
+    assert imagenette.train_x.shape == (9469, 48, 48, 3) and imagenette.test_x.shape == (3925, 48, 48, 3)
+    assert tuple(np.bincount(imagenette.train_y)) == IMAGENETTE_COUNTS["train"]
+    assert tuple(np.bincount(imagenette.test_y)) == IMAGENETTE_COUNTS["val"]
+    assert imagenette.classes[0] == "tench" and imagenette.classes[4] == "church"
+    assert imagenette.native_size == 128 and imagenette.detail_size == 48
+    # Real photographs, not solid test colours: a wide spread of pixel values in every image.
+    assert imagenette.train_x[:200].reshape(200, -1).std(axis=1).min() > 10
+
+
+def test_tiny_imagenette_training_beats_chance(imagenette):
+    from scaling_search.models import get_config
+    from scaling_search.train.loop import TrialConfig, train_trial
+
+    spec = DataSpec("imagenette", data_dir=str(SHARED_DATA), storage_size=48)
+    model = get_config("efficientnet", width=0.25, depth=0.25, resolution=40, num_classes=10)
+    config = TrialConfig(
+        model=model, data=spec, train_subset=600, test_subset=500, epochs=3, batch_size=32, lr=0.1, device="cpu"
+    )
+    result = train_trial(config, data=imagenette)
+    # Chance is 0.10; 500 held-out images put its 99.99% upper bound near 0.16. Measured: 0.256 (seed 0).
+    assert result.accuracy > 0.16, result.epoch_accuracies
+
+
+def test_upsampled_resolutions_are_those_above_the_detail_size():
+    from scaling_search.scaling import Coefficients, extrapolate
+
+    assert upsampled(129, 128) and not upsampled(128, 128) and not upsampled(88, 128)
+    assert DataSpec("imagenette").native_size == 128 and DataSpec("imagenette").image_size == 128
+    assert DataSpec("cifar10").native_size == 32 and DataSpec("cifar10", storage_size=64).image_size == 64
+    assert DataSpec("imagefolder:x").native_size is None and DataSpec("imagefolder:x").image_size == 32
+    grid = [Coefficients(1.0, 1.1, 1.3), Coefficients(1.2, 1.1, 1.15), Coefficients(2.0, 1.0, 1.0)]
+    # A baseline above the stored size: every candidate, the baseline included, is upsampled.
+    assert all(upsampled(extrapolate(c, 1, 144).resolution, 128) for c in grid)
+    # The shipped space's 88 px baseline: none of these is.
+    assert [extrapolate(c, 1, 88).resolution for c in grid] == [112, 104, 88]
+    assert not any(upsampled(extrapolate(c, 1, 88).resolution, 128) for c in grid)
+    with pytest.raises(UsageError, match="resolution"):
+        upsampled(0, 128)
+    assert resolution_statement(128, 128, [88, 120, 104, 88]) == (
+        "images are 128 px natively; trained at 88-120 px, all within the 128 px of real detail."
+    )
+    flagged = resolution_statement(128, 128, [extrapolate(c, 1, 144).resolution for c in grid] + [144])
+    assert "144, 168, 184 px exceed the 128 px of real detail" in flagged and "upsampled" in flagged
+    # CIFAR-10 stored at 32: the default GPU study's 64-88 px are all upsampled.
+    assert "64, 88 px exceed the 32 px" in resolution_statement(32, 32, [64, 88])
+    smaller = resolution_statement(128, 48, [64])
+    assert "stored at 48 px" in smaller and "64 px exceed the 48 px" in smaller
+
+
+def test_train_command_on_imagenette(imagenette, data_cache, cli):
+    env = {"SCALING_SEARCH_CACHE": str(data_cache), "OMP_NUM_THREADS": "1"}
+    args = ("train", "--data", "imagenette", "--data-dir", str(SHARED_DATA), "--storage-size", "48")
+    proc = cli(
+        *args,
+        *("--width", "0.25", "--depth", "0.25", "--resolution", "32", "--epochs", "1"),
+        *("--subset", "64", "--test-subset", "64", "--batch-size", "16", "--device", "cpu", "--json"),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["resolution"] == 32 and result["train_images"] == 64 and result["test_images"] == 64
+    from conftest import assert_usage_error
+
+    assert_usage_error(cli("train", "--data", "imagenet", env=env), "unknown dataset", "imagenette")
+    assert_usage_error(cli(*args, "--download", env=env), "CIFAR-10 only")
+
+
+def test_imagenette_space_validates_and_its_smoke_run_writes_every_output(imagenette, data_cache, cli, tmp_path):
+    import yaml
+
+    from scaling_search.space import load_space, preset_path
+
+    space = load_space(preset_path("imagenette"))
+    assert space.data.name == "imagenette" and space.data.storage_size == 128
+    assert space.constraint.mode == "measured" and not space.pruning.enabled and space.seeds == (0, 1)
+    assert 80 <= space.baseline.resolution <= 96 and not upsampled(space.baseline.resolution, 128)
+    assert DataSpec(space.data.name, storage_size=space.data.storage_size).image_size == 128
+
+    # The same space at smoke size: a quarter-size network on 128 images, 1 epoch, at 48 px.
+    raw = yaml.safe_load(preset_path("imagenette").read_text())
+    raw.update(name="imagenette-smoke", baseline={"model": "efficientnet", "width": 0.25, "depth": 0.25})
+    raw["baseline"]["resolution"] = 48
+    raw["data"]["storage_size"] = 48
+    raw["grid"].update(max_alpha=1.2, max_beta=1.2)
+    raw["constraint"].update(tolerance=0.1, resolution_multiple=4)
+    raw["proxy"].update(epochs=1, batch_size=32, lr=0.1, train_subset=128, test_subset=128)
+    raw["extrapolation"].update(max_phi=2, detection=False)
+    small = tmp_path / "smoke.yaml"
+    small.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    env = {"SCALING_SEARCH_CACHE": str(data_cache), "OMP_NUM_THREADS": "1"}
+    proc = cli("run", "--space", str(small), "--data-dir", str(SHARED_DATA), "--out", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    for name in (
+        "trials.csv",
+        "best.json",
+        "coefficients.md",
+        "b_series.csv",
+        "accuracy_vs_macs.png",
+        "alpha_beta.png",
+        "b_series_macs.png",
+        "study.db",
+        "run.json",
+        "space.yaml",
+    ):
+        assert (out / name).is_file(), name
+    rows = read_csv(out / "trials.csv")
+    assert rows and all(r["state"] == "COMPLETE" for r in rows) and {r["seed"] for r in rows} == {"0", "1"}
+    assert "imagenette" in proc.stdout and "10 classes" in proc.stdout

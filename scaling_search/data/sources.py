@@ -4,10 +4,15 @@
 forms users have it: the official python-pickle folder
 (``cifar-10-batches-py/``) or its ``cifar-10-python.tar.gz``, an ImageFolder
 tree (``train/<class>/*``, ``test/<class>/*``) or an archive of such a tree.
-``DataSpec("imagefolder:PATH")`` takes any tree (or archive) with train and
-test (or val) splits. Images are stored as ``storage_size`` squares, uint8,
-NHWC, and written to a checksummed cache file keyed by the source and the
-settings, so only the first load pays for decoding.
+``DataSpec("imagenette")`` takes Imagenette2 at 128 px (the 10-class ImageNet
+subset, official train/val split) as ``imagenette2-128.tar.gz``, checked
+against its sha256, or as the extracted ``imagenette2-128/`` tree, checked by
+its image counts. ``DataSpec("imagefolder:PATH")`` takes any tree (or
+archive) with train and test (or val) splits. Images are stored as
+``storage_size`` squares (default: the dataset's native size), uint8, NHWC,
+and written to a checksummed cache file keyed by the source and the settings,
+so only the first load pays for decoding. Each dataset knows its native size,
+the resolution up to which its pixels carry real detail (``upsampled``).
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import os
 import pickle
 import tarfile
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -44,6 +49,37 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 _CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR10_FILES = _CIFAR10_TRAIN + ("test_batch", "batches.meta")
 
+CIFAR10_SIZE = 32
+
+IMAGENETTE_ARCHIVE = "imagenette2-128.tar.gz"
+IMAGENETTE_FOLDER = "imagenette2-128"
+IMAGENETTE_CHECKSUM = "sha256:2f97c81b7804a2fca8268024517dd43913bf2c72ee43d35573f37a43be1d32f5"
+IMAGENETTE_SIZE = 128  # stored at 128 px, downscaled from 224 px: real detail up to 128
+# wnid -> name, in wnid order (the label order), as the archive's README.txt lists them.
+IMAGENETTE_CLASSES = {
+    "n01440764": "tench",
+    "n02102040": "English springer",
+    "n02979186": "cassette player",
+    "n03000684": "chain saw",
+    "n03028079": "church",
+    "n03394916": "French horn",
+    "n03417042": "garbage truck",
+    "n03425413": "gas pump",
+    "n03445777": "golf ball",
+    "n03888257": "parachute",
+}
+# Images per class (wnid order) of the official imagenette2 split: 9,469 train, 3,925 val.
+# An extracted tree has no archive checksum; these counts are what it is checked against.
+IMAGENETTE_COUNTS = {
+    "train": (963, 955, 993, 858, 941, 956, 961, 931, 951, 960),
+    "val": (387, 395, 357, 386, 409, 394, 389, 419, 399, 390),
+}
+
+DATASETS = ("cifar10", "imagenette")  # by name; any other tree is imagefolder:PATH
+# The side, in pixels, of the images as the dataset publishes them.
+NATIVE_SIZES = {"cifar10": CIFAR10_SIZE, "imagenette": IMAGENETTE_SIZE}
+DEFAULT_STORAGE_SIZE = 32  # imagefolder trees, whose native size is unknown
+
 _TEST_SPLITS = ("test", "val")
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
 # Bump when decoding changes what ends up in the arrays, so old caches are not reused.
@@ -54,27 +90,50 @@ _CACHE_FORMAT = 1
 class DataSpec:
     """Which dataset, where to find it, and how to store it."""
 
-    name: str  # "cifar10" or "imagefolder:PATH"
+    name: str  # "cifar10", "imagenette" or "imagefolder:PATH"
     data_dir: str | None = None  # default: $SCALING_SEARCH_DATA
-    storage_size: int = 32  # images are stored as storage_size x storage_size uint8
+    # Images are stored as storage_size x storage_size uint8; None: the native size (imagefolder: 32).
+    storage_size: int | None = None
     allow_download: bool = False  # fetch CIFAR-10 into the cache when it is not found
     download_url: str | None = None  # default CIFAR10_URL (a mirror, or a test server)
     download_checksum: str | None = None  # 'md5:HEX' or 'sha256:HEX'; default CIFAR10_CHECKSUM
+    archive_checksum: str | None = None  # what an Imagenette archive must match; default IMAGENETTE_CHECKSUM
 
     def __post_init__(self) -> None:
-        if self.name != "cifar10" and not (
+        if self.name not in DATASETS and not (
             self.name.startswith("imagefolder:") and self.name[len("imagefolder:") :].strip()
         ):
             raise UsageError(
-                f"unknown dataset {self.name!r}: use 'cifar10' or 'imagefolder:PATH' (a folder with train/ and "
-                "test/ class folders)"
+                f"unknown dataset {self.name!r}: use {', '.join(repr(d) for d in DATASETS)} or 'imagefolder:PATH' "
+                "(a folder with train/ and test/ class folders)"
             )
-        if not isinstance(self.storage_size, int) or isinstance(self.storage_size, bool) or self.storage_size < 1:
-            raise UsageError(f"storage size must be a positive number of pixels, got {self.storage_size!r}")
+        size = self.storage_size
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+            raise UsageError(f"storage size must be a positive number of pixels, got {size!r}")
+        if self.allow_download and self.name != "cifar10":
+            raise UsageError(
+                f"--download fetches CIFAR-10 only: put {IMAGENETTE_ARCHIVE} in the data folder for {self.name}"
+                if self.name == "imagenette"
+                else "--download fetches CIFAR-10 only: an imagefolder dataset must already be on disk"
+            )
+        if self.archive_checksum is not None:
+            from .download import parse_checksum
+
+            parse_checksum(self.archive_checksum)
 
     @property
     def kind(self) -> str:
         return self.name.split(":", 1)[0]
+
+    @property
+    def native_size(self) -> int | None:
+        """Side in pixels of the images as the dataset publishes them; None when unknown (imagefolder)."""
+        return NATIVE_SIZES.get(self.kind)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the stored squares: ``storage_size``, else the native size."""
+        return self.storage_size or self.native_size or DEFAULT_STORAGE_SIZE
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,6 +147,7 @@ class Dataset:
     classes: tuple[str, ...]
     source: str = ""  # where the images came from, for messages
     from_cache: bool = field(default=False, compare=False)
+    native_size: int | None = None  # side of the images as published; None: unknown, the stored size stands in
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -104,6 +164,40 @@ class Dataset:
     @property
     def image_size(self) -> int:
         return int(self.train_x.shape[1])
+
+    @property
+    def detail_size(self) -> int:
+        """The largest side at which these images carry real detail: the native
+        size, or the stored size where that is smaller (or the native one unknown)."""
+        return min(self.native_size or self.image_size, self.image_size)
+
+
+def upsampled(resolution: int, native: int) -> bool:
+    """Whether training at ``resolution`` px enlarges images that hold detail only up to
+    ``native`` px (Dataset.detail_size): the extra pixels are interpolated, not seen."""
+    for name, value in (("resolution", resolution), ("native size", native)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UsageError(f"{name} must be a positive number of pixels, got {value!r}")
+    return resolution > native
+
+
+def resolution_statement(native_size: int, stored_size: int, resolutions: Iterable[int]) -> str:
+    """One sentence for a report: the images' native and stored sizes, and which of the
+    trained ``resolutions`` exceed the detail they hold (upsampled)."""
+    detail = min(native_size, stored_size)
+    trained = sorted(set(resolutions))
+    stored = "" if stored_size == native_size else f", stored at {stored_size} px"
+    head = f"images are {native_size} px natively{stored}"
+    if not trained:
+        return head + "."
+    above = [r for r in trained if upsampled(r, detail)]
+    span = f"{trained[0]}-{trained[-1]} px" if len(trained) > 1 else f"{trained[0]} px"
+    if not above:
+        return f"{head}; trained at {span}, all within the {detail} px of real detail."
+    return (
+        f"{head}; trained at {span}: {', '.join(str(r) for r in above)} px exceed the {detail} px of real detail, "
+        "so those candidates see upsampled images (interpolated pixels, not more detail)."
+    )
 
 
 # ----------------------------------------------------------------- subsets
@@ -150,6 +244,7 @@ class _Source(Protocol):
     """Somewhere a dataset lives."""
 
     label: str  # names the cache file
+    native_size: int | None  # side of the published images; None: unknown (the stored size stands in)
 
     def fingerprint(self) -> dict:
         """What identifies this exact content (paths, sizes, modification times)."""
@@ -164,6 +259,7 @@ class _PickleSource:
     """The official CIFAR-10 python version: a folder of pickles or its archive."""
 
     label = "cifar10"
+    native_size = CIFAR10_SIZE
 
     def __init__(self, path: Path):
         self.path = path
@@ -209,16 +305,17 @@ class _PickleSource:
 
         train_x, train_y = split(_CIFAR10_TRAIN)
         test_x, test_y = split(("test_batch",))
-        return Dataset(train_x, train_y, test_x, test_y, classes, source=str(self.path))
+        return Dataset(train_x, train_y, test_x, test_y, classes, source=str(self.path), native_size=CIFAR10_SIZE)
 
 
 class _TreeSource:
     """An ImageFolder tree, ``train/<class>/...`` and ``test/<class>/...`` (or ``val/``),
     in a folder or inside a tar/zip archive."""
 
-    def __init__(self, path: Path, label: str):
+    def __init__(self, path: Path, label: str, native_size: int | None = None):
         self.path = path
         self.label = label
+        self.native_size = native_size
         self._listing: list[tuple[str, str, str]] | None = None  # (split, class, relative path), folders only
 
     def _scan_folder(self) -> list[tuple[str, str, str]]:
@@ -272,7 +369,83 @@ class _TreeSource:
             y[~is_train],
             classes,
             source=str(self.path),
+            native_size=self.native_size or size,
         )
+
+
+class _ImagenetteSource(_TreeSource):
+    """Imagenette2 at 128 px: the archive (checked against its sha256 before any
+    decoding) or its extracted tree (checked by its image counts per class)."""
+
+    def __init__(self, path: Path, checksum: str):
+        super().__init__(path, "imagenette", IMAGENETTE_SIZE)
+        self.checksum = checksum
+
+    def fingerprint(self) -> dict:
+        # The checksum is part of the key: a cache is only reused for the archive it was verified against.
+        return {**super().fingerprint(), "kind": "imagenette", "checksum": self.checksum}
+
+    def verify(self) -> str:
+        """Refuse a damaged or foreign source before decoding; says how it was checked."""
+        if self.path.is_file():
+            from .download import parse_checksum
+
+            algorithm, expected = parse_checksum(self.checksum)
+            got = _file_digest(self.path, algorithm)
+            if got != expected:
+                raise UsageError(
+                    f"Imagenette archive {self.path} fails its checksum ({algorithm} expected {expected}, got {got}): "
+                    f"it is truncated, damaged or not {IMAGENETTE_ARCHIVE}; copy it again, or load another "
+                    "release with --data imagefolder:PATH"
+                )
+            return f"{algorithm} verified"
+        listing = self._scan_folder()
+        for split, expected_counts in IMAGENETTE_COUNTS.items():
+            counts = {k: 0 for k in IMAGENETTE_CLASSES}
+            strays = set()
+            for s, klass, _ in listing:
+                if s == split:
+                    if klass in counts:
+                        counts[klass] += 1
+                    else:
+                        strays.add(klass)
+            if strays:
+                raise UsageError(
+                    f"Imagenette tree {self.path} has class folders that imagenette2 lacks: {split}/"
+                    f"{', '.join(sorted(strays))}; remove them, or load the tree with --data imagefolder:PATH"
+                )
+            for (klass, n), want in zip(counts.items(), expected_counts, strict=True):
+                if n != want:
+                    raise UsageError(
+                        f"Imagenette tree {self.path} does not hold the imagenette2 split: {split}/{klass} has {n} "
+                        f"images, expected {want} ({sum(counts.values()):,} of {sum(expected_counts):,} in {split}); "
+                        f"extract {IMAGENETTE_ARCHIVE} again"
+                    )
+        return "extracted tree, no archive checksum: image counts verified"
+
+    def decode(self, size: int, progress: bool) -> Dataset:
+        how = self.verify()
+        log.info("Imagenette at %s: %s", self.path, how)
+        dataset = super().decode(size, progress)
+        if set(dataset.classes) != set(IMAGENETTE_CLASSES):
+            raise UsageError(
+                f"{self.path} does not hold the ten imagenette2 classes (found {', '.join(dataset.classes)})"
+            )
+        return replace(
+            dataset, classes=tuple(IMAGENETTE_CLASSES[k] for k in dataset.classes), source=f"{self.path} ({how})"
+        )
+
+
+def _file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, read in 1 MiB blocks (archives do not need to fit in memory)."""
+    digest = hashlib.new(algorithm)
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    return digest.hexdigest()
 
 
 def _class_dirs(split_dir: Path) -> list[str]:
@@ -445,13 +618,15 @@ def _data_dir(spec: DataSpec) -> tuple[Path | None, str]:
 def _find_cifar10(root: Path) -> _Source | None:
     if root.is_file():
         kind = _peek_archive(root)
-        return _PickleSource(root) if kind == "pickle" else _TreeSource(root, "cifar10") if kind == "tree" else None
+        if kind == "pickle":
+            return _PickleSource(root)
+        return _TreeSource(root, "cifar10", CIFAR10_SIZE) if kind == "tree" else None
     for folder in (root, root / CIFAR10_FOLDER):
         if (folder / "data_batch_1").is_file():
             return _PickleSource(folder)
     for folder in (root, root / "cifar10", root / "cifar-10"):
         if (folder / "train").is_dir() and any((folder / s).is_dir() for s in _TEST_SPLITS):
-            return _TreeSource(folder, "cifar10")
+            return _TreeSource(folder, "cifar10", CIFAR10_SIZE)
     if (root / CIFAR10_ARCHIVE).is_file():
         return _PickleSource(root / CIFAR10_ARCHIVE)
     for entry in sorted(root.iterdir()):
@@ -461,7 +636,23 @@ def _find_cifar10(root: Path) -> _Source | None:
             if kind == "pickle":
                 return _PickleSource(entry)
             if kind == "tree":
-                return _TreeSource(entry, "cifar10")
+                return _TreeSource(entry, "cifar10", CIFAR10_SIZE)
+    return None
+
+
+def _find_imagenette(root: Path, checksum: str) -> _Source | None:
+    """The archive (preferred: it has a checksum) or the extracted tree, in or at ``root``."""
+    if root.is_file():
+        return _ImagenetteSource(root, checksum) if _is_archive(root) else None
+    if (root / IMAGENETTE_ARCHIVE).is_file():
+        return _ImagenetteSource(root / IMAGENETTE_ARCHIVE, checksum)
+    for folder in (root / IMAGENETTE_FOLDER, root):
+        if (folder / "train").is_dir() and (folder / "val").is_dir():
+            if any((folder / "train" / wnid).is_dir() for wnid in IMAGENETTE_CLASSES):
+                return _ImagenetteSource(folder, checksum)
+    for entry in sorted(root.iterdir()):
+        if entry.name.lower().startswith("imagenette") and _is_archive(entry):
+            return _ImagenetteSource(entry, checksum)
     return None
 
 
@@ -487,6 +678,24 @@ def _locate(spec: DataSpec, cache: Path, progress: bool) -> _Source:
         if path.is_file() and not _is_archive(path):
             raise UsageError(f"imagefolder {path} is a file but not a tar or zip archive")
         return _TreeSource(path, _safe_label(path.name))
+    if spec.kind == "imagenette":
+        if root is None:
+            raise UsageError(
+                f"Imagenette needs a data folder: pass --data-dir DIR (the folder holding {IMAGENETTE_ARCHIVE}) or "
+                f"set {ENV_DATA}"
+            )
+        if not root.exists():
+            raise UsageError(
+                f"{what}{'' if what.endswith('=') else ' '}{root} does not exist: point it at the folder that "
+                "holds the dataset"
+            )
+        found = _find_imagenette(root, spec.archive_checksum or IMAGENETTE_CHECKSUM)
+        if found is None:
+            raise UsageError(
+                f"no Imagenette in {root}: expected {IMAGENETTE_ARCHIVE} or its extracted {IMAGENETTE_FOLDER}/ "
+                "(train/<wnid>/, val/<wnid>/): put it there or point to the folder that holds it"
+            )
+        return found
     found = None
     if root is not None:
         if not root.exists():
@@ -530,17 +739,18 @@ def load_dataset(spec: DataSpec, cache_dir: str | Path | None = None, progress: 
     """
     cache = cache_root(cache_dir)
     source = _locate(spec, cache, progress)
+    size = spec.image_size
     key_text = json.dumps(
         {
             "format": _CACHE_FORMAT,
             "label": source.label,
             "source": source.fingerprint(),
-            "storage_size": spec.storage_size,
+            "storage_size": size,
         },
         sort_keys=True,
     )
     key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
-    path = cache / "datasets" / f"{source.label}-{spec.storage_size}px-{key}.arrays"
+    path = cache / "datasets" / f"{source.label}-{size}px-{key}.arrays"
     try:
         arrays, meta = load_arrays(path)
         return Dataset(
@@ -551,12 +761,13 @@ def load_dataset(spec: DataSpec, cache_dir: str | Path | None = None, progress: 
             tuple(meta["classes"]),
             source=meta.get("source", ""),
             from_cache=True,
+            native_size=int(meta.get("native_size") or source.native_size or size),
         )
     except FileNotFoundError:
         pass
     except (CacheCorrupt, KeyError, ValueError, TypeError) as exc:
         log.warning("decode cache %s is damaged (%s); rebuilding it", path, exc)
-    dataset = source.decode(spec.storage_size, progress)
+    dataset = source.decode(size, progress)
     try:
         save_arrays(
             path,
@@ -566,7 +777,12 @@ def load_dataset(spec: DataSpec, cache_dir: str | Path | None = None, progress: 
                 "test_x": dataset.test_x,
                 "test_y": dataset.test_y,
             },
-            {"classes": list(dataset.classes), "source": dataset.source, "storage_size": spec.storage_size},
+            {
+                "classes": list(dataset.classes),
+                "source": dataset.source,
+                "storage_size": size,
+                "native_size": dataset.native_size,
+            },
         )
     except OSError as exc:
         log.warning("could not write the decode cache %s (%s); the next load decodes again", path, exc)

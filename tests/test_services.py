@@ -64,12 +64,13 @@ def test_importances_and_plots_work_on_a_run_study(finished_run):
     importances = optuna.importance.get_param_importances(study)
     assert set(importances) == {"alpha", "beta", "gamma", "seed"}
     assert sum(importances.values()) == pytest.approx(1.0)
-    fig = optuna.visualization.plot_contour(study, params=["alpha", "beta"])
+    optuna.visualization.plot_contour(study, params=["alpha", "beta"])  # raised "Parameter alpha does not exist"
+    fig = optuna.visualization.plot_contour(study, params=["alpha", "gamma"])  # beta is 1.1 throughout here
     xs = {x for trace in fig.data if getattr(trace, "x", None) is not None for x in trace.x if x is not None}
     assert {1.1, 1.2} <= xs  # the trials' alphas are on the plot
     for plot in ("plot_slice", "plot_rank", "plot_param_importances", "plot_intermediate_values"):
         assert getattr(optuna.visualization, plot)(study).data, plot
-    ax = optuna.visualization.matplotlib.plot_contour(study, params=["alpha", "beta"])
+    ax = optuna.visualization.matplotlib.plot_contour(study, params=["alpha", "gamma"])
     assert ax is not None
     buf = io.BytesIO()
     ax.figure.savefig(buf, format="png")
@@ -103,13 +104,13 @@ def test_optuna_dashboard_serves_params_importances_and_metric_name(finished_run
 
     meta = json.loads((finished_run / "run.json").read_text())
     app = wsgi(meta["storage"])
-    studies = _dashboard_get(app, "/api/studies")["studies"]
+    studies = _dashboard_get(app, "/api/studies")["study_summaries"]
     (sid,) = [s["study_id"] for s in studies if s["study_name"] == meta["study_name"]]
     detail = _dashboard_get(app, f"/api/studies/{sid}")
-    assert detail["metric_names"] == [METRIC]
-    names = {p["name"] for p in detail["union_search_space"]}
-    assert {"alpha", "beta", "gamma", "seed"} <= names
+    assert detail["objective_names"] == [METRIC]  # not "Objective 0"
     assert {p["name"] for p in detail["intersection_search_space"]} == {"alpha", "beta", "gamma", "seed"}
+    assert detail["has_intermediate_values"]
+    assert all(len(t["params"]) == 4 for t in detail["trials"])
     importances = _dashboard_get(app, f"/api/studies/{sid}/param_importances")["param_importances"]
     assert {i["name"] for i in importances[0]} == {"alpha", "beta", "gamma", "seed"}
 

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -76,8 +77,18 @@ def _probe_cluster(address: str) -> None:
         raise UsageError(
             f"--ray-address {address!r} is not HOST:PORT (the head node's GCS address, port 6379 by default) or auto"
         )
-    import grpc
-    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:  # Ray without grpcio (the [ray] extra has it): a reachability check only
+        try:
+            socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT).close()
+        except OSError as exc:
+            raise UsageError(
+                f"no Ray cluster answers at {address} ({exc.strerror or exc}): check --ray-address (the head "
+                "node's HOST:PORT) and that `ray start --head` runs there"
+            ) from None
+        return
 
     token = _auth_token()
     metadata = [("authorization", f"Bearer {token}")] if token else []

@@ -2,5 +2,13 @@
 # Install the package with its test dependencies (CPU build of torch) and run the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The PostgreSQL tests start a real server (tests/services.py): install it when missing.
+if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "scripts/test.sh: PostgreSQL (initdb) is missing: install the postgresql package" >&2
+    fi
+fi
 python3 -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev]"
 python3 -m pytest -q "$@"

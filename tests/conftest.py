@@ -44,7 +44,8 @@ def cli():
 
 # ------------------------------------------------------------- datasets
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# The repository's sibling shared/data, or where SCALING_SEARCH_TEST_DATA points (a git worktree elsewhere).
+SHARED_DATA = Path(os.environ.get("SCALING_SEARCH_TEST_DATA") or ROOT.parent / "shared" / "data")
 CIFAR10_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
 
 

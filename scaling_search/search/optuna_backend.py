@@ -1,18 +1,25 @@
 """Optuna backend: every (candidate, seed) unit is a queued trial, run exactly once.
 
-GridSampler ignores constraints, so the valid units are enqueued explicitly
-and workers claim them with the storage's own WAITING -> RUNNING transition,
-which succeeds for one worker only. A worker records a heartbeat while it
-trains; a trial whose heartbeat stops (a killed worker) is failed by whoever
-notices and its unit is queued again, so a resumed or shared study loses no
-unit and trains none twice. SQLite has no row locks, so claims on a SQLite
-file are also serialised by a file lock beside it.
+GridSampler ignores constraints, so the valid units are enqueued explicitly,
+their alpha, beta, gamma and seed as native trial parameters over one fixed
+search space (so importances, slice and contour plots and optuna-dashboard
+work on a run's study), and workers claim them with ``Study.ask()``. A worker
+records a heartbeat while it trains; a trial whose heartbeat stops (a killed
+worker) is failed by whoever notices and its unit is queued again, so a
+resumed or shared study loses no unit and trains none twice.
+
+Queueing, claiming and requeueing hold one lock across all workers of a
+database: a file lock beside a SQLite study, an advisory lock on PostgreSQL
+and MySQL. Without it, workers starting together each see units missing and
+enqueue them twice (both copies then get trained), and ``ask()`` with an
+empty queue would create a trial that is no unit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import threading
@@ -22,7 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    distribution_to_json,
+    json_to_distribution,
+)
 from optuna.trial import TrialState
 
 from ..errors import UsageError
@@ -36,10 +49,14 @@ GRACE_FACTOR = 4
 # giving up with a clear error (a backup, a DB browser, a stuck worker).
 SQLITE_LOCK_TIMEOUT = 120  # seconds
 
-# Python packages that provide SQLAlchemy's default driver of each database.
+METRIC = "accuracy"  # the objective's name in the study (optuna-dashboard, plots)
+PARAMS = ("alpha", "beta", "gamma", "seed")  # a unit's native trial parameters
+_SPACE_ATTR = "search_space"  # study user attr: the parameters' fixed distributions, as JSON
+
+# Python packages that provide SQLAlchemy's default driver of each database (SQLAlchemy 2.1: psycopg 3).
 _DRIVERS = {
-    "postgresql": "psycopg2-binary",
-    "postgres": "psycopg2-binary",
+    "postgresql": "'psycopg[binary]'",
+    "postgres": "'psycopg[binary]'",
     "mysql": "mysqlclient (or use mysql+pymysql:// with PyMySQL)",
 }
 
@@ -53,6 +70,12 @@ def sqlite_path(url: str) -> Path | None:
 def redact(url: str) -> str:
     """The URL without its password, for messages."""
     return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+def _scrub(text: str, url: str) -> str:
+    """A driver's message without the URL's password, wherever the driver put it."""
+    m = re.search(r"//[^/:@]*:([^/@]*)@", url)
+    return text.replace(m.group(1), "***") if m and m.group(1) else text
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -101,12 +124,94 @@ def _file_lock(path: Path | None) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+class _ServerLock:
+    """A lock shared by every worker on one database server: a session-level
+    advisory lock (PostgreSQL) or named lock (MySQL) on a connection of its own.
+    The server drops it when a killed worker's connection closes."""
+
+    _NAME = "scaling-search/queue"
+    _KEY = int.from_bytes(hashlib.sha256(_NAME.encode()).digest()[:8], "big", signed=True)
+
+    def __init__(self, url: str):
+        self.url = url
+        self._engine = None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        import sqlalchemy
+
+        try:
+            if self._engine is None:
+                self._engine = sqlalchemy.create_engine(self.url, pool_size=1, pool_pre_ping=True)
+            backend = self._engine.dialect.name
+            if backend not in ("postgresql", "mysql"):
+                raise UsageError(
+                    f"storage {redact(self.url)!r}: {backend} has no lock shared by workers here: use sqlite:///PATH "
+                    "(one machine), postgresql:// or mysql://"
+                )
+            conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            if backend == "postgresql":
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._KEY})
+                unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._KEY}
+            else:
+                conn.execute(sqlalchemy.text("SELECT GET_LOCK(:n, -1)"), {"n": self._NAME})
+                unlock = sqlalchemy.text("SELECT RELEASE_LOCK(:n)"), {"n": self._NAME}
+        except UsageError:
+            raise
+        except ImportError as exc:
+            raise _driver_error(self.url, exc) from None
+        except Exception as exc:  # unreachable, refused, bad credentials: all "cannot use this storage"
+            raise storage_error(self.url, exc) from None
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(*unlock)
+            except Exception:  # a lost connection has released the lock already
+                pass
+            conn.close()
+
+
 def _requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    # Called once per stale trial, by the worker whose FAIL transition succeeded.
-    study.enqueue_trial({}, user_attrs={k: v for k, v in trial.user_attrs.items() if k in _UNIT_ATTRS})
+    # Called once per stale trial, by the worker whose FAIL transition succeeded, under the queue lock.
+    attrs = {k: v for k, v in trial.user_attrs.items() if k in _UNIT_ATTRS}
+    study.enqueue_trial({k: attrs[k] for k in PARAMS if k in attrs}, user_attrs=attrs)
 
 
 _UNIT_ATTRS = ("unit", "alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio")
+
+
+def unit_search_space(units: list[Unit]) -> dict[str, BaseDistribution]:
+    """One fixed distribution per parameter for the whole study: Optuna's importances
+    and contour plots use only parameters whose distribution every trial shares."""
+    if not units:
+        raise ValueError("a study needs at least one unit")
+    space: dict[str, BaseDistribution] = {
+        name: FloatDistribution(min(1.0, *(getattr(u, name) for u in units)), max(getattr(u, name) for u in units))
+        for name in ("alpha", "beta", "gamma")
+    }
+    space["seed"] = CategoricalDistribution(sorted({u.seed for u in units}))
+    return space
+
+
+class UnitSampler(optuna.samplers.BaseSampler):
+    """Samples nothing: a trial's parameters are its unit's coefficients.
+
+    Enqueued trials carry them as fixed parameters already; this supplies them
+    from the unit's user attributes for trials queued without (studies of
+    earlier versions), and refuses a trial that is not a queued unit.
+    """
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        return {}
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        if param_name not in trial.user_attrs:
+            raise RuntimeError(f"trial {trial.number} is not a queued unit: it has no {param_name!r}")
+        return trial.user_attrs[param_name]
 
 
 def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT) -> optuna.storages.RDBStorage:
@@ -127,20 +232,24 @@ def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT) -> optuna.storage
                 heartbeat_stale_trial_callback=_requeue_stale,
             )
     except ImportError as exc:
-        missing = getattr(exc.__cause__, "name", None) or exc.name
-        scheme = url.split(":", 1)[0].split("+", 1)[0]
-        package = _DRIVERS.get(scheme, missing or "the driver for this database")
-        raise UsageError(
-            f"storage {redact(url)!r} needs a database driver that is not installed ({missing or exc}): pip "
-            f"install {package}, or use sqlite:///PATH"
-        ) from None
+        raise _driver_error(url, exc) from None
     except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use this storage"
         raise storage_error(url, exc) from None
 
 
+def _driver_error(url: str, exc: ImportError) -> UsageError:
+    missing = getattr(exc.__cause__, "name", None) or exc.name
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    package = _DRIVERS.get(scheme, missing or "the driver for this database")
+    return UsageError(
+        f"storage {redact(url)!r} needs a database driver that is not installed ({missing or exc}): pip "
+        f"install {package}, or use sqlite:///PATH"
+    )
+
+
 def storage_error(url: str, exc: BaseException) -> UsageError:
     """One line for a storage that failed: locked, unreachable or refused."""
-    text = str(exc).strip()
+    text = _scrub(str(exc).strip(), url)
     first = text.splitlines()[0] if text else type(exc).__name__
     if "database is locked" in text:
         return UsageError(
@@ -180,6 +289,7 @@ class OptunaStudy:
         _check_sqlite(url)
         db = sqlite_path(url)
         self._lock_path = db.with_name(db.name + ".lock") if db is not None else None
+        self._server_lock = _ServerLock(url) if db is None else None
         try:
             with self.lock():  # two workers creating the SQLite schema at once collide
                 self.storage = open_storage(url, heartbeat)
@@ -189,6 +299,7 @@ class OptunaStudy:
                     direction="maximize",
                     load_if_exists=True,
                     pruner=pruner,
+                    sampler=UnitSampler(),
                 )
         except optuna.exceptions.StorageInternalError as exc:
             raise storage_error(url, exc.__cause__ or exc) from None
@@ -196,32 +307,70 @@ class OptunaStudy:
             raise UsageError(f"cannot use study storage {redact(url)!r}: {exc.strerror}: {exc.filename}") from None
 
     def lock(self):
+        """The queue lock of every worker on this storage (see the module's docstring)."""
+        if self._server_lock is not None:
+            return self._server_lock()
         return _file_lock(self._lock_path)
 
     # ---------------------------------------------------------------- queue
 
     def ensure_units(self, units: list[Unit]) -> int:
-        """Queue every unit that has no trial yet (or only interrupted ones). Returns how many."""
+        """Queue every unit that has no trial yet (or only interrupted ones). Returns how many.
+
+        Under the queue lock: workers starting together would otherwise each
+        find the same units missing and queue them twice.
+        """
+        space = unit_search_space(units)
+        stored = {name: distribution_to_json(d) for name, d in space.items()}
         with self.lock():
+            if self.study.user_attrs.get(_SPACE_ATTR) != stored:
+                self.study.set_user_attr(_SPACE_ATTR, stored)
+            if self.study.metric_names != [METRIC]:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self.study.set_metric_names([METRIC])
             present = {t.user_attrs.get("unit") for t in self.study.get_trials(deepcopy=False) if not _interrupted(t)}
             missing = [u for u in units if u.key not in present]
             for u in missing:
-                self.study.enqueue_trial({}, user_attrs=u.attrs())
+                attrs = u.attrs()
+                self.study.enqueue_trial({k: attrs[k] for k in PARAMS}, user_attrs=attrs)
+        self._space = space
         return len(missing)
 
+    def search_space(self) -> dict[str, BaseDistribution]:
+        """The units' parameter distributions, as ``ensure_units`` stored them in the study."""
+        space = getattr(self, "_space", None)
+        if space is None:
+            stored = self.study.user_attrs.get(_SPACE_ATTR)
+            if stored is None:
+                raise RuntimeError("the study has no units queued: call ensure_units first")
+            space = self._space = {name: json_to_distribution(d) for name, d in stored.items()}
+        return space
+
     def _claim(self) -> optuna.trial.FrozenTrial | None:
+        """The next queued unit, now RUNNING with a heartbeat, or None when the queue is empty.
+
+        ``Study.ask()`` pops the first WAITING trial through public API, but
+        creates a new trial when none is left: under the queue lock no other
+        worker claims, so a WAITING trial seen here is the one ask() pops
+        (``test_ask_pops_the_first_waiting_trial`` fails if Optuna changes that).
+        The heartbeat goes in before the claim, so a worker killed in between
+        leaves a trial that can go stale, never one that runs forever.
+        Trial ids have no public accessor: ``_trial_id`` is read for the heartbeat.
+        """
+        space = self.search_space()
         with self.lock():
-            for t in sorted(
-                self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number
-            ):
-                # Heartbeat first: a claimed trial never exists without one, so it can always go stale.
-                self.storage.record_heartbeat(t._trial_id)
-                try:
-                    if self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
-                        return t
-                except UpdateFinishedTrialError:
-                    continue
-        return None
+            waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if not waiting:
+                return None
+            first = min(waiting, key=lambda t: t.number)
+            self.storage.record_heartbeat(first._trial_id)
+            with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": _beat does it
+                warnings.simplefilter("ignore", UserWarning)
+                trial = self.study.ask(fixed_distributions=space)
+            if trial.number != first.number:  # never under the lock; beat for the one popped all the same
+                self.storage.record_heartbeat(trial._trial_id)
+            return self.storage.get_trial(trial._trial_id)
 
     def fail_stale(self) -> None:
         with self.lock(), warnings.catch_warnings():
@@ -265,7 +414,7 @@ class OptunaStudy:
         def report(epoch: int, loss: float, acc: float) -> None:
             from ..train.loop import TrialPruned
 
-            trial.report(acc, step=epoch + 1)
+            trial.report(acc, step=epoch + 1)  # the dashboard's intermediate values; the pruner's rungs
             if self.pruning and trial.should_prune():
                 raise TrialPruned(f"pruned after epoch {epoch + 1}")
 

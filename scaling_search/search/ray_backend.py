@@ -4,9 +4,13 @@ same rows as the Optuna backend's, so ``trials.csv`` has the same columns."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
+import shutil
+import socket
+import tempfile
 import threading
 from pathlib import Path
 
@@ -16,14 +20,15 @@ from .trials import Unit, run_unit
 
 
 def check_ray_available(address: str | None = None) -> None:
-    """Fail early, before any folder is made, when Ray Tune is not installed.
+    """Fail early, before any folder is made: Ray Tune missing, or a cluster that
+    cannot be joined (unreachable, or refusing this process's token).
 
     Ray reads its auth settings when first imported, so they are set here.
     """
     if not address:
-        # A local cluster on loopback only, with token auth set explicitly
-        # (Ray >= 2.60 turns it on by default and warns): a fresh token for
-        # this run, inherited by the cluster's processes, unless one is given.
+        # A private local cluster with token auth set explicitly (Ray >= 2.60
+        # turns it on by default and warns): a fresh token for this run,
+        # inherited by the cluster's processes, unless one is given.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         if (
             os.environ["RAY_AUTH_MODE"] == "token"
@@ -39,14 +44,85 @@ def check_ray_available(address: str | None = None) -> None:
             "--backend ray needs Ray Tune, which is not installed: pip install 'scaling-search[ray]' (or use "
             "--backend optuna)"
         ) from None
+    if address:
+        _probe_cluster(address)
+
+
+PROBE_TIMEOUT = 10.0  # seconds for the cluster to answer one call
+
+
+def _auth_token() -> str | None:
+    """The token ``ray.init`` would send, from the places Ray reads it."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _probe_cluster(address: str) -> None:
+    """One call to the cluster's GCS, so a wrong address or token is one clear line
+    at once (``ray.init`` retries for 20 s with a warning a second, then names neither).
+
+    Uses Ray's generated gRPC stubs (``ray.core.generated``, not public API): the
+    tests join a real ``ray start --head`` cluster through this, so a Ray change
+    that breaks it fails them.
+    """
+    if address == "auto":  # Ray finds the cluster started on this machine; ray.init says what is wrong
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or "://" in address:
+        raise UsageError(
+            f"--ray-address {address!r} is not HOST:PORT (the head node's GCS address, port 6379 by default) or auto"
+        )
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:  # Ray without grpcio (the [ray] extra has it): a reachability check only
+        try:
+            socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT).close()
+        except OSError as exc:
+            raise UsageError(
+                f"no Ray cluster answers at {address} ({exc.strerror or exc}): check --ray-address (the head "
+                "node's HOST:PORT) and that `ray start --head` runs there"
+            ) from None
+        return
+
+    token = _auth_token()
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    with grpc.insecure_channel(address) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=PROBE_TIMEOUT, metadata=metadata)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                given = "was refused" if token else "is missing"
+                raise UsageError(
+                    f"the Ray cluster at {address} requires a token and this process's {given}: set RAY_AUTH_TOKEN "
+                    "to the cluster's token (`ray get-auth-token` on the head node) or RAY_AUTH_TOKEN_PATH to its "
+                    "file"
+                ) from None
+            raise UsageError(
+                f"no Ray cluster answers at {address} ({code.name.lower()}): check --ray-address (the head "
+                "node's HOST:PORT) and that `ray start --head` runs there"
+            ) from None
 
 
 def _init_ray(address: str | None, device: str) -> None:
+    import logging
+
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Tune warns "Failed to fetch metrics" for trials that left no result file
+    # (a failed or never-started trial); the run's own records say what happened.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if address:
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
@@ -54,11 +130,18 @@ def _init_ray(address: str | None, device: str) -> None:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"cannot join the Ray cluster at {address!r}: {first}") from None
         return
+    # address="local": always a new cluster of this process's own, even when
+    # another one runs on the machine (plain ray.init() would join that one).
+    # Its own temp folder keeps the other cluster's "current cluster" file intact.
+    temp = tempfile.mkdtemp(prefix="ss-ray-", dir="/tmp")  # short: Ray's socket paths live under it
+    atexit.register(shutil.rmtree, temp, ignore_errors=True)  # registered first, so it runs after ray.shutdown
     ray.init(
+        address="local",
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
         num_gpus=None if device.startswith("cuda") else 0,
+        _temp_dir=temp,
     )
 
 

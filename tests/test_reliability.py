@@ -916,8 +916,8 @@ def test_kill_9_during_the_report_leaves_whole_files(tmp_path, finished_run, dat
 @pytest.mark.parametrize("cut", ["empty", "in-magic", "in-header", "in-arrays", "last-byte"])
 def test_truncated_decode_cache_is_rebuilt(tmp_path, cut):
     """On top of tests/test_data.py (a 100-byte truncation and a flipped byte): every cut point."""
-    from scaling_search.data.sources import DataSpec, load_dataset
     from scaling_search.data.cache import MAGIC
+    from scaling_search.data.sources import DataSpec, load_dataset
 
     root = Ctx(tmp_path).tree("fine")
     spec, cache = DataSpec(f"imagefolder:{root}", storage_size=8), tmp_path / "cache"

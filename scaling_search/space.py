@@ -199,7 +199,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
     try:
         return cls(**kwargs)
     except UsageError as exc:  # a section that validates itself (the proxy Recipe)
-        raise UsageError(f"{where} section: {exc}") from None
+        key = getattr(exc, "key", None)
+        raise UsageError(f"{where} section: {exc}" + (f" ({_join(where, key)})" if key else "")) from None
 
 
 def _legacy_dropout(data: Any) -> Any:

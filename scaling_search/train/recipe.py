@@ -19,11 +19,18 @@ MEMORY_FORMATS = ("auto", "channels_last", "nchw")
 _FLOAT32_MAX = 3.4028234663852886e38  # the optimizer converts the lr to the weights' float32
 
 
+def invalid(key: str, message: str) -> UsageError:
+    """A bad setting; ``key`` names the field, so a search space can point at proxy.KEY."""
+    error = UsageError(message)
+    error.key = key
+    return error
+
+
 def positive_int(name: str, value, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UsageError(f"{name.replace('_', ' ')} must be a positive integer, got {value!r}")
+        raise invalid(name, f"{name.replace('_', ' ')} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -56,27 +63,32 @@ class Recipe:
         positive_int("train_subset", self.train_subset, allow_none=True)
         positive_int("test_subset", self.test_subset, allow_none=True)
         if self.batch_size < 2:
-            raise UsageError("batch size must be at least 2 (batch norm needs more than one image per batch)")
+            raise invalid(
+                "batch_size", "batch size must be at least 2 (batch norm needs more than one image per batch)"
+            )
         if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+            raise invalid("optimizer", f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+            raise invalid("schedule", f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= _FLOAT32_MAX):
-            raise UsageError(
-                f"learning rate must be a positive number up to {_FLOAT32_MAX:.3g} (float32), got {self.lr!r}"
+            raise invalid(
+                "lr", f"learning rate must be a positive number up to {_FLOAT32_MAX:.3g} (float32), got {self.lr!r}"
             )
         if not 0 <= self.momentum < 1:
-            raise UsageError(f"momentum must be in [0, 1), got {self.momentum!r}")
+            raise invalid("momentum", f"momentum must be in [0, 1), got {self.momentum!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UsageError(f"weight decay must be >= 0, got {self.weight_decay!r}")
+            raise invalid("weight_decay", f"weight decay must be >= 0, got {self.weight_decay!r}")
         if not 0 <= self.warmup_epochs <= self.epochs:
-            raise UsageError(
-                f"warmup epochs must be between 0 and the {self.epochs} epochs, got {self.warmup_epochs!r}"
+            raise invalid(
+                "warmup_epochs",
+                f"warmup epochs must be between 0 and the {self.epochs} epochs, got {self.warmup_epochs!r}",
             )
         if not 0 <= self.label_smoothing < 1:
-            raise UsageError(f"label smoothing must be in [0, 1), got {self.label_smoothing!r}")
+            raise invalid("label_smoothing", f"label smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not (0 <= self.dropout < 1 and 0 <= self.drop_path < 1):
-            raise UsageError(f"dropout and drop_path must be in [0, 1), got {self.dropout!r} and {self.drop_path!r}")
+            raise invalid(
+                "dropout", f"dropout and drop_path must be in [0, 1), got {self.dropout!r} and {self.drop_path!r}"
+            )
 
 
 @dataclass(frozen=True)

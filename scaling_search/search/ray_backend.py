@@ -74,14 +74,16 @@ def _trainable(config: dict, plan: dict[str, TrialRecord], train: Train, flag) -
     from ray import tune
 
     if ray.get(flag.is_set.remote()):  # the run is stopping: start no new unit
-        tune.report({"epoch": 0, "skipped": True})
+        tune.report({"epoch": 0, "accuracy": 0.0, "skipped": True})
         return
 
     def on_epoch(epoch: int, loss: float, acc: float) -> None:
         tune.report({"epoch": epoch + 1, "accuracy": acc, "loss": loss})
 
     record = train(plan[config["unit"]["unit"]], on_epoch)
-    tune.report({"epoch": record.epochs_run, "record": json.dumps(stored_fields(record))})
+    # Tune checks every result for the metric; a failed trial has no accuracy to give.
+    accuracy = record.accuracy if record.accuracy is not None else 0.0
+    tune.report({"epoch": record.epochs_run, "accuracy": accuracy, "record": json.dumps(stored_fields(record))})
 
 
 def _stop_flag():
@@ -193,6 +195,11 @@ def _collector(path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
             self.path, self.planned, self.hooks, self.flag = path, planned, hooks, flag
             self.history: dict[str, list[tuple[float, float]]] = {}
             self.flagged = False
+
+        def __getstate__(self) -> dict:
+            # Tune pickles its callbacks for a restore this backend never does; the
+            # runner's hooks (a threading.Event) stay in this process.
+            return {k: v for k, v in self.__dict__.items() if k != "hooks"}
 
         def on_step_begin(self, iteration, trials, **info) -> None:
             if self.hooks.stop.is_set() and not self.flagged:

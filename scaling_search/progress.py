@@ -1,6 +1,6 @@
 """Progress bars on stderr (rich), or nothing at all.
 
-Everything long (download, image decoding, training) reports through
+Everything long (download, image decoding, training, a search's trials) reports through
 ``progress_bar``; with ``enabled=False`` it costs nothing and prints nothing,
 which is what tests and pipes get.
 """
@@ -24,9 +24,16 @@ def stderr_is_terminal() -> bool:
 
 @contextmanager
 def progress_bar(
-    enabled: bool, description: str, total: float | None, *, transfer: bool = False, text: str = ""
+    enabled: bool,
+    description: str,
+    total: float | None,
+    *,
+    transfer: bool = False,
+    text: str = "",
+    completed: float = 0,
 ) -> Iterator[Advance]:
-    """Yield ``advance(steps=1, **fields)``; ``text`` is a format string over ``fields``."""
+    """Yield ``advance(steps=1, **fields)``; ``text`` is a format string over ``fields``;
+    ``completed`` is where a resumed task starts."""
     if not enabled:
         yield lambda steps=1, **fields: None
         return
@@ -48,7 +55,7 @@ def progress_bar(
     if text:
         columns.append(TextColumn(text))
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(description, total=total, **{k: "" for k in _fields(text)})
+        task = bar.add_task(description, total=total, completed=completed, **{k: "" for k in _fields(text)})
 
         def advance(steps: float = 1, **fields) -> None:
             bar.update(task, advance=steps, **fields)

@@ -23,6 +23,7 @@ import yaml
 
 from .errors import UsageError
 from .scaling import CONSTRAINT_MODES, GRID_KINDS, parse_budget
+from .train.recipe import Recipe
 
 # The shipped spaces live at the top of the repository (installed editable).
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -38,8 +39,6 @@ class BaselineSpec:
     width: float | None = None
     depth: float | None = None
     resolution: int = 64  # base resolution r0 of the proxy task
-    dropout: float = 0.2
-    drop_path: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -67,21 +66,6 @@ class ConstraintSpec:
 
 
 @dataclass(frozen=True)
-class ProxySpec:
-    epochs: int
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-5
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.3
-    label_smoothing: float = 0.1
-    train_subset: int | None = None
-    test_subset: int | None = None
-
-
-@dataclass(frozen=True)
 class PruningSpec:
     enabled: bool = False
     min_epochs: int = 1  # first rung of successive halving
@@ -101,7 +85,7 @@ class ExtrapolationSpec:
 class SearchSpace:
     name: str
     data: DataSection
-    proxy: ProxySpec
+    proxy: Recipe  # the proxy training, key for key
     description: str = ""
     baseline: BaselineSpec = field(default_factory=BaselineSpec)
     grid: GridSpec = field(default_factory=GridSpec)
@@ -115,9 +99,13 @@ class SearchSpace:
 
     def fingerprint(self) -> str:
         """Hash of everything that decides which trials exist and what they mean."""
-        blob = json.dumps(
-            {k: v for k, v in self.to_dict().items() if k not in ("description", "extrapolation")}, sort_keys=True
-        )
+        plain = {k: v for k, v in self.to_dict().items() if k not in ("description", "extrapolation")}
+        # Hashed where dropout and drop_path used to live (baseline), so that run
+        # folders made before they joined the proxy recipe still resume.
+        proxy = dict(plain["proxy"])
+        plain["baseline"] = {**plain["baseline"], "dropout": proxy.pop("dropout"), "drop_path": proxy.pop("drop_path")}
+        plain["proxy"] = proxy
+        blob = json.dumps(plain, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def with_overrides(self, **sections: dict) -> SearchSpace:
@@ -208,7 +196,27 @@ def _build(cls: type, data: Any, where: str) -> Any:
             kwargs[name] = _coerce(data[name], hints[name], _join(where, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
             raise UsageError(f"search space is missing required key '{_join(where, name)}': add it")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UsageError as exc:  # a section that validates itself (the proxy Recipe)
+        key = getattr(exc, "key", None)
+        raise UsageError(f"{where} section: {exc}" + (f" ({_join(where, key)})" if key else "")) from None
+
+
+def _legacy_dropout(data: Any) -> Any:
+    """Spaces written before dropout and drop_path joined the proxy recipe kept them under baseline."""
+    if not isinstance(data, dict) or not isinstance(data.get("baseline"), dict):
+        return data
+    baseline = dict(data["baseline"])
+    moved = {k: baseline.pop(k) for k in ("dropout", "drop_path") if k in baseline}
+    if not moved:
+        return data
+    proxy = dict(data.get("proxy") or {})
+    for key, value in moved.items():
+        if key in proxy and proxy[key] != value:
+            raise UsageError(f"baseline.{key} and proxy.{key} differ: give it once, under proxy")
+        proxy[key] = value
+    return {**data, "baseline": baseline, "proxy": proxy}
 
 
 def _join(where: str, key: str) -> str:
@@ -221,7 +229,7 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _validate(space: SearchSpace) -> None:
-    b, c, g, p = space.baseline, space.constraint, space.grid, space.proxy
+    b, c, g = space.baseline, space.constraint, space.grid  # the proxy Recipe validates itself
     parse_budget(c.budget)
     _check(c.mode in CONSTRAINT_MODES, f"constraint.mode {c.mode!r} must be one of {', '.join(CONSTRAINT_MODES)}")
     _check(0 < c.tolerance < 1, f"constraint.tolerance {c.tolerance} must be in (0, 1)")
@@ -239,18 +247,6 @@ def _validate(space: SearchSpace) -> None:
         b.model == "efficientnet" or (b.width is None and b.depth is None),
         "baseline.width/depth apply only to model 'efficientnet'",
     )
-    _check(0 <= b.dropout < 1 and 0 <= b.drop_path < 1, "baseline.dropout and drop_path must be in [0, 1)")
-    _check(p.epochs >= 1, f"proxy.epochs must be at least 1, got {p.epochs}")
-    _check(p.batch_size >= 1, f"proxy.batch_size must be at least 1, got {p.batch_size}")
-    _check(p.lr > 0, f"proxy.lr must be positive, got {p.lr}")
-    _check(p.optimizer in ("sgd", "adamw", "rmsprop"), f"proxy.optimizer {p.optimizer!r} must be sgd, adamw or rmsprop")
-    _check(
-        p.schedule in ("cosine", "constant", "step"), f"proxy.schedule {p.schedule!r} must be cosine, constant or step"
-    )
-    _check(0 <= p.label_smoothing < 1, "proxy.label_smoothing must be in [0, 1)")
-    for key in ("train_subset", "test_subset"):
-        v = getattr(p, key)
-        _check(v is None or v >= 1, f"proxy.{key} must be a positive integer or null")
     _check(len(space.seeds) >= 1, "seeds must list at least one seed")
     _check(len(set(space.seeds)) == len(space.seeds), "seeds must not repeat")
     _check(
@@ -272,7 +268,7 @@ def _validate(space: SearchSpace) -> None:
 
 def parse_space(data: Any, source: str = "search space") -> SearchSpace:
     try:
-        space = _build(SearchSpace, data, "")
+        space = _build(SearchSpace, _legacy_dropout(data), "")
     except UsageError as exc:
         raise UsageError(f"{source}: {exc}") from None
     try:

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from scaling_search.analysis.ranking import difference_interval, mean_interval, rank, t_quantile_975
+from scaling_search.records import TrialRecord, TrialState
 
 
 def test_t_quantiles():
@@ -34,16 +35,18 @@ def _trials(spec):
     rows = []
     for (a, b, g), accs in spec.items():
         for seed, acc in enumerate(accs):
-            state = "PRUNED" if acc is None else "COMPLETE"
             rows.append(
-                dict(
+                TrialRecord(
                     alpha=a,
                     beta=b,
                     gamma=g,
                     seed=seed,
-                    state=state,
+                    state=TrialState.PRUNED if acc is None else TrialState.COMPLETE,
                     accuracy=acc if acc is not None else 0.1,
                     epochs_run=1 if acc is None else 3,
+                    epochs=3,
+                    depth=1.0,
+                    width=1.0,
                     params=10,
                     macs=20,
                     resolution=40,
@@ -51,7 +54,7 @@ def _trials(spec):
                     measured_ratio=2.2,
                 )
             )
-    return pd.DataFrame(rows)
+    return rows
 
 
 def test_rank_winner_and_statements():

@@ -223,3 +223,34 @@ def test_ray_backend_writes_the_same_columns(tmp_path, data_env):
     assert len(ray_rows) == len(optuna_rows) == 3
     assert all(r["state"] == "COMPLETE" and 0 < float(r["accuracy"]) <= 1 for r in ray_rows)
     assert {r["unit"] for r in ray_rows} == {r["unit"] for r in optuna_rows}
+
+
+@pytest.mark.slow
+def test_ray_run_stopped_by_sigint_reports_and_resumes_without_training_twice(tmp_path, data_env):
+    pytest.importorskip("ray", reason="the ray extra is part of the test install")
+    out = tmp_path / "run"
+    space = str(tiny_space(tmp_path, seeds=(0, 1)))
+    args = [sys.executable, "-m", "scaling_search.cli", "run", "--space", space, "--backend", "ray", "--out", str(out)]
+    env = {**os.environ, **data_env, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:  # the first finished trial prints "[1/6] ..."
+        lines.append(line)
+        if line.startswith("[1/6]"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=600)
+    text = "".join(lines) + rest
+    assert proc.returncode == 130, text[-3000:]
+    assert "stopped early" in text
+    rows = _read_csv(out / "trials.csv")
+    done = {r["unit"] for r in rows if r["state"] == "COMPLETE"}
+    assert len(rows) == 6 and 1 <= len(done) < 6, rows
+    assert (out / "best.json").is_file() and (out / "coefficients.md").is_file()
+    resumed = run_cli("run", "--space", space, "--backend", "ray", "--out", str(out), env=data_env, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:] + resumed.stdout[-3000:]
+    trained_again = {line.split(": ")[0] for line in resumed.stdout.splitlines() if line.startswith("[")}
+    rows = _read_csv(out / "trials.csv")
+    assert all(r["state"] == "COMPLETE" and r["attempts"] == "1" for r in rows), rows
+    assert f"resuming: {len(done)} of 6 trials already finished" in resumed.stdout
+    assert len(trained_again) == 6 - len(done)  # one progress line per unit left, none for those done

@@ -4,10 +4,12 @@ plain statements of what the seeds can and cannot tell apart."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 
+from ..records import TrialRecord, TrialState
 from ..scaling import PAPER
 
 # Two-sided 95% Student-t quantiles for 1..30 degrees of freedom.
@@ -71,17 +73,20 @@ class Ranking:
         return None if ranked.empty else ranked.iloc[0]
 
 
-def rank(trials: pd.DataFrame, final_epochs: int) -> Ranking:
+def rank(trials: Sequence[TrialRecord], final_epochs: int) -> Ranking:
     """Rank candidates by mean held-out accuracy over the seeds that reached ``final_epochs``."""
-    done = trials[(trials["state"] == "COMPLETE") & (trials["epochs_run"] >= final_epochs)]
+    groups: dict[tuple[float, float, float], list[TrialRecord]] = {}
+    for r in trials:
+        groups.setdefault((r.alpha, r.beta, r.gamma), []).append(r)
     rows = []
-    for key, group in trials.groupby(KEY, sort=False):
-        finals = done[(done[KEY] == pd.Series(key, index=KEY)).all(axis=1)]
-        accs = [float(a) for a in finals["accuracy"]]
+    for key, group in groups.items():
+        accs = [
+            float(r.accuracy)
+            for r in group
+            if r.state is TrialState.COMPLETE and r.epochs_run >= final_epochs and r.accuracy is not None
+        ]
         mean, low, high = mean_interval(accs) if accs else (math.nan, math.nan, math.nan)
-        # Pruned trials stop before the trainer reports params and MACs: take them from any row that has them.
-        counted = group[group["params"].notna()] if "params" in group else group
-        first = counted.iloc[0] if len(counted) else group.iloc[0]
+        first = next((r for r in group if r.params is not None), group[0])
         rows.append(
             {
                 "alpha": key[0],
@@ -92,14 +97,14 @@ def rank(trials: pd.DataFrame, final_epochs: int) -> Ranking:
                 "ci_low": low,
                 "ci_high": high,
                 "accuracy_std": float(pd.Series(accs).std()) if len(accs) > 1 else math.nan,
-                "pruned": int((group["state"] == "PRUNED").sum()),
-                "failed": int((group["state"] == "FAIL").sum()),
-                "params": int(first["params"]) if pd.notna(first.get("params")) else None,
-                "macs": int(first["macs"]) if pd.notna(first.get("macs")) else None,
-                "resolution": int(first["resolution"]) if pd.notna(first.get("resolution")) else None,
-                "theoretical_ratio": float(first["theoretical_ratio"]),
-                "measured_ratio": float(first["measured_ratio"]),
-                "paper": (key[0], key[1], key[2]) == PAPER.as_tuple(),
+                "pruned": sum(r.state is TrialState.PRUNED for r in group),
+                "failed": sum(r.state is TrialState.FAIL for r in group),
+                "params": first.params,
+                "macs": first.macs,
+                "resolution": first.resolution or None,
+                "theoretical_ratio": float(first.theoretical_ratio),
+                "measured_ratio": float(first.measured_ratio),
+                "paper": key == PAPER.as_tuple(),
                 "_accs": accs,
             }
         )

@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..atomic import atomic_write_text
+from ..records import TrialRecord, write_trials
 from ..scaling import Coefficients, parse_budget
-from ..search.trials import TRIAL_COLUMNS
 from ..space import SearchSpace
 from .ranking import Ranking, rank
 from .tables import Column, millions, num, ratio, render, to_csv, to_markdown
 
-TRIALS_CSV = "trials.csv"
 OUTPUTS = (
     "trials.csv",
     "best.json",
@@ -37,19 +37,6 @@ def _clean(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy scalars
         return _clean(value.item())
     return value
-
-
-def trials_frame(records: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame([{k: r.get(k) for k in TRIAL_COLUMNS} for r in records], columns=list(TRIAL_COLUMNS))
-    return frame.sort_values(["alpha", "beta", "gamma", "seed"]).reset_index(drop=True)
-
-
-def write_trials(run_dir: Path, frame: pd.DataFrame) -> None:
-    atomic_write_text(run_dir / TRIALS_CSV, frame.to_csv(index=False))
-
-
-def read_trials(run_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(run_dir / TRIALS_CSV)
 
 
 RANKING_COLUMNS = [
@@ -76,7 +63,7 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 
 def write_report(
-    run_dir: Path, trials: pd.DataFrame, space: SearchSpace, info: dict, *, extrapolate: bool = True
+    run_dir: Path, trials: Sequence[TrialRecord], space: SearchSpace, info: dict, *, extrapolate: bool = True
 ) -> Ranking:
     """Rank, extrapolate the winner and write every output file. Returns the ranking."""
     from . import plots
@@ -84,7 +71,7 @@ def write_report(
     write_trials(run_dir, trials)
     ranking = rank(trials, space.proxy.epochs)
     budget = parse_budget(space.constraint.budget)
-    finished = int(trials["state"].isin(["COMPLETE", "PRUNED", "FAIL"]).sum())
+    finished = sum(r.state.finished for r in trials)
     win = ranking.winner
     best: dict[str, Any] = {
         "alpha": None,

@@ -24,8 +24,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import optuna
@@ -39,7 +38,11 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from ..errors import UsageError
-from .trials import Unit
+from ..records import TrialRecord, stored_fields, updated
+from ..records import TrialState as State
+from ..train.loop import TrialPruned
+from .backend import Hooks, Train, merge
+from .trials import Unit, unit_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -264,14 +267,6 @@ def storage_error(url: str, exc: BaseException) -> UsageError:
     return UsageError(f"cannot use study storage {redact(url)!r}: {first}: {hint}")
 
 
-@dataclass
-class TrialOutcome:
-    unit: Unit
-    state: str
-    fields: dict
-    number: int
-
-
 class OptunaStudy:
     """One study on one storage, shared by any number of worker processes."""
 
@@ -381,30 +376,22 @@ class OptunaStudy:
 
     # --------------------------------------------------------------- worker
 
-    def work(
-        self,
-        train: Callable[[Unit, Callable[[int, float, float], None] | None], tuple[str, dict]],
-        *,
-        stop: threading.Event,
-        on_done: Callable[[TrialOutcome], None],
-        on_wait: Callable[[int], None] | None = None,
-    ) -> None:
+    def work(self, plan: Sequence[TrialRecord], train: Train, hooks: Hooks) -> None:
         """Claim and run units until none is left (waiting out other workers' trials)."""
-        while not stop.is_set():
+        planned = {p.unit: p for p in plan}
+        while not hooks.stop.is_set():
             self.fail_stale()
             frozen = self._claim()
             if frozen is None:
                 running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                 if not running:
                     return
-                if on_wait is not None:
-                    on_wait(len(running))
-                stop.wait(self.heartbeat)  # a dead worker's trial goes stale and comes back to the queue
+                hooks.on_wait(len(running))
+                hooks.stop.wait(self.heartbeat)  # a dead worker's trial goes stale and comes back to the queue
                 continue
-            self._run_one(frozen, train, on_done)
+            self._run_one(frozen, planned[frozen.user_attrs["unit"]], train, hooks)
 
-    def _run_one(self, frozen, train, on_done) -> None:
-        unit = Unit.from_attrs(frozen.user_attrs)
+    def _run_one(self, frozen, planned: TrialRecord, train: Train, hooks: Hooks) -> None:
         trial = optuna.trial.Trial(self.study, frozen._trial_id)
         trial.set_user_attr("worker", worker_tag())
         beating = threading.Event()
@@ -412,25 +399,23 @@ class OptunaStudy:
         beat.start()
 
         def report(epoch: int, loss: float, acc: float) -> None:
-            from ..train.loop import TrialPruned
-
             trial.report(acc, step=epoch + 1)  # the dashboard's intermediate values; the pruner's rungs
             if self.pruning and trial.should_prune():
                 raise TrialPruned(f"pruned after epoch {epoch + 1}")
 
         try:
-            state, fields = train(unit, report)
+            record = train(planned, report)
         finally:
             beating.set()
             beat.join()
-        for key, value in fields.items():
-            if value is not None:
+        for key, value in stored_fields(record).items():
+            if key not in ("state", "attempts"):  # the trial's own state and count say these
                 trial.set_user_attr(key, value)
-        if state == "COMPLETE":
-            self.study.tell(trial, fields["accuracy"])
+        if record.state is State.COMPLETE:
+            self.study.tell(trial, record.accuracy)
         else:
-            self.study.tell(trial, state=TrialState.PRUNED if state == "PRUNED" else TrialState.FAIL)
-        on_done(TrialOutcome(unit, state, fields, frozen.number))
+            self.study.tell(trial, state=TrialState.PRUNED if record.state is State.PRUNED else TrialState.FAIL)
+        hooks.on_done(record)
 
     def _beat(self, trial_id: int, done: threading.Event) -> None:
         while not done.wait(self.heartbeat):
@@ -441,8 +426,8 @@ class OptunaStudy:
 
     # -------------------------------------------------------------- results
 
-    def unit_records(self) -> dict[str, dict]:
-        """Per unit, the trial that speaks for it (finished beats running beats queued)."""
+    def unit_records(self, plan: Sequence[TrialRecord]) -> list[TrialRecord]:
+        """Per planned unit, the trial that speaks for it (finished beats running beats queued)."""
         order = {
             TrialState.COMPLETE: 0,
             TrialState.PRUNED: 1,
@@ -450,7 +435,7 @@ class OptunaStudy:
             TrialState.RUNNING: 3,
             TrialState.WAITING: 4,
         }
-        best: dict[str, tuple[tuple, dict]] = {}
+        best: dict[str, tuple[tuple, optuna.trial.FrozenTrial]] = {}
         attempts: dict[str, int] = {}
         for t in self.study.get_trials(deepcopy=False):
             key = t.user_attrs.get("unit")
@@ -458,18 +443,17 @@ class OptunaStudy:
                 continue
             if t.state != TrialState.WAITING:
                 attempts[key] = attempts.get(key, 0) + 1
-            interrupted = _interrupted(t)
-            rank = (5 if interrupted else order.get(t.state, 6), -t.number)
-            record = dict(t.user_attrs)
-            record["state"] = "WAITING" if interrupted else t.state.name
-            record["number"] = t.number
+            rank = (5 if _interrupted(t) else order.get(t.state, 6), -t.number)
             if key not in best or rank < best[key][0]:
-                best[key] = (rank, record)
-        out = {}
-        for key, (_, record) in best.items():
-            record["attempts"] = attempts.get(key, 0)
-            out[key] = record
-        return out
+                best[key] = (rank, t)
+        found = {}
+        for p in plan:
+            if p.unit not in best:
+                continue
+            t = best[p.unit][1]
+            state = State.WAITING if _interrupted(t) else State[t.state.name]
+            found[p.unit] = updated(p, {**t.user_attrs, "state": state, "attempts": attempts.get(p.unit, 0)})
+        return merge(plan, found)
 
     def finished_units(self) -> set[str]:
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -486,6 +470,29 @@ class OptunaStudy:
 def _interrupted(trial: optuna.trial.FrozenTrial) -> bool:
     """A FAIL without a recorded reason is a worker that died mid-trial, not a result."""
     return trial.state == TrialState.FAIL and "failure" not in trial.user_attrs
+
+
+class OptunaBackend:
+    """The ``Backend`` over an Optuna study: queued units claimed by any number of workers."""
+
+    name = "optuna"
+
+    def __init__(self, study: OptunaStudy, storage_url: str):
+        self.study, self.storage_url = study, storage_url
+
+    def finished(self, plan: Sequence[TrialRecord]) -> set[str]:
+        return self.study.finished_units()
+
+    def execute(self, plan: Sequence[TrialRecord], train: Train, hooks: Hooks) -> list[TrialRecord]:
+        try:
+            self.study.ensure_units([unit_of(p) for p in plan])
+            self.study.work(plan, train, hooks)
+        except optuna.exceptions.StorageInternalError as exc:  # locked past the wait limit, or the server went away
+            raise storage_error(self.storage_url, exc.__cause__ or exc) from None
+        return self.records(plan)
+
+    def records(self, plan: Sequence[TrialRecord]) -> list[TrialRecord]:
+        return self.study.unit_records(plan)
 
 
 def default_storage(run_dir: Path) -> str:

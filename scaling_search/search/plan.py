@@ -183,8 +183,8 @@ def build_plan(
 
 def baseline_config(space: SearchSpace, num_classes: int) -> EfficientNetConfig:
     """The space's baseline network at the proxy's resolution."""
-    b = space.baseline
-    options = {"resolution": b.resolution, "num_classes": num_classes, "dropout": b.dropout, "drop_path": b.drop_path}
+    b, p = space.baseline, space.proxy
+    options = {"resolution": b.resolution, "num_classes": num_classes, "dropout": p.dropout, "drop_path": p.drop_path}
     if b.model == "efficientnet":
         options.update(width=b.width or 1.0, depth=b.depth or 1.0)
     config = get_config(b.model, **options)

@@ -1,6 +1,8 @@
-"""Ray Tune backend: the same units as a ``tune.grid_search``, optional ASHA,
-per-trial resources, a local cluster or ``--ray-address``. Results land in the
-same rows as the Optuna backend's, so ``trials.csv`` has the same columns."""
+"""Ray Tune backend: the plan's units as a ``tune.grid_search``, optional ASHA,
+per-trial resources, a local cluster or ``--ray-address``. Each finished
+record is appended to ``ray/finished.jsonl`` as it arrives; a resumed run
+trains only the units that have none, so nothing finished is trained twice.
+On a stop request, workers start no new unit and those under way finish."""
 
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ import secrets
 import shutil
 import socket
 import tempfile
-import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UsageError
+from ..records import TrialRecord, TrialState, stored_fields, unit_key, updated
 from ..space import SearchSpace
-from .trials import Unit, run_unit
+from .backend import Hooks, Train, merge
 
 
 def check_ray_available(address: str | None = None) -> None:
@@ -145,98 +148,181 @@ def _init_ray(address: str | None, device: str) -> None:
     )
 
 
-def _trainable(config: dict, space: SearchSpace, data, device: str) -> None:
-    """Runs inside a Ray worker: one unit, one report per epoch, a final full row."""
+FINISHED = "finished.jsonl"  # one stored record per line, appended by the driver as trials end
+
+
+def _trainable(config: dict, plan: dict[str, TrialRecord], train: Train, flag) -> None:
+    """Runs inside a Ray worker: one unit, one report per epoch, then its finished record."""
+    import ray
     from ray import tune
 
-    unit = Unit.from_attrs(config["unit"])
+    if ray.get(flag.is_set.remote()):  # the run is stopping: start no new unit
+        tune.report({"epoch": 0, "accuracy": 0.0, "skipped": True})
+        return
 
     def on_epoch(epoch: int, loss: float, acc: float) -> None:
-        tune.report({"epoch": epoch + 1, "accuracy": acc, "loss": loss, "state": "RUNNING"})
+        tune.report({"epoch": epoch + 1, "accuracy": acc, "loss": loss})
 
-    state, fields = run_unit(space, unit, data, device, on_epoch)
-    final = {
-        "epoch": fields.get("epochs_run") or 0,
-        "state": state,
-        **{k: v for k, v in fields.items() if v is not None},
-    }
-    tune.report(final)
+    record = train(plan[config["unit"]["unit"]], on_epoch)
+    # Tune checks every result for the metric; a failed trial has no accuracy to give.
+    accuracy = record.accuracy if record.accuracy is not None else 0.0
+    tune.report({"epoch": record.epochs_run, "accuracy": accuracy, "record": json.dumps(stored_fields(record))})
 
 
-def run_ray(
-    space: SearchSpace, units: list[Unit], data, device: str, options, console, stop: threading.Event
-) -> list[dict]:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+def _stop_flag():
+    """A tiny actor every worker can ask (local cluster or not) whether the run is stopping."""
+    import ray
 
-    check_ray_available(options.ray_address)
-    _init_ray(options.ray_address, device)
-    gpus = options.gpus_per_trial if options.gpus_per_trial is not None else (1.0 if device.startswith("cuda") else 0.0)
-    cpus = options.cpus_per_trial if options.cpus_per_trial is not None else 1.0
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, space=space, data=data, device=device), {"cpu": cpus, "gpu": gpus}
-    )
-    scheduler = None
-    if space.pruning.enabled:
-        scheduler = ASHAScheduler(
-            time_attr="epoch",
-            max_t=space.proxy.epochs,
-            grace_period=space.pruning.min_epochs,
-            reduction_factor=space.pruning.reduction_factor,
+    @ray.remote(num_cpus=0)
+    class StopFlag:
+        def __init__(self) -> None:
+            self.value = False
+
+        def set(self) -> None:
+            self.value = True
+
+        def is_set(self) -> bool:
+            return self.value
+
+    return StopFlag.remote()
+
+
+class RayBackend:
+    """The ``Backend`` over Ray Tune: the plan's unfinished units as one grid, finished records kept in a file."""
+
+    name = "ray"
+
+    def __init__(self, space: SearchSpace, out: Path, device: str, options):
+        self.space, self.device, self.options = space, device, options
+        self.folder = (Path(out) / "ray").resolve()
+
+    def _found(self, plan: Sequence[TrialRecord]) -> dict[str, TrialRecord]:
+        planned = {p.unit: p for p in plan}
+        found: dict[str, TrialRecord] = {}
+        path = self.folder / FINISHED
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                stored = json.loads(line) if line.strip() else {}
+                key = unit_key(stored["alpha"], stored["beta"], stored["gamma"], stored["seed"]) if stored else None
+                if key in planned:
+                    attempts = found[key].attempts + 1 if key in found else 1
+                    found[key] = updated(planned[key], {**stored, "attempts": attempts})
+        return found
+
+    def finished(self, plan: Sequence[TrialRecord]) -> set[str]:
+        return set(self._found(plan))
+
+    def records(self, plan: Sequence[TrialRecord]) -> list[TrialRecord]:
+        return merge(plan, self._found(plan))
+
+    def execute(self, plan: Sequence[TrialRecord], train: Train, hooks: Hooks) -> list[TrialRecord]:
+        import ray
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler
+
+        options, space = self.options, self.space
+        left = [p for p in plan if p.unit not in self.finished(plan)]
+        if not left:
+            return self.records(plan)
+        # The runner owns Ctrl-C: Tune's own handler would abandon the trials under way.
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        check_ray_available(options.ray_address)
+        _init_ray(options.ray_address, self.device)
+        cuda = self.device.startswith("cuda")
+        gpus = options.gpus_per_trial if options.gpus_per_trial is not None else (1.0 if cuda else 0.0)
+        cpus = options.cpus_per_trial if options.cpus_per_trial is not None else 1.0
+        flag = _stop_flag()
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, plan={p.unit: p for p in left}, train=train, flag=flag),
+            {"cpu": cpus, "gpu": gpus},
         )
-    storage = (Path(options.out) / "ray").resolve()
-    name = "study"
-    path = storage / name
-    if tune.Tuner.can_restore(str(path)):
-        console.print(f"resuming the Ray experiment in {path}")
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
+        scheduler = None
+        if space.pruning.enabled:
+            scheduler = ASHAScheduler(
+                time_attr="epoch",
+                max_t=space.proxy.epochs,
+                grace_period=space.pruning.min_epochs,
+                reduction_factor=space.pruning.reduction_factor,
+            )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # A fresh experiment per run over what is left: a unit cut short is trained again, a finished one never.
+        runs = sorted(self.folder.glob("run-*"))
         tuner = tune.Tuner(
             trainable,
-            param_space={"unit": tune.grid_search([u.attrs() for u in units])},
+            param_space={"unit": tune.grid_search([{"unit": p.unit} for p in left])},
             tune_config=tune.TuneConfig(metric="accuracy", mode="max", scheduler=scheduler),
-            run_config=tune.RunConfig(storage_path=str(storage), name=name, verbose=0),
+            run_config=tune.RunConfig(
+                storage_path=str(self.folder),
+                name=f"run-{len(runs) + 1}",
+                verbose=0,
+                callbacks=[_collector(self.folder / FINISHED, {p.unit: p for p in left}, hooks, flag)],
+            ),
         )
-    console.print(
-        f"Ray Tune: {len(units)} trials, {cpus:g} CPU / {gpus:g} GPU each" + (", ASHA over epochs" if scheduler else "")
-    )
-    grid = tuner.fit()
-    records = []
-    for result in grid:
-        unit = result.config["unit"]
-        m = dict(result.metrics or {})
-        state = m.get("state", "FAIL")
-        record = dict(unit)
-        if result.error is not None:
-            record.update(state="FAIL", failure=f"ray trial error: {str(result.error).strip().splitlines()[0]}")
-        elif state == "RUNNING":  # stopped by ASHA after an epoch report
-            history = result.metrics_dataframe
-            accs = list(history["accuracy"]) if history is not None and "accuracy" in history else [m.get("accuracy")]
-            losses = list(history["loss"]) if history is not None and "loss" in history else []
-            record.update(
-                state="PRUNED",
-                accuracy=m.get("accuracy"),
-                epochs_run=m.get("epoch"),
-                epoch_accuracies=json.dumps([round(float(a), 6) for a in accs if a == a]),
-                epoch_losses=json.dumps([round(float(x), 6) for x in losses if x == x]),
-            )
-        else:
-            record.update({k: v for k, v in m.items() if k in _FIELDS})
-            record["state"] = state
-        record["attempts"] = 1
-        records.append(record)
-    return records
+        hooks.on_wait(0)
+        tuner.fit()
+        try:
+            ray.kill(flag)
+        except Exception:  # the cluster may already be going down; the actor dies with it
+            pass
+        return self.records(plan)
 
 
-_FIELDS = (
-    "accuracy",
-    "epochs_run",
-    "params",
-    "macs",
-    "images_per_second",
-    "wall_seconds",
-    "device",
-    "failure",
-    "epoch_accuracies",
-    "epoch_losses",
-)
+def _collector(path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
+    from ray.tune import Callback  # optional dependency: only a Ray run imports it
+
+    class Collector(Callback):
+        """Driver side: stores each finished record as it arrives, turns ASHA stops into PRUNED
+        records, and passes the runner's stop request on to the workers."""
+
+        def __init__(self, path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
+            self.path, self.planned, self.hooks, self.flag = path, planned, hooks, flag
+            self.history: dict[str, list[tuple[float, float]]] = {}
+            self.flagged = False
+
+        def __getstate__(self) -> dict:
+            # Tune pickles its callbacks for a restore this backend never does; the
+            # runner's hooks (a threading.Event) stay in this process.
+            return {k: v for k, v in self.__dict__.items() if k != "hooks"}
+
+        def on_step_begin(self, iteration, trials, **info) -> None:
+            if self.hooks.stop.is_set() and not self.flagged:
+                self.flag.set.remote()
+                self.flagged = True
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            key = trial.config["unit"]["unit"]
+            if "record" in result:
+                self._store(updated(self.planned[key], json.loads(result["record"])))
+            elif "accuracy" in result and "loss" in result:
+                self.history.setdefault(key, []).append((result["loss"], result["accuracy"]))
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            key = trial.config["unit"]["unit"]
+            if key in self.history and not self.hooks.stop.is_set():
+                last = trial.last_result or {}
+                if "record" not in last:  # stopped by the scheduler after an epoch report
+                    losses, accs = zip(*self.history[key])
+                    self._store(
+                        self.planned[key].replace(
+                            state=TrialState.PRUNED,
+                            accuracy=accs[-1],
+                            epochs_run=len(accs),
+                            epoch_accuracies=tuple(accs),
+                            epoch_losses=tuple(losses),
+                            attempts=1,
+                        )
+                    )
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            key = trial.config.get("unit", {}).get("unit")
+            if key in self.planned:
+                reason = str(getattr(trial, "error_msg", None) or "see the Ray logs").strip().splitlines()[0]
+                self._store(self.planned[key].replace(state=TrialState.FAIL, failure=f"ray trial error: {reason}"))
+
+        def _store(self, record: TrialRecord) -> None:
+            record = record.replace(attempts=1)
+            with open(self.path, "a") as f:  # one short line per trial, written by this one process
+                f.write(json.dumps(stored_fields(record)) + "\n")
+            self.hooks.on_done(record)
+
+    return Collector(path, planned, hooks, flag)

@@ -17,14 +17,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .. import __version__
 from ..atomic import atomic_write_text
 from ..errors import UsageError
+from ..progress import progress_bar
+from ..records import TRIALS_CSV, TrialRecord, TrialState, read_trials, updated
 from ..scaling import parse_budget
 from ..space import SearchSpace, dump_space
-from .trials import Unit, empty_row, search_candidates, trial_config, units_for
+from ..train.devices import device_name, resolve_device
+from ..train.recipe import Runtime
+from .backend import Backend, Hooks, Train, merge
+from .trials import baseline_config, planned_record, run_unit, search_candidates, units_for
 
 RUN_JSON = "run.json"
 
@@ -41,18 +45,6 @@ class RunOptions:
     cpus_per_trial: float | None = None
     estimate_only: bool = False
     extra_info: dict = field(default_factory=dict)
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA GPU is visible here; use --device cpu or auto")
-    if device != "cpu" and not device.startswith("cuda") and device != "mps":
-        raise UsageError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N")
-    return device
 
 
 # ------------------------------------------------------------ run folder
@@ -112,19 +104,11 @@ def software_versions() -> dict:
     }
 
 
-def device_name(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores"
-
-
 # ------------------------------------------------------------ estimate
 
 
 def estimate_seconds(
-    space: SearchSpace, units: list[Unit], n_train: int, n_test: int, device: str
+    space: SearchSpace, plan: list[TrialRecord], n_train: int, n_test: int, device: str
 ) -> tuple[float, float]:
     """Seconds for ``units`` from a few timed train steps of the baseline, scaled by each unit's MACs.
 
@@ -134,7 +118,6 @@ def estimate_seconds(
     import torch
 
     from ..flops import count
-    from .trials import baseline_config, trial_model
 
     base = baseline_config(space, 10)
     batch = min(space.proxy.batch_size, 64 if device == "cpu" else space.proxy.batch_size)
@@ -152,8 +135,8 @@ def estimate_seconds(
         ) from None
     base_macs = count(base).macs
     total = 0.0
-    for u in units:
-        scale = count(trial_model(space, u, 10)).macs / base_macs
+    for p in plan:
+        scale = (p.macs or base_macs) / base_macs
         total += scale * (space.proxy.epochs * n_train + n_test * space.proxy.epochs / 3) / ips
     return total, ips
 
@@ -201,16 +184,13 @@ def study_name_for(space: SearchSpace) -> str:
 
 
 def run(space: SearchSpace, options: RunOptions, console) -> int:
-    """Run (or resume) the study; returns the process exit status."""
+    """Run (or resume) the study: plan -> backend.execute -> report; returns the process exit status."""
     from ..data.sources import DataSpec, load_dataset
 
     device = resolve_device(options.device)
+    runtime = Runtime(device=device)
     candidates = search_candidates(space)
     units = units_for(space, candidates)
-    try:
-        trial_config(space, units[0], 10, device)  # the recipe's own checks, before any folder exists
-    except UsageError as exc:
-        raise UsageError(f"search space proxy section: {exc}") from None
     study_name = study_name_for(space)
     out = options.out
     earlier = check_run_dir(out, space, study_name)
@@ -234,21 +214,24 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
             )
     n_train = space.proxy.train_subset or len(data.train_y)
     n_test = space.proxy.test_subset or len(data.test_y)
-    n_cand = len(candidates)
+    num_classes = len(data.classes)
+    plan = [planned_record(space, u, num_classes) for u in units]
     console.print(
-        f"{space.name}: {n_cand} candidates x {len(space.seeds)} seeds = {len(units)} trials on {space.data.name} "
-        f"({n_train} train / {n_test} held-out images, {len(data.classes)} classes), {space.proxy.epochs} epochs each, "
-        f"device {device} ({device_name(device)})"
+        f"{space.name}: {len(candidates)} candidates x {len(space.seeds)} seeds = {len(units)} trials on "
+        f"{space.data.name} ({n_train} train / {n_test} held-out images, {num_classes} classes), "
+        f"{space.proxy.epochs} epochs each, device {device} ({device_name(device)})"
     )
 
     storage_url = options.storage or (earlier or {}).get("storage") if options.backend == "optuna" else None
-    study = None
+    backend = None
     if options.backend == "optuna" and (options.storage or earlier is not None):
         # A shared storage must answer before the folder exists; a resumed
         # study says which trials are left to estimate.
-        study = _open_study(options, storage_url, study_name, space)
-    finished = study.finished_units() if study is not None else set()
-    left = [u for u in units if u.key not in finished]
+        backend = _optuna_backend(options, storage_url, study_name, space)
+    elif options.backend == "ray":
+        backend = _ray_backend(space, out, device, options)
+    finished = backend.finished(plan) if backend is not None else set()
+    left = [p for p in plan if p.unit not in finished]
     seconds, ips = estimate_seconds(space, left, n_train, n_test, device)
     console.print(
         f"estimate: about {format_duration(seconds)} for the {len(left)} trials left of {len(units)} (baseline "
@@ -272,29 +255,17 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         "created": (earlier or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
         "software": software_versions(),
         "device": device_name(device),
-        "num_classes": len(data.classes),
+        "num_classes": num_classes,
     }
     if earlier is None or earlier.get("storage") != storage_url:
         atomic_write_text(out / RUN_JSON, json.dumps(meta, indent=2) + "\n")
         atomic_write_text(out / "space.yaml", dump_space(space))
+    backend = backend or _optuna_backend(options, storage_url, study_name, space)
     started = time.perf_counter()
     stop = threading.Event()
     restore = _install_stop_handlers(stop, console)
     try:
-        if options.backend == "ray":
-            from .ray_backend import run_ray
-
-            records = run_ray(space, units, data, device, options, console, stop)
-        else:
-            from optuna.exceptions import StorageInternalError
-
-            from .optuna_backend import storage_error
-
-            study = study or _open_study(options, storage_url, study_name, space)
-            try:
-                records = _run_optuna(study, space, units, data, device, console, stop)
-            except StorageInternalError as exc:  # locked past the wait limit, or the server went away
-                raise storage_error(storage_url, exc.__cause__ or exc) from None
+        records = _execute(backend, plan, lambda p, report: run_unit(space, p, data, runtime, report), stop, console)
     finally:
         restore()
     wall = time.perf_counter() - started
@@ -302,16 +273,14 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         out,
         space,
         records,
-        units,
-        len(data.classes),
         console,
         stopped=stop.is_set(),
         info={"wall_seconds_this_run": round(wall, 1), "device": device_name(device), "backend": options.backend},
     )
 
 
-def _open_study(options: RunOptions, url: str, name: str, space: SearchSpace):
-    from .optuna_backend import OptunaStudy
+def _optuna_backend(options: RunOptions, url: str, name: str, space: SearchSpace) -> Backend:
+    from .optuna_backend import OptunaBackend, OptunaStudy
 
     pruner = None
     if space.pruning.enabled:
@@ -320,7 +289,13 @@ def _open_study(options: RunOptions, url: str, name: str, space: SearchSpace):
         pruner = optuna.pruners.SuccessiveHalvingPruner(
             min_resource=space.pruning.min_epochs, reduction_factor=space.pruning.reduction_factor
         )
-    return OptunaStudy(url, name, heartbeat=options.heartbeat, pruner=pruner)
+    return OptunaBackend(OptunaStudy(url, name, heartbeat=options.heartbeat, pruner=pruner), url)
+
+
+def _ray_backend(space: SearchSpace, out: Path, device: str, options: RunOptions) -> Backend:
+    from .ray_backend import RayBackend  # optional dependency
+
+    return RayBackend(space, out, device, options)
 
 
 def _install_stop_handlers(stop: threading.Event, console):
@@ -342,93 +317,69 @@ def _install_stop_handlers(stop: threading.Event, console):
     return restore
 
 
-def _run_optuna(
-    study, space: SearchSpace, units: list[Unit], data, device: str, console, stop: threading.Event
-) -> list[dict]:
-    from .trials import run_unit
+def _execute(backend: Backend, plan: list[TrialRecord], train: Train, stop: threading.Event, console) -> list:
+    """The backend runs the plan; the runner prints one line per finished trial, whichever backend it is."""
+    total = len(plan)
+    done = len(backend.finished(plan))
+    if done:
+        console.print(f"resuming: {done} of {total} trials already finished")
+    best: list[TrialRecord] = []
+    started, ran = time.monotonic(), [0, done]
+    waited = {"last": 0.0}
+    with progress_bar(console.is_terminal, "trials", total, completed=done) as advance:
 
-    queued = study.ensure_units(units)
-    done_before = study.count_finished()
-    if done_before:
-        console.print(f"resuming: {done_before} of {len(units)} trials already finished, {queued} queued now")
-    best: dict[str, Any] = {}
-    started, ran = time.monotonic(), [0]
-    with _progress(console, len(units), done_before) as progress:
-
-        def on_done(outcome) -> None:
-            n = study.count_finished()
-            progress.update(n)
+        def on_done(r: TrialRecord) -> None:
             ran[0] += 1
-            eta = (time.monotonic() - started) / ran[0] * max(0, len(units) - n)
-            u = outcome.unit
-            what = {
-                "COMPLETE": lambda f: f"acc {f['accuracy']:.4f} in {f['wall_seconds']:.1f} s",
-                "PRUNED": lambda f: f"pruned after {f['epochs_run']} epoch(s) at acc {f['accuracy']:.4f}",
-                "FAIL": lambda f: f"FAILED: {f.get('failure')}",
-            }[outcome.state](outcome.fields)
-            if outcome.state == "COMPLETE" and outcome.fields["accuracy"] > best.get("accuracy", -1):
-                best.update(accuracy=outcome.fields["accuracy"], unit=u)
-            lead = (
-                f" | best ({best['unit'].alpha:g}, {best['unit'].beta:g}, {best['unit'].gamma:g}) "
-                f"s{best['unit'].seed} {best['accuracy']:.4f}"
-                if best
-                else ""
+            ran[1] += 1
+            advance()
+            eta = (time.monotonic() - started) / ran[0] * max(0, total - ran[1])
+            if r.state is TrialState.COMPLETE:
+                what = f"acc {r.accuracy:.4f} in {r.wall_seconds:.1f} s"
+                if not best or r.accuracy > best[0].accuracy:
+                    best[:] = [r]
+            elif r.state is TrialState.PRUNED:
+                what = f"pruned after {r.epochs_run} epoch(s) at acc {r.accuracy:.4f}"
+            else:
+                what = f"FAILED: {r.failure}"
+            b = best[0] if best else None
+            lead = f" | best ({b.alpha:g}, {b.beta:g}, {b.gamma:g}) s{b.seed} {b.accuracy:.4f}" if b else ""
+            console.print(
+                f"[{ran[1]}/{total}] ({r.alpha:g}, {r.beta:g}, {r.gamma:g}) seed {r.seed}: {what}{lead} | eta "
+                f"{format_duration(eta)}",
+                highlight=False,
             )
-            progress.line(
-                f"[{n}/{len(units)}] ({u.alpha:g}, {u.beta:g}, {u.gamma:g}) seed {u.seed}: {what}{lead} | eta "
-                f"{format_duration(eta)}"
-            )
-
-        waited = {"last": 0.0}
 
         def on_wait(running: int) -> None:
-            if time.monotonic() - waited["last"] > 60:
+            if running and time.monotonic() - waited["last"] > 60:
                 waited["last"] = time.monotonic()
-                progress.line(
+                console.print(
                     f"queue empty; waiting for {running} trial(s) running elsewhere (a dead worker's trial comes "
-                    "back after its heartbeat stops)"
+                    "back after its heartbeat stops)",
+                    highlight=False,
                 )
 
-        study.work(
-            lambda unit, report: run_unit(space, unit, data, device, report),
-            stop=stop,
-            on_done=on_done,
-            on_wait=on_wait,
-        )
-    return list(study.unit_records().values())
+        return backend.execute(plan, train, Hooks(stop=stop, on_done=on_done, on_wait=on_wait))
 
 
 def finish(
     out: Path,
     space: SearchSpace,
-    records: list[dict],
-    units: list[Unit],
-    num_classes: int,
+    records: list[TrialRecord],
     console,
     *,
     stopped: bool,
     info: dict,
 ) -> int:
-    """Merge records over the full unit list, write the report, print the verdict."""
-    from ..analysis.report import trials_frame, write_report
+    """Write the report of ``records`` (one per planned unit), print the verdict."""
+    from ..analysis.report import write_report
 
-    by_key = {r["unit"]: r for r in records if r.get("unit")}
-    rows = []
-    for u in units:
-        row = empty_row(u, space, num_classes)
-        row["state"] = "WAITING"
-        rec = by_key.get(u.key)
-        if rec:
-            row.update({k: v for k, v in rec.items() if k in row and v is not None})
-        rows.append(row)
-    frame = trials_frame(rows)
-    epochs_run = frame["epochs_run"].fillna(0).sum()
-    full = len(units) * space.proxy.epochs
+    epochs_run = sum(r.epochs_run for r in records)
+    full = len(records) * space.proxy.epochs
     info = {**info, "epochs_trained": int(epochs_run), "epochs_full_grid": int(full)}
     if space.pruning.enabled and full:
         info["pruning_saved_fraction"] = round(1 - epochs_run / full, 4)
     console.print("writing the report ...")
-    ranking = write_report(out, frame, space, info)
+    ranking = write_report(out, records, space, info)
     for s in ranking.statements:
         console.print(f"  {s}")
     if "pruning_saved_fraction" in info:
@@ -436,54 +387,16 @@ def finish(
             f"  pruning trained {info['epochs_trained']} of {info['epochs_full_grid']} epochs of the full grid "
             f"({info['pruning_saved_fraction']:.0%} saved)"
         )
-    finished = int(frame["state"].isin(["COMPLETE", "PRUNED", "FAIL"]).sum())
-    console.print(f"{finished} of {len(units)} trials finished; outputs in {out}")
+    finished = sum(r.state.finished for r in records)
+    console.print(f"{finished} of {len(records)} trials finished; outputs in {out}")
     if stopped:
         console.print("stopped early: run the same command again to resume")
         return 130
     return 0
 
 
-class _progress:
-    """A rich progress bar with ETA on a terminal; plain lines elsewhere."""
-
-    def __init__(self, console, total: int, done: int):
-        self.console, self.total, self.done = console, total, done
-        self._progress = None
-
-    def __enter__(self):
-        if self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                "eta",
-                TimeRemainingColumn(),
-                console=self.console,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("trials", total=self.total, completed=self.done)
-        return self
-
-    def update(self, done: int) -> None:
-        self.done = done
-        if self._progress is not None:
-            self._progress.update(self._task, completed=done)
-
-    def line(self, text: str) -> None:
-        self.console.print(text, highlight=False)
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
 def rebuild(out: Path, console) -> int:
     """``scaling-search report DIR``: tables and plots again, from the stored study."""
-    from ..analysis.report import read_trials
     from ..space import load_space
     from .optuna_backend import sqlite_path
 
@@ -505,8 +418,9 @@ def rebuild(out: Path, console) -> int:
         except ValueError:
             prior = {}
     info = {k: prior[k] for k in ("wall_seconds_this_run", "device", "backend") if k in prior}
+    plan = [planned_record(space, u, int(meta.get("num_classes", 10))) for u in units]
     if meta.get("backend") == "optuna":
-        from .optuna_backend import OptunaStudy
+        from .optuna_backend import OptunaBackend, OptunaStudy
 
         url = meta["storage"]
         db = sqlite_path(url)
@@ -517,11 +431,10 @@ def rebuild(out: Path, console) -> int:
                     "or run the search again"
                 )
             url = f"sqlite:///{(out / 'study.db').resolve()}"
-        records = list(OptunaStudy(url, meta["study_name"]).unit_records().values())
+        records = OptunaBackend(OptunaStudy(url, meta["study_name"]), url).records(plan)
     else:
-        if not (out / "trials.csv").is_file():
-            raise UsageError(f"{out / 'trials.csv'} is missing: nothing to rebuild the report from")
-        records = [
-            {k: (None if v != v else v) for k, v in r.items()} for r in read_trials(out).to_dict(orient="records")
-        ]
-    return finish(out, space, records, units, int(meta.get("num_classes", 10)), console, stopped=False, info=info)
+        if not (out / TRIALS_CSV).is_file():
+            raise UsageError(f"{out / TRIALS_CSV} is missing: nothing to rebuild the report from")
+        found = {r.unit: r for r in read_trials(out)}
+        records = merge(plan, {p.unit: updated(p, found[p.unit].row()) for p in plan if p.unit in found})
+    return finish(out, space, records, console, stopped=False, info=info)

@@ -1,52 +1,21 @@
-"""What one search trial is, how it is trained, and the row it leaves behind.
+"""The plan (candidates x seeds -> units), and how one unit is trained into a ``TrialRecord``.
 
-Both backends use these, so their ``trials.csv`` share one schema.
+Both backends train through ``run_unit``, so their records are the same.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..analysis.series import compound_config
 from ..errors import UsageError
 from ..models import EfficientNetConfig
+from ..records import TrialRecord, TrialState, unit_key
 from ..scaling import Coefficients
 from ..space import SearchSpace
-
-# The candidate builder lives in plan.py; these names stay importable from here.
-from .plan import baseline_config, search_candidates, units_for  # noqa: F401
-
-# The one results schema (trials.csv columns, in order) shared by all backends.
-TRIAL_COLUMNS = (
-    "unit",
-    "alpha",
-    "beta",
-    "gamma",
-    "seed",
-    "state",
-    "accuracy",
-    "epochs_run",
-    "epochs",
-    "depth",
-    "width",
-    "resolution",
-    "params",
-    "macs",
-    "theoretical_ratio",
-    "measured_ratio",
-    "images_per_second",
-    "wall_seconds",
-    "device",
-    "failure",
-    "epoch_accuracies",
-    "epoch_losses",
-    "attempts",
-)
-
-STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+from ..train.recipe import Runtime
+from .plan import baseline_config, search_candidates, units_for  # noqa: F401  (the candidate builder lives in plan.py)
 
 
 @dataclass(frozen=True)
@@ -62,7 +31,7 @@ class Unit:
 
     @property
     def key(self) -> str:
-        return f"a{self.alpha:g}-b{self.beta:g}-g{self.gamma:g}-s{self.seed}"
+        return unit_key(self.alpha, self.beta, self.gamma, self.seed)
 
     @property
     def coefficients(self) -> Coefficients:
@@ -91,92 +60,90 @@ def trial_model(space: SearchSpace, unit: Unit, num_classes: int) -> EfficientNe
     )
 
 
-def trial_config(space: SearchSpace, unit: Unit, num_classes: int, device: str):
+def trial_config(space: SearchSpace, unit: Unit, num_classes: int, runtime: Runtime):
     from ..data.sources import DataSpec
-    from ..train.loop import TrialConfig
+    from ..train.loop import TrialConfig  # torch stays out of planning until a trial runs
 
-    p, d = space.proxy, space.data
-    return TrialConfig(
-        model=trial_model(space, unit, num_classes),
-        data=DataSpec(name=d.name, data_dir=d.data_dir, storage_size=d.storage_size),
-        epochs=p.epochs,
-        batch_size=p.batch_size,
-        optimizer=p.optimizer,
-        lr=p.lr,
-        momentum=p.momentum,
-        weight_decay=p.weight_decay,
-        schedule=p.schedule,
-        warmup_epochs=p.warmup_epochs,
-        label_smoothing=p.label_smoothing,
-        seed=unit.seed,
-        train_subset=p.train_subset,
-        test_subset=p.test_subset,
-        device=device,
-    )
+    d = space.data
+    data = DataSpec(name=d.name, data_dir=d.data_dir, storage_size=d.storage_size)
+    return TrialConfig.of(trial_model(space, unit, num_classes), data, space.proxy, runtime, unit.seed)
 
 
-def empty_row(unit: Unit, space: SearchSpace, num_classes: int) -> dict:
+def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRecord:
+    """What is known of a unit before it trains: the network it builds and its cost."""
+    from ..flops import count  # torch stays out of planning imports
+
     model = trial_model(space, unit, num_classes)
-    row = {k: None for k in TRIAL_COLUMNS}
-    row.update(unit.attrs())
-    row.update(
-        {
-            "epochs": space.proxy.epochs,
-            "depth": round(model.depth, 6),
-            "width": round(model.width, 6),
-            "resolution": model.resolution,
-            "epochs_run": 0,
-            "attempts": 0,
-        }
+    counted = count(model)
+    return TrialRecord(
+        alpha=unit.alpha,
+        beta=unit.beta,
+        gamma=unit.gamma,
+        seed=unit.seed,
+        epochs=space.proxy.epochs,
+        depth=round(model.depth, 6),
+        width=round(model.width, 6),
+        resolution=model.resolution,
+        params=counted.params,
+        macs=counted.macs,
+        theoretical_ratio=unit.theoretical_ratio,
+        measured_ratio=unit.measured_ratio,
     )
-    return row
 
 
-def result_fields(result) -> dict:
-    """The columns a finished ``TrialResult`` fills in."""
-    return {
-        "accuracy": result.accuracy,
-        "epochs_run": result.epochs,
-        "params": result.params,
-        "macs": result.macs,
-        "images_per_second": round(result.images_per_second, 2),
-        "wall_seconds": round(result.wall_seconds, 3),
-        "device": result.device,
-        "epoch_accuracies": json.dumps([round(a, 6) for a in result.epoch_accuracies]),
-        "epoch_losses": json.dumps([round(x, 6) for x in result.epoch_losses]),
-    }
+EpochReport = Callable[[int, float, float], None]
 
 
 def run_unit(
     space: SearchSpace,
-    unit: Unit,
+    planned: TrialRecord,
     data,
-    device: str,
-    on_epoch: Callable[[int, float, float], None] | None = None,
-) -> tuple[str, dict]:
-    """Train one unit; returns (state, fields). Failures are results, not crashes."""
+    runtime: Runtime,
+    on_epoch: EpochReport | None = None,
+) -> TrialRecord:
+    """Train one unit; returns its finished record. Failures are results, not crashes."""
     from ..train.loop import TrialFailed, TrialPruned, train_trial
 
-    history: list[tuple[float, float]] = []
+    unit = unit_of(planned)
+    losses: list[float] = []
+    accuracies: list[float] = []
 
     def track(epoch: int, loss: float, acc: float) -> None:
-        history.append((loss, acc))
+        losses.append(loss)
+        accuracies.append(acc)
         if on_epoch is not None:
             on_epoch(epoch, loss, acc)
 
+    def ended(state: TrialState, **fields) -> TrialRecord:
+        return planned.replace(
+            state=state,
+            epochs_run=len(accuracies),
+            epoch_accuracies=tuple(accuracies),
+            epoch_losses=tuple(losses),
+            attempts=planned.attempts + 1,
+            **fields,
+        )
+
     try:
-        result = train_trial(trial_config(space, unit, len(data.classes), device), data=data, on_epoch=track)
+        result = train_trial(trial_config(space, unit, len(data.classes), runtime), data=data, on_epoch=track)
     except TrialPruned:
-        return "PRUNED", {
-            "accuracy": history[-1][1] if history else math.nan,
-            "epochs_run": len(history),
-            "epoch_accuracies": json.dumps([round(a, 6) for _, a in history]),
-            "epoch_losses": json.dumps([round(x, 6) for x, _ in history]),
-        }
+        return ended(TrialState.PRUNED, accuracy=accuracies[-1] if accuracies else None)
     except TrialFailed as exc:
-        return "FAIL", {"failure": exc.reason, "epochs_run": len(history)}
+        return ended(TrialState.FAIL, failure=exc.reason)
     except UsageError:
         raise
     except Exception as exc:  # a broken trial must not end a long search
-        return "FAIL", {"failure": f"unexpected error: {type(exc).__name__}: {exc}", "epochs_run": len(history)}
-    return "COMPLETE", result_fields(result)
+        return ended(TrialState.FAIL, failure=f"unexpected error: {type(exc).__name__}: {exc}")
+    return ended(
+        TrialState.COMPLETE,
+        accuracy=result.accuracy,
+        params=result.params,
+        macs=result.macs,
+        images_per_second=round(result.images_per_second, 2),
+        wall_seconds=round(result.wall_seconds, 3),
+        device=result.device,
+    )
+
+
+def unit_of(record: TrialRecord) -> Unit:
+    return Unit(record.alpha, record.beta, record.gamma, record.seed, record.theoretical_ratio, record.measured_ratio)

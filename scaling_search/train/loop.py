@@ -27,7 +27,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -38,15 +38,13 @@ from ..errors import UsageError
 from ..models import EfficientNetConfig, build
 from ..progress import progress_bar
 from .augment import channel_stats, crop_flip, to_input
+from .devices import device_name, resolve_device
+from .recipe import Recipe, Runtime, positive_int
 
-OPTIMIZERS = ("sgd", "adamw", "rmsprop")
-SCHEDULES = ("cosine", "constant", "step")
-PRECISIONS = ("auto", "fp32", "bf16")
 # The held-out subset is drawn with this seed whatever the trial's seed, so
 # every trial of a search is scored on the same images.
 TEST_SUBSET_SEED = 0
 ENV_INJECT_OOM = "SCALING_SEARCH_INJECT_OOM"
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the update converts the lr to the weights' float32
 
 
 @dataclass(frozen=True)
@@ -95,45 +93,38 @@ class TrialConfig:
     eval_batch_size: int | None = None  # default: batch_size
 
     def __post_init__(self) -> None:
-        def positive_int(name: str, value, allow_none: bool = False) -> None:
-            if value is None and allow_none:
-                return
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UsageError(f"{name.replace('_', ' ')} must be a positive integer, got {value!r}")
-
-        positive_int("epochs", self.epochs)
-        positive_int("batch_size", self.batch_size)
-        positive_int("train_subset", self.train_subset, allow_none=True)
-        positive_int("test_subset", self.test_subset, allow_none=True)
+        # One place validates a recipe and a runtime: building them is the check.
+        self.recipe()
+        Runtime(device=self.device, precision=self.precision)
         positive_int("eval_batch_size", self.eval_batch_size, allow_none=True)
-        if self.batch_size < 2:
-            raise UsageError("batch size must be at least 2 (batch norm needs more than one image per batch)")
-        if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= _FLOAT32_MAX):
-            raise UsageError(
-                f"learning rate must be a positive number up to {_FLOAT32_MAX:.3g} (float32), got {self.lr!r}"
-            )
-        if not 0 <= self.momentum < 1:
-            raise UsageError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UsageError(f"weight decay must be >= 0, got {self.weight_decay!r}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise UsageError(
-                f"warmup epochs must be between 0 and the {self.epochs} epochs, got {self.warmup_epochs!r}"
-            )
-        if not 0 <= self.label_smoothing < 1:
-            raise UsageError(f"label smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not 0 <= self.crop_padding < 1:
             raise UsageError(f"crop padding must be a fraction in [0, 1), got {self.crop_padding!r}")
         if not isinstance(self.bn_recalibration_batches, int) or self.bn_recalibration_batches < 0:
             raise UsageError(f"BN recalibration batches must be an integer >= 0, got {self.bn_recalibration_batches!r}")
         if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
             raise UsageError(f"batch-norm momentum must be in (0, 1], got {self.bn_momentum!r}")
+
+    def recipe(self) -> Recipe:
+        return Recipe(
+            **{f.name: getattr(self, f.name) for f in fields(Recipe) if f.name not in ("dropout", "drop_path")},
+            dropout=self.model.dropout,
+            drop_path=self.model.drop_path,
+        )
+
+    @classmethod
+    def of(cls, model: EfficientNetConfig, data: DataSpec, recipe: Recipe, runtime: Runtime, seed: int) -> TrialConfig:
+        """The trainer's settings from a model, a recipe and a runtime (the recipe's dropout goes to the model)."""
+        model = model.with_(dropout=recipe.dropout, drop_path=recipe.drop_path)
+        settings = {f.name: getattr(recipe, f.name) for f in fields(Recipe) if f.name not in ("dropout", "drop_path")}
+        return cls(
+            model=model,
+            data=data,
+            seed=seed,
+            device=runtime.device,
+            precision=runtime.precision,
+            channels_last=runtime.channels_last,
+            **settings,
+        )
 
 
 @dataclass(frozen=True)
@@ -188,36 +179,6 @@ EpochCallback = Callable[[int, float, float], None]  # (epoch from 0, mean train
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> the first GPU if there is one, else the CPU; others validated."""
-    if name == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise UsageError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise UsageError(
-            f"device {name!r} asked for, but this machine has no usable CUDA GPU: use --device cpu or auto"
-        )
-    index = torch.cuda.current_device() if device.index is None else device.index
-    if index >= torch.cuda.device_count():
-        raise UsageError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
-    return torch.device("cuda", index)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def seed_everything(seed: int) -> None:
@@ -355,7 +316,7 @@ def train_trial(
     run here), and whatever ``on_epoch`` raises (TrialPruned).
     """
     started = time.perf_counter()
-    device = resolve_device(config.device)
+    device = torch.device(resolve_device(config.device))
     dataset = data if data is not None else load_dataset(config.data, progress=progress)
     if config.model.num_classes != dataset.num_classes:
         raise UsageError(
@@ -529,11 +490,11 @@ def _run(
         wall_seconds=time.perf_counter() - started,
         params=counted.params,
         macs=counted.macs,
-        device=str(device),
+        device=device.type if device.type == "cpu" else str(device),
         epochs=len(losses),
         train_images=n,
         test_images=int(test_x.shape[0]),
         resolution=resolution,
-        device_name=device_name(device),
+        device_name=device_name(str(device)),
         state=state,
     )

@@ -44,7 +44,16 @@ def cli():
 
 # ------------------------------------------------------------- datasets
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
+
+def _shared_data() -> Path:
+    """$SCALING_SEARCH_DATA, else shared/data beside the checkout (or beside its worktrees folder)."""
+    candidates = [ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data"]
+    if os.environ.get("SCALING_SEARCH_DATA"):
+        candidates.insert(0, Path(os.environ["SCALING_SEARCH_DATA"]))
+    return next((c for c in candidates if (c / "cifar10-jpeg.tar.gz").is_file()), candidates[0])
+
+
+SHARED_DATA = _shared_data()
 CIFAR10_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
 
 

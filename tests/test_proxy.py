@@ -53,18 +53,43 @@ def test_same_seed_same_result_other_seed_differs(cifar10):
     assert other.epoch_losses != first.epoch_losses
 
 
-def test_resolution_other_than_storage_and_other_optimizers(cifar10):
-    for optimizer, lr, schedule in (("adamw", 1e-3, "step"), ("rmsprop", 1e-3, "constant")):
+@pytest.mark.parametrize(
+    "optimizer, schedule, expected_type, factors",
+    [
+        # 256 images / batch 32 = 8 steps, warm-up 0.5 epoch = 4 steps ramping (s + 1) / 4, then the schedule:
+        # "step" is x0.1 from half-way through the post-warm-up steps and x0.01 from three quarters
+        ("adamw", "step", torch.optim.AdamW, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 0.1, 0.01]),
+        ("rmsprop", "constant", torch.optim.RMSprop, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0]),
+        ("sgd", "constant", torch.optim.SGD, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0]),
+    ],
+)
+def test_resolution_other_than_storage_and_other_optimizers(cifar10, optimizer, schedule, expected_type, factors):
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    steps = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: steps.append((type(opt), opt.defaults, [g["lr"] for g in opt.param_groups]))
+    )
+    try:
         config = tiny(
             model=EfficientNetConfig(width=0.25, depth=0.25, resolution=48, num_classes=10),
             optimizer=optimizer,
-            lr=lr,
+            lr=1e-3,
             schedule=schedule,
             warmup_epochs=0.5,
+            train_subset=256,
+            batch_size=32,
         )
         result = train_trial(config, data=cifar10)
-        assert result.resolution == 48 and result.macs == count(config.model).macs
-        assert all(loss == loss and loss < 10 for loss in result.epoch_losses)
+    finally:
+        handle.remove()
+    assert result.resolution == 48
+    assert all(loss == loss and loss < 10 for loss in result.epoch_losses)
+    assert [s[0] for s in steps] == [expected_type] * 8  # the optimizer asked for, at every step
+    trace = [s[2] for s in steps]
+    assert trace == [[pytest.approx(1e-3 * f)] * 2 for f in factors]  # both parameter groups follow the schedule
+    if optimizer == "rmsprop":  # TensorFlow's RMSProp, as in the EfficientNet paper
+        assert (steps[0][1]["alpha"], steps[0][1]["eps"]) == (0.9, 1e-3)
 
 
 def test_absurd_learning_rate_fails_the_trial_with_a_reason(cifar10):

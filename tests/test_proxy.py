@@ -10,7 +10,7 @@ from conftest import SHARED_DATA, assert_usage_error, run_cli
 
 from scaling_search.data.sources import DataSpec
 from scaling_search.errors import UsageError
-from scaling_search.flops import count
+from scaling_search.flops import count_meta
 from scaling_search.models import EfficientNetConfig, build
 from scaling_search.train.augment import channel_stats, crop_flip, to_input
 from scaling_search.train.loop import TrialConfig, TrialFailed, TrialPruned, lr_factor, recalibrate_bn, train_trial
@@ -39,7 +39,7 @@ def test_default_recipe_learns_cifar10_in_two_epochs(cifar10):
     assert result.epochs == 2 and len(result.epoch_losses) == 2 and result.epoch_accuracies[-1] == result.accuracy
     assert [s[0] for s in seen] == [0, 1] and [s[2] for s in seen] == list(result.epoch_accuracies)
     assert result.epoch_losses[1] < result.epoch_losses[0]
-    counted = count(config.model)
+    counted = count_meta(config.model)  # the built model under the FLOP counter, not the trainer's own path
     assert (result.params, result.macs) == (counted.params, counted.macs)
     assert result.train_images == 5000 and result.test_images == 1000 and result.device == "cpu"
     assert result.images_per_second > 0 and result.wall_seconds > 0
@@ -229,7 +229,9 @@ def test_cli_train_json(cifar10, data_cache):
     ):
         assert key in result
     assert result["epochs"] == 1 and result["device"] == "cpu" and 0 <= result["accuracy"] <= 1
-    assert result["params"] == count(EfficientNetConfig(width=0.25, depth=0.25, resolution=32, num_classes=10)).params
+    assert (
+        result["params"] == count_meta(EfficientNetConfig(width=0.25, depth=0.25, resolution=32, num_classes=10)).params
+    )
     # The library call with the same settings gives the same numbers.
     same = train_trial(tiny(seed=3), data=cifar10)
     assert result["epoch_losses"] == list(same.epoch_losses) and result["accuracy"] == same.accuracy

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,13 +110,16 @@ def shared_data() -> str | None:
     return None
 
 
-def run_tests(repo: Path, tests: tuple[str, ...]) -> int:
+def run_tests(repo: Path, tests: tuple[str, ...]) -> tuple[int, str]:
+    """pytest's exit status and its summary line."""
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     data = shared_data()
     if data:
         env["SCALING_SEARCH_DATA"] = data
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
-    return subprocess.run(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    return proc.returncode, lines[-1] if lines else proc.stderr.strip()[-200:]
 
 
 def check(mutant: Mutant, baseline: bool) -> tuple[str, float]:
@@ -124,7 +128,7 @@ def check(mutant: Mutant, baseline: bool) -> tuple[str, float]:
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as tmp:
         repo = Path(tmp) / "repo"
         shutil.copytree(ROOT, repo, ignore=_SKIP, symlinks=True)
-        if baseline and run_tests(repo, mutant.tests) != 0:
+        if baseline and run_tests(repo, mutant.tests)[0] != 0:
             return "NOT CHECKED: the tests fail without the mutation", time.perf_counter() - start
         source = repo / mutant.path
         text = source.read_text()
@@ -132,10 +136,13 @@ def check(mutant: Mutant, baseline: bool) -> tuple[str, float]:
         if found != 1:
             return f"NOT APPLIED: the edit matches {found} times in {mutant.path}", time.perf_counter() - start
         source.write_text(text.replace(mutant.find, mutant.replace))
-        rc = run_tests(repo, mutant.tests)
+        rc, summary = run_tests(repo, mutant.tests)
     seconds = time.perf_counter() - start
-    if rc == 1:  # pytest: some test failed
+    # Killed means a test failed; an error in a fixture (data not found, say) kills nothing.
+    if rc == 1 and re.search(r"\b\d+ failed\b", summary):
         return "killed", seconds
+    if rc == 1:
+        return f"NOT CHECKED: {summary}", seconds
     if rc == 0:
         return "SURVIVED", seconds
     return f"NOT CHECKED: pytest exit status {rc} (collection or usage error)", seconds

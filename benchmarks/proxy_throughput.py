@@ -206,16 +206,18 @@ def main() -> None:
         f"{', subnormals flushed' if flushed and not gpu else ''}",
         flush=True,
     )
+    print(
+        "paths       DataLoader loop: per-sample CPU transforms in workers; proxy trainer: device-resident uint8, "
+        "batched transforms; bare train step: random tensors already on the device"
+    )
     series = protocol.interleave(
         {
-            "DataLoader, per-sample CPU transforms, NCHW": lambda: dataloader_loop(
-                config, x, y, device, args.workers, channels_last=False
-            ),
-            "DataLoader, per-sample CPU transforms, channels_last": lambda: dataloader_loop(
+            "DataLoader loop, NCHW": lambda: dataloader_loop(config, x, y, device, args.workers, channels_last=False),
+            "DataLoader loop, channels_last": lambda: dataloader_loop(
                 config, x, y, device, args.workers, channels_last=True
             ),
-            "proxy trainer (device-resident uint8)": lambda: train_trial(config, data=dataset).images_per_second,
-            "bare train step on random device tensors": lambda: bare_train_step(config, steps * args.epochs, device),
+            "proxy trainer": lambda: train_trial(config, data=dataset).images_per_second,
+            "bare train step": lambda: bare_train_step(config, steps * args.epochs, device),
         },
         args.repeats,
         warmup=args.warmup,

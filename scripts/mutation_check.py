@@ -102,7 +102,8 @@ _SKIP = shutil.ignore_patterns(
 
 def shared_data() -> str | None:
     """Where the tests' datasets are: the copy lives elsewhere, so say it explicitly."""
-    candidates = [os.environ.get("SCALING_SEARCH_DATA"), ROOT.parent / "shared" / "data"]
+    candidates = [os.environ.get("SCALING_SEARCH_TEST_DATA"), os.environ.get("SCALING_SEARCH_DATA")]
+    candidates.append(ROOT.parent / "shared" / "data")
     candidates.append(ROOT.parents[1] / "shared" / "data")
     for c in candidates:
         if c and (Path(c) / "cifar10-jpeg.tar.gz").is_file():
@@ -115,7 +116,7 @@ def run_tests(repo: Path, tests: tuple[str, ...]) -> tuple[int, str]:
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     data = shared_data()
     if data:
-        env["SCALING_SEARCH_DATA"] = data
+        env["SCALING_SEARCH_TEST_DATA"] = env["SCALING_SEARCH_DATA"] = data
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]

@@ -46,10 +46,11 @@ def cli():
 
 
 def _shared_data() -> Path:
-    """$SCALING_SEARCH_DATA, else shared/data beside the checkout (or beside its worktrees folder)."""
+    """$SCALING_SEARCH_TEST_DATA or $SCALING_SEARCH_DATA, else shared/data beside the checkout (or its worktrees)."""
     candidates = [ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data"]
-    if os.environ.get("SCALING_SEARCH_DATA"):
-        candidates.insert(0, Path(os.environ["SCALING_SEARCH_DATA"]))
+    for var in ("SCALING_SEARCH_DATA", "SCALING_SEARCH_TEST_DATA"):
+        if os.environ.get(var):
+            candidates.insert(0, Path(os.environ[var]))
     return next((c for c in candidates if (c / "cifar10-jpeg.tar.gz").is_file()), candidates[0])
 
 

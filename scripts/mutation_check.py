@@ -39,6 +39,9 @@ class Mutant:
     find: str
     replace: str
     tests: tuple[str, ...]
+    # Other spellings of the same edit, for a layout where the code reads differently; the first
+    # (find, replace) that matches exactly once is applied.
+    alternatives: tuple[tuple[str, str], ...] = ()
 
 
 MUTANTS = (
@@ -49,6 +52,7 @@ MUTANTS = (
         'engine_kwargs = {"connect_args": {"timeout": lock_timeout()}}',
         "engine_kwargs = {}",
         ("tests/test_reliability.py::test_locked_study_storage_waits_then_completes",),
+        alternatives=(('engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT}}', "engine_kwargs = {}"),),
     ),
     Mutant(
         "drop-path",
@@ -92,6 +96,10 @@ MUTANTS = (
         "if self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):",
         "if self.storage.set_trial_state_values(t._trial_id, TrialState.RUNNING) or True:",
         ("tests/test_search.py::test_a_unit_is_claimed_once_even_from_a_stale_queue",),
+        # claims through Study.ask(): hand out the trial seen waiting, not the one the transition gave
+        alternatives=(
+            ("return self.storage.get_trial(trial._trial_id)", "return self.storage.get_trial(first._trial_id)"),
+        ),
     ),
 )
 
@@ -133,10 +141,12 @@ def check(mutant: Mutant, baseline: bool) -> tuple[str, float]:
             return "NOT CHECKED: the tests fail without the mutation", time.perf_counter() - start
         source = repo / mutant.path
         text = source.read_text()
-        found = text.count(mutant.find)
-        if found != 1:
-            return f"NOT APPLIED: the edit matches {found} times in {mutant.path}", time.perf_counter() - start
-        source.write_text(text.replace(mutant.find, mutant.replace))
+        edit = next(
+            ((f, r) for f, r in ((mutant.find, mutant.replace), *mutant.alternatives) if text.count(f) == 1), None
+        )
+        if edit is None:
+            return f"NOT APPLIED: no edit matches {mutant.path} exactly once", time.perf_counter() - start
+        source.write_text(text.replace(*edit))
         rc, summary = run_tests(repo, mutant.tests)
     seconds = time.perf_counter() - start
     # Killed means a test failed; an error in a fixture (data not found, say) kills nothing.

@@ -14,6 +14,11 @@ process, on one device:
 3. the bare train step on random tensors of the trainer's shape, the upper
    bound: 1 - (2) / (3) is the trainer's data-handling overhead.
 
+Measured under benchmarks/protocol.py: one warm-up round, ``--repeats``
+interleaved rounds, best / min / median / max, machine and load printed.
+Goals: trainer >= 1.5x either DataLoader loop on the CPU (>= 3x for B0 at
+64 px on a GPU); trainer >= 80% of the bare step.
+
     python benchmarks/proxy_throughput.py                 # CPU: B0 at 32 px, 2,000 images
     python benchmarks/proxy_throughput.py --device cuda   # GPU: B0 at 64 px (default there)
 """
@@ -22,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import sys
 import time
@@ -34,6 +38,9 @@ from PIL import Image
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import protocol  # noqa: E402
 
 from scaling_search.data.sources import DataSpec, balanced_subset, load_dataset  # noqa: E402
 from scaling_search.models import EfficientNetConfig, build  # noqa: E402
@@ -161,7 +168,8 @@ def main() -> None:
     ap.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers (default: min(4, cores))"
     )
-    ap.add_argument("--repeats", type=int, default=2, help="measure each path this many times, keep the best")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds of every path; each keeps its best")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
@@ -191,46 +199,48 @@ def main() -> None:
     x, y = np.ascontiguousarray(dataset.train_x[index]), dataset.train_y[index]
     steps = images // batch
 
-    name = (
-        torch.cuda.get_device_name(device)
-        if gpu
-        else f"{platform.machine()} CPU, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    protocol.header("training throughput: proxy trainer against the DataLoader loop")
+    print(
+        f"workload    {device}, EfficientNet w={args.width:g} d={args.depth:g} at {resolution} px, batch {batch}, "
+        f"{steps * batch:,} images x {args.epochs} epoch(s), {args.workers} DataLoader workers"
+        f"{', subnormals flushed' if flushed and not gpu else ''}",
+        flush=True,
     )
     print(
-        f"device      {device} ({name}), torch "
-        f"{torch.__version__}{', subnormals flushed' if flushed and not gpu else ''}"
+        "paths       DataLoader loop: per-sample CPU transforms in workers; proxy trainer: device-resident uint8, "
+        "batched transforms; bare train step: random tensors already on the device"
     )
-    print(
-        f"workload    EfficientNet w={args.width:g} d={args.depth:g} at {resolution} px, batch {batch}, "
-        f"{steps * batch:,} images x {args.epochs} epoch(s)"
+    series = protocol.interleave(
+        {
+            "DataLoader loop, NCHW": lambda: dataloader_loop(config, x, y, device, args.workers, channels_last=False),
+            "DataLoader loop, channels_last": lambda: dataloader_loop(
+                config, x, y, device, args.workers, channels_last=True
+            ),
+            "proxy trainer": lambda: train_trial(config, data=dataset).images_per_second,
+            "bare train step": lambda: bare_train_step(config, steps * args.epochs, device),
+        },
+        args.repeats,
+        warmup=args.warmup,
+        unit="img/s",
+        higher_is_better=True,
     )
-
-    runs: dict[str, list[float]] = {"loader": [], "loader_cl": [], "trainer": [], "bare": []}
-    for _ in range(args.repeats):
-        runs["loader"].append(dataloader_loop(config, x, y, device, args.workers, channels_last=False))
-        runs["trainer"].append(train_trial(config, data=dataset).images_per_second)
-        runs["loader_cl"].append(dataloader_loop(config, x, y, device, args.workers, channels_last=True))
-        runs["bare"].append(bare_train_step(config, steps * args.epochs, device))
-    best = {k: max(v) for k, v in runs.items()}
-
-    def row(label: str, key: str) -> None:
-        print(f"  {label:<58} {best[key]:>9,.0f} img/s   (runs: {', '.join(f'{v:,.0f}' for v in runs[key])})")
-
-    print("training throughput, best of", args.repeats)
-    row(f"DataLoader, per-sample CPU transforms, {args.workers} workers, NCHW", "loader")
-    row(f"DataLoader, per-sample CPU transforms, {args.workers} workers, channels_last", "loader_cl")
-    row("proxy trainer (device-resident uint8, batched transforms)", "trainer")
-    row("bare train step on random device tensors", "bare")
-    print(f"ratio       trainer / DataLoader loop (NCHW, as usually written): {best['trainer'] / best['loader']:.2f}x")
-    print(
-        f"            trainer / DataLoader loop (channels_last):            {best['trainer'] / best['loader_cl']:.2f}x"
+    loader, loader_cl, trainer, bare = series.values()
+    goal = 3.0 if gpu else 1.5
+    share = trainer.best / bare.best
+    protocol.report(
+        series,
+        [
+            protocol.ratio(trainer, loader, goal, "trainer vs DataLoader loop, NCHW (as usually written)"),
+            protocol.ratio(trainer, loader_cl, goal, "trainer vs DataLoader loop, channels_last"),
+            protocol.Verdict(
+                f"trainer at {100 * share:.0f}% of the bare train step "
+                f"({100 * (1 - share):.1f}% lost to data handling)",
+                ">= 80%",
+                share >= 0.8,
+            ),
+        ],
     )
-    rounds = ", ".join(f"{t / d:.2f}x" for t, d in zip(runs["trainer"], runs["loader"]))
-    print(f"            per round, trainer / DataLoader NCHW: {rounds} (same-round pairs share the machine's load)")
-    print(
-        f"overhead    trainer vs bare train step: {100 * (1 - best['trainer'] / best['bare']):.1f}% of throughput "
-        "lost to data handling"
-    )
+    protocol.footer()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """Parameters and multiply-adds of built models.
 
-``count`` is the headline path: the model is built on the meta device and run
-under ``FlopCounterMode``, so nothing is allocated or computed; conv and
-matmul count 2 FLOPs per multiply-add, halved here into MACs (the paper's and
-torchvision's "FLOPs"). ``count_fvcore`` is the cross-check users compare
-with: fvcore traces real tensors and adds BN, pooling and upsampling.
+``count`` is the headline path. For an EfficientNet it is the closed form of
+``models.efficientnet_config.analytic_counts`` (microseconds; the tests hold it
+equal to the meta counter over random widths, depths, resolutions and class
+counts). Every other model, and a per-module breakdown, goes through
+``count_meta``: the model is built on the meta device and run under
+``FlopCounterMode``, so nothing is allocated or computed; conv and matmul count
+2 FLOPs per multiply-add, halved here into MACs (the paper's and torchvision's
+"FLOPs"). ``count_fvcore`` is the cross-check users compare with: fvcore
+traces real tensors and adds BN, pooling and upsampling.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from torch import nn
 
 from .models import build
+from .models.efficientnet_config import EfficientNetConfig, analytic_counts
 
 # Conv + linear are what the paper counts; FlopCounterMode reports linear as mm/addmm.
 _MAC_OPS = ("convolution", "addmm", "mm", "bmm")
@@ -38,8 +43,23 @@ def _example_input(resolution: int, device: str | torch.device) -> torch.Tensor:
     return torch.zeros(1, 3, resolution, resolution, device=device)
 
 
+def _closed_form_is_exact(config: Any) -> bool:
+    # analytic_counts assumes "same" padding (odd kernels) and the EfficientNet
+    # built from exactly this config type; a subclass may build something else.
+    return type(config) is EfficientNetConfig and all(s.kernel % 2 == 1 for s in config.stages)
+
+
 def count(config: Any, resolution: int | None = None, *, breakdown: bool = False) -> FlopCount:
     """Params and conv + linear MACs at ``resolution`` (default: the config's), without real compute."""
+    res = int(config.resolution if resolution is None else resolution)
+    if not breakdown and _closed_form_is_exact(config):
+        exact = analytic_counts(config, res)
+        return FlopCount(params=exact.params, macs=exact.macs, resolution=res)
+    return count_meta(config, res, breakdown=breakdown)
+
+
+def count_meta(config: Any, resolution: int | None = None, *, breakdown: bool = False) -> FlopCount:
+    """``count`` through the model itself: built on the meta device, run under FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
     res = int(config.resolution if resolution is None else resolution)

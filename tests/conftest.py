@@ -44,8 +44,17 @@ def cli():
 
 # ------------------------------------------------------------- datasets
 
-# The repository's sibling shared/data, or where SCALING_SEARCH_TEST_DATA points (a git worktree elsewhere).
-SHARED_DATA = Path(os.environ.get("SCALING_SEARCH_TEST_DATA") or ROOT.parent / "shared" / "data")
+
+def _shared_data() -> Path:
+    """$SCALING_SEARCH_TEST_DATA or $SCALING_SEARCH_DATA, else shared/data beside the checkout (or its worktrees)."""
+    candidates = [ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data"]
+    for var in ("SCALING_SEARCH_DATA", "SCALING_SEARCH_TEST_DATA"):
+        if os.environ.get(var):
+            candidates.insert(0, Path(os.environ[var]))
+    return next((c for c in candidates if (c / "cifar10-jpeg.tar.gz").is_file()), candidates[0])
+
+
+SHARED_DATA = _shared_data()
 CIFAR10_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
 
 

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 from conftest import ROOT, assert_usage_error, run_cli
@@ -109,6 +110,8 @@ def test_bad_input_one_line_exit_2(args, fragment):
 
 def test_table_output_file_is_atomic_and_validated(tmp_path):
     target = tmp_path / "t.csv"
+    target.write_text("the previous table\n")
+    os.link(target, tmp_path / "previous")  # a second name for the old file's inode
     proc = run_cli(
         "table",
         "--alpha",
@@ -126,10 +129,27 @@ def test_table_output_file_is_atomic_and_validated(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert target.read_text().startswith("phi,") and len(target.read_text().splitlines()) == 3
-    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+    # Replaced by a rename, not rewritten in place: the old inode still holds the old table whole,
+    # so a reader (or a crash) at any moment sees the old or the new file, never a mix.
+    assert (tmp_path / "previous").read_text() == "the previous table\n"
+    assert not os.path.samefile(target, tmp_path / "previous")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["previous", "t.csv"]  # no temporary file left
     assert_usage_error(
         run_cli(
             "table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--output", str(tmp_path / "no" / "t.md")
         ),
         "does not exist",
     )
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file(tmp_path):
+    from scaling_search.atomic import atomic_open
+
+    target = tmp_path / "report.md"
+    target.write_bytes(b"old and whole")
+    with pytest.raises(RuntimeError, match="disk gone"):
+        with atomic_open(target) as f:
+            f.write(b"new and half")
+            raise RuntimeError("disk gone")
+    assert target.read_bytes() == b"old and whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]

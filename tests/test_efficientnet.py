@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 
-from scaling_search.flops import count, trainable_params
+from scaling_search.flops import count_meta, trainable_params
 from scaling_search.models import (
     EfficientNetConfig,
     analytic_counts,
@@ -96,10 +96,22 @@ def test_any_resolution_and_features():
 
 
 def test_stochastic_depth_only_in_training():
+    # depth 1.0 keeps the residual blocks (drop path acts on them only); dropout off isolates drop path
+    x = torch.randn(8, 3, 32, 32)
+
+    def two_training_passes(drop_path: float) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build(EfficientNetConfig(width=0.25, depth=1.0, drop_path=drop_path, dropout=0.0, num_classes=3))
+        model.train()
+        with torch.no_grad():
+            return model(x), model(x)
+
+    a, b = two_training_passes(0.9)
+    assert not torch.allclose(a, b), "drop path did not change the training forward pass"
+    a, b = two_training_passes(0.0)
+    assert torch.equal(a, b)  # the control: without drop path, training passes are deterministic
     torch.manual_seed(0)
-    model = build(EfficientNetConfig(width=0.25, depth=0.25, drop_path=0.9, dropout=0.0, num_classes=3))
-    x = torch.randn(4, 3, 32, 32)
-    model.eval()
+    model = build(EfficientNetConfig(width=0.25, depth=1.0, drop_path=0.9, dropout=0.0, num_classes=3)).eval()
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
 
@@ -113,16 +125,24 @@ def test_analytic_counts_match_built_model_and_counter():
             resolution=rng.choice([32, 57, 64, 100, 224, 258]),
             num_classes=rng.choice([10, 100, 1000]),
         )
-        counted = count(config)
-        expected = analytic_counts(config)
+        counted = count_meta(config)  # the model itself, run under the FLOP counter
+        expected = analytic_counts(config)  # the closed form that count() returns for EfficientNet configs
         assert (counted.params, counted.macs) == (expected.params, expected.macs), config
+        with torch.device("meta"):
+            assert counted.params == sum(p.numel() for p in build(config).parameters())
 
 
 def test_bad_configs_rejected():
     from scaling_search.errors import UsageError
 
-    for kwargs in ({"resolution": 0}, {"resolution": 3.5}, {"width": -1}, {"num_classes": 0}, {"dropout": 1.0}):
-        with pytest.raises(UsageError):
+    for kwargs, says in (
+        ({"resolution": 0}, r"resolution must be a positive integer number of pixels, got 0"),
+        ({"resolution": 3.5}, r"resolution must be a positive integer number of pixels, got 3\.5"),
+        ({"width": -1}, r"width must be a positive number, got -1"),
+        ({"num_classes": 0}, r"num_classes must be a positive integer, got 0"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1\.0"),
+    ):
+        with pytest.raises(UsageError, match=says):
             EfficientNetConfig(**kwargs)
     with pytest.raises(UsageError, match="unknown model"):
         get_config("efficientnet-b9")

@@ -10,7 +10,7 @@ from conftest import SHARED_DATA, assert_usage_error, run_cli
 
 from scaling_search.data.sources import DataSpec
 from scaling_search.errors import UsageError
-from scaling_search.flops import count
+from scaling_search.flops import count_meta
 from scaling_search.models import EfficientNetConfig, build
 from scaling_search.train.augment import channel_stats, crop_flip, to_input
 from scaling_search.train.loop import TrialConfig, TrialFailed, TrialPruned, lr_factor, recalibrate_bn, train_trial
@@ -39,7 +39,7 @@ def test_default_recipe_learns_cifar10_in_two_epochs(cifar10):
     assert result.epochs == 2 and len(result.epoch_losses) == 2 and result.epoch_accuracies[-1] == result.accuracy
     assert [s[0] for s in seen] == [0, 1] and [s[2] for s in seen] == list(result.epoch_accuracies)
     assert result.epoch_losses[1] < result.epoch_losses[0]
-    counted = count(config.model)
+    counted = count_meta(config.model)  # the built model under the FLOP counter, not the trainer's own path
     assert (result.params, result.macs) == (counted.params, counted.macs)
     assert result.train_images == 5000 and result.test_images == 1000 and result.device == "cpu"
     assert result.images_per_second > 0 and result.wall_seconds > 0
@@ -53,18 +53,43 @@ def test_same_seed_same_result_other_seed_differs(cifar10):
     assert other.epoch_losses != first.epoch_losses
 
 
-def test_resolution_other_than_storage_and_other_optimizers(cifar10):
-    for optimizer, lr, schedule in (("adamw", 1e-3, "step"), ("rmsprop", 1e-3, "constant")):
+@pytest.mark.parametrize(
+    "optimizer, schedule, expected_type, factors",
+    [
+        # 256 images / batch 32 = 8 steps, warm-up 0.5 epoch = 4 steps ramping (s + 1) / 4, then the schedule:
+        # "step" is x0.1 from half-way through the post-warm-up steps and x0.01 from three quarters
+        ("adamw", "step", torch.optim.AdamW, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 0.1, 0.01]),
+        ("rmsprop", "constant", torch.optim.RMSprop, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0]),
+        ("sgd", "constant", torch.optim.SGD, [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0]),
+    ],
+)
+def test_resolution_other_than_storage_and_other_optimizers(cifar10, optimizer, schedule, expected_type, factors):
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    steps = []
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: steps.append((type(opt), opt.defaults, [g["lr"] for g in opt.param_groups]))
+    )
+    try:
         config = tiny(
             model=EfficientNetConfig(width=0.25, depth=0.25, resolution=48, num_classes=10),
             optimizer=optimizer,
-            lr=lr,
+            lr=1e-3,
             schedule=schedule,
             warmup_epochs=0.5,
+            train_subset=256,
+            batch_size=32,
         )
         result = train_trial(config, data=cifar10)
-        assert result.resolution == 48 and result.macs == count(config.model).macs
-        assert all(loss == loss and loss < 10 for loss in result.epoch_losses)
+    finally:
+        handle.remove()
+    assert result.resolution == 48
+    assert all(loss == loss and loss < 10 for loss in result.epoch_losses)
+    assert [s[0] for s in steps] == [expected_type] * 8  # the optimizer asked for, at every step
+    trace = [s[2] for s in steps]
+    assert trace == [[pytest.approx(1e-3 * f)] * 2 for f in factors]  # both parameter groups follow the schedule
+    if optimizer == "rmsprop":  # TensorFlow's RMSProp, as in the EfficientNet paper
+        assert (steps[0][1]["alpha"], steps[0][1]["eps"]) == (0.9, 1e-3)
 
 
 def test_absurd_learning_rate_fails_the_trial_with_a_reason(cifar10):
@@ -204,7 +229,9 @@ def test_cli_train_json(cifar10, data_cache):
     ):
         assert key in result
     assert result["epochs"] == 1 and result["device"] == "cpu" and 0 <= result["accuracy"] <= 1
-    assert result["params"] == count(EfficientNetConfig(width=0.25, depth=0.25, resolution=32, num_classes=10)).params
+    assert (
+        result["params"] == count_meta(EfficientNetConfig(width=0.25, depth=0.25, resolution=32, num_classes=10)).params
+    )
     # The library call with the same settings gives the same numbers.
     same = train_trial(tiny(seed=3), data=cifar10)
     assert result["epoch_losses"] == list(same.epoch_losses) and result["accuracy"] == same.accuracy

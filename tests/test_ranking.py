@@ -27,7 +27,12 @@ def test_mean_interval():
 
 def test_difference_interval():
     d, lo, hi = difference_interval([0.60, 0.61, 0.62], [0.50, 0.51, 0.52])
-    assert d == pytest.approx(0.1) and lo > 0
+    # by hand: sd 0.01 in each arm, se = sqrt(2 * 0.01^2 / 3) = 0.008165, df = 4, t(4) = 2.776
+    assert d == pytest.approx(0.1)
+    assert (lo, hi) == (
+        pytest.approx(0.1 - 2.776 * 0.008165, rel=1e-3),
+        pytest.approx(0.1 + 2.776 * 0.008165, rel=1e-3),
+    )
     assert difference_interval([0.5], [0.4, 0.41]) is None
 
 

@@ -11,6 +11,7 @@ mtimes, contents) before and after: a bad input creates and changes nothing.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
 import random
@@ -257,7 +258,16 @@ def _another_search(c: Ctx) -> list:
 def _unreachable_storage_for_earlier_run(c: Ctx) -> list:
     space = c.space()
     c.earlier_run(space)  # outputs of an earlier run must survive the failed start untouched
-    return c.run("--storage", "postgresql://search:secret@127.0.0.1:1/db", space=space)
+    # psycopg (a dependency) is the driver; port 1 has no server
+    return c.run("--storage", "postgresql+psycopg://search:secret@127.0.0.1:1/db", space=space)
+
+
+def _driverless_storage_for_earlier_run(c: Ctx) -> list:
+    # SQLAlchemy's mysql:// driver is mysqlclient (module MySQLdb), which the project never installs
+    assert importlib.util.find_spec("MySQLdb") is None, "this case needs an environment without mysqlclient"
+    space = c.space()
+    c.earlier_run(space)
+    return c.run("--storage", "mysql://search:secret@127.0.0.1:1/db", space=space)
 
 
 def _damaged_run_json(c: Ctx) -> list:
@@ -596,9 +606,16 @@ CATALOGUE = [
     # run: the study storage
     case(
         "run-storage-no-driver",
+        _driverless_storage_for_earlier_run,
+        "needs a database driver that is not installed (MySQLdb)",
+        "pip install mysqlclient",
+        never=("secret",),
+    ),
+    case(
+        "run-storage-unreachable",
         _unreachable_storage_for_earlier_run,
-        "needs a database driver",
-        "pip install",
+        "connection refused",
+        "check the url and that the database server is running and reachable",
         never=("secret",),
     ),
     case(
@@ -669,8 +686,9 @@ def test_scientific_notation_is_a_number_in_a_space():
         ),
         # goes through the data load and Optuna, which print warnings unless told not to
         case(
-            "run-storage-no-driver", _unreachable_storage_for_earlier_run, "needs a database driver", never=("secret",)
+            "run-storage-no-driver", _driverless_storage_for_earlier_run, "needs a database driver", never=("secret",)
         ),
+        case("run-storage-unreachable", _unreachable_storage_for_earlier_run, "connection refused", never=("secret",)),
     ],
 )
 def test_real_entry_point_prints_one_line(build, says, never, tmp_path, data_env):
@@ -938,9 +956,13 @@ def test_truncated_decode_cache_is_rebuilt(tmp_path, cut):
     assert cache_file.stat().st_size == size and load_dataset(spec, cache_dir=cache).from_cache
 
 
+SQLITE_OWN_BUSY_TIMEOUT = 5.0  # seconds: what sqlite3.connect waits by default, before the project's longer wait
+HOLD = SQLITE_OWN_BUSY_TIMEOUT + 3
+
+
 def test_locked_study_storage_waits_then_completes(tmp_path, data_env):
-    """A SQLite study locked by another program (here BEGIN EXCLUSIVE) is waited
-    for, up to optuna_backend.SQLITE_LOCK_TIMEOUT (120 s), and stays intact."""
+    """A SQLite study locked by another program (here BEGIN EXCLUSIVE) for longer
+    than SQLite's own busy timeout is waited for, and the run completes intact."""
     run = tmp_path / "run"
     run.mkdir()
     holder = sqlite3.connect(run / "study.db", isolation_level=None)
@@ -954,14 +976,18 @@ def test_locked_study_storage_waits_then_completes(tmp_path, data_env):
         text=True,
     )
     try:
+        # The run writes run.json before it opens its storage, so from here on it is blocked on the lock.
         wait_for(lambda: (run / "run.json").exists(), 300, "the run to reach its storage", proc)
-        time.sleep(3)
-        assert proc.poll() is None, "the run gave up on a locked storage instead of waiting"
+        locked_at = time.monotonic()
+        time.sleep(HOLD)
+        assert proc.poll() is None, f"the run gave up on a storage locked for {HOLD:g} s: {proc.stderr.read()}"
     finally:
         holder.rollback()
         holder.close()
     out, err = proc.communicate(timeout=600)
+    waited = time.monotonic() - locked_at
     assert proc.returncode == 0 and err == "", err
+    assert waited >= HOLD > SQLITE_OWN_BUSY_TIMEOUT
     assert "3 of 3 trials finished" in out
     assert sorted(unit_attempts(run).values()) == [["COMPLETE"]] * SAMPLE_UNITS
     assert db_rows(run, "pragma integrity_check") == [("ok",)]
@@ -970,7 +996,7 @@ def test_locked_study_storage_waits_then_completes(tmp_path, data_env):
 def test_storage_locked_past_the_wait_limit_fails_clearly(tmp_path, monkeypatch):
     from scaling_search.search import optuna_backend
 
-    monkeypatch.setattr(optuna_backend, "SQLITE_LOCK_TIMEOUT", 1)
+    monkeypatch.setenv("SCALING_SEARCH_LOCK_TIMEOUT", "1.5")
     db = tmp_path / "study.db"
     url = f"sqlite:///{db}"
     optuna_backend.OptunaStudy(url, "s")  # the schema exists, as in a study that ran before
@@ -980,15 +1006,26 @@ def test_storage_locked_past_the_wait_limit_fails_clearly(tmp_path, monkeypatch)
         started = time.monotonic()
         with pytest.raises(UsageError) as err:
             optuna_backend.OptunaStudy(url, "s")
-        assert time.monotonic() - started >= 1
+        waited = time.monotonic() - started
     finally:
         holder.rollback()
         holder.close()
-    assert "stayed locked by another program for over 1 s" in str(err.value) and "run the same command again" in str(
-        err.value
+    assert 1.5 <= waited < SQLITE_OWN_BUSY_TIMEOUT  # the limit given, not SQLite's own
+    assert str(err.value) == (
+        f"study storage {url!r} stayed locked by another program for over 1.5 s: close that program (or wait for "
+        "it) and run the same command again; finished trials are kept"
     )
     assert optuna_backend.OptunaStudy(url, "s").count_finished() == 0
     assert db_rows(tmp_path, "pragma integrity_check") == [("ok",)]
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon", "nan", "inf"])
+def test_lock_wait_limit_from_the_environment_is_validated(monkeypatch, tmp_path, value):
+    from scaling_search.search import optuna_backend
+
+    monkeypatch.setenv("SCALING_SEARCH_LOCK_TIMEOUT", value)
+    with pytest.raises(UsageError, match=f"SCALING_SEARCH_LOCK_TIMEOUT='{value}': expected a positive number"):
+        optuna_backend.OptunaStudy(f"sqlite:///{tmp_path / 'study.db'}", "s")
 
 
 # ------------------------------------------------------------ security of inputs

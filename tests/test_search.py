@@ -50,7 +50,17 @@ def test_tiny_run_writes_every_output_and_report_rebuilds(tmp_path, data_env):
     best = json.loads((out / "best.json").read_text())
     assert {"alpha", "beta", "gamma", "accuracy_mean", "accuracy_ci_low", "accuracy_ci_high"} <= set(best)
     assert best["seeds"] == 2 and best["accuracy_ci_low"] <= best["accuracy_mean"] <= best["accuracy_ci_high"]
-    assert best["paper_rank"] in (1, 2, 3)
+    # The paper's rank and the winner, recomputed from trials.csv by hand: mean accuracy over seeds per triple
+    means: dict[tuple[str, str, str], list[float]] = {}
+    for r in rows:
+        means.setdefault((r["alpha"], r["beta"], r["gamma"]), []).append(float(r["accuracy"]))
+    means = {k: sum(v) / len(v) for k, v in means.items()}
+    paper = means[("1.2", "1.1", "1.15")]
+    better, tied = sum(m > paper for m in means.values()), sum(m == paper for m in means.values())
+    assert better + 1 <= best["paper_rank"] <= better + tied  # equal means may come in either order
+    top = max(means.values())
+    assert best["accuracy_mean"] == pytest.approx(top, abs=1e-9)
+    assert means[(f"{best['alpha']:g}", f"{best['beta']:g}", f"{best['gamma']:g}")] == top
     assert "[" in proc.stdout and "best (" in proc.stdout and "estimate: about" in proc.stdout
     from PIL import Image
 
@@ -161,10 +171,8 @@ def test_two_workers_share_one_study(tmp_path, data_env):
     attempts = _unit_attempts(out)
     assert len(attempts) == 12
     assert all(states == ["COMPLETE"] for states in attempts.values()), attempts  # each unit exactly once
-    con = sqlite3.connect(out / "study.db")
-    who = {json.loads(v) for (v,) in con.execute("select value_json from trial_user_attributes where key = 'worker'")}
-    con.close()
-    assert len(who) == 2, "both workers should have trained units"
+    # How the units split between the workers depends on timing; that each ran exactly once does not. The
+    # race itself is made deterministic in test_a_unit_is_claimed_once_even_from_a_stale_queue.
 
 
 def test_pruning_reports_saved_compute(tmp_path, data_env):
@@ -201,7 +209,8 @@ def test_run_bad_inputs_touch_nothing(tmp_path, data_env):
     )
     assert_usage_error(
         run_cli("run", "--space", str(space), "--out", str(out), "--data-dir", str(tmp_path / "nodata"), env=data_env),
-        "",
+        f"data folder {tmp_path / 'nodata'} does not exist",
+        "point it at the folder that holds the dataset",
     )
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -254,3 +263,26 @@ def test_ray_run_stopped_by_sigint_reports_and_resumes_without_training_twice(tm
     assert all(r["state"] == "COMPLETE" and r["attempts"] == "1" for r in rows), rows
     assert f"resuming: {len(done)} of 6 trials already finished" in resumed.stdout
     assert len(trained_again) == 6 - len(done)  # one progress line per unit left, none for those done
+
+
+def test_a_unit_is_claimed_once_even_from_a_stale_queue(tmp_path):
+    """Two workers read the same waiting queue; the second claims only after the first took its head.
+    The storage's WAITING -> RUNNING transition must refuse the second claim of that unit."""
+    from scaling_search.search.optuna_backend import OptunaStudy
+    from scaling_search.search.trials import Unit
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    first, second = OptunaStudy(url, "s", heartbeat=60), OptunaStudy(url, "s", heartbeat=60)
+    units = [Unit(alpha=1.2, beta=1.1, gamma=1.15, seed=s, theoretical_ratio=1.92, measured_ratio=1.9) for s in (0, 1)]
+    assert first.ensure_units(units) == 2 and second.ensure_units(units) == 0
+    stale = second.study.get_trials(deepcopy=False)  # second's view of the queue: both units waiting
+    taken = first._claim()
+    real_get_trials = second.study.get_trials
+    second.study.get_trials = lambda *a, **k: [t for t in stale if t.state.name in {s.name for s in k["states"]}]
+    try:
+        claimed = second._claim()
+    finally:
+        second.study.get_trials = real_get_trials
+    assert taken is not None and claimed is not None
+    assert claimed.number != taken.number, "one unit was handed to two workers"
+    assert second._claim() is None and first._claim() is None  # both units now running, nothing left to claim

@@ -51,6 +51,22 @@ GRACE_FACTOR = 4
 # How long a SQLite study waits for another program's lock on the file before
 # giving up with a clear error (a backup, a DB browser, a stuck worker).
 SQLITE_LOCK_TIMEOUT = 120  # seconds
+ENV_LOCK_TIMEOUT = "SCALING_SEARCH_LOCK_TIMEOUT"  # overrides it, in seconds
+
+
+def lock_timeout() -> float:
+    """Seconds a SQLite study waits for another program's lock (``SCALING_SEARCH_LOCK_TIMEOUT`` or 120)."""
+    text = os.environ.get(ENV_LOCK_TIMEOUT, "").strip()
+    if not text:
+        return SQLITE_LOCK_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise UsageError(f"{ENV_LOCK_TIMEOUT}={text!r}: expected a positive number of seconds")
+    return value
+
 
 METRIC = "accuracy"  # the objective's name in the study (optuna-dashboard, plots)
 PARAMS = ("alpha", "beta", "gamma", "seed")  # a unit's native trial parameters
@@ -221,7 +237,7 @@ def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT) -> optuna.storage
     """An RDB storage with heartbeats; a clear error when it cannot be reached."""
     engine_kwargs = {}
     if url.startswith("sqlite"):
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT}}  # wait for a writer rather than fail at once
+        engine_kwargs = {"connect_args": {"timeout": lock_timeout()}}  # wait for a writer rather than fail at once
     try:
         with warnings.catch_warnings():
             # Heartbeats are what makes a dead worker's trial come back; Optuna
@@ -256,7 +272,7 @@ def storage_error(url: str, exc: BaseException) -> UsageError:
     first = text.splitlines()[0] if text else type(exc).__name__
     if "database is locked" in text:
         return UsageError(
-            f"study storage {redact(url)!r} stayed locked by another program for over {SQLITE_LOCK_TIMEOUT} s: "
+            f"study storage {redact(url)!r} stayed locked by another program for over {lock_timeout():g} s: "
             "close that program (or wait for it) and run the same command again; finished trials are kept"
         )
     hint = (

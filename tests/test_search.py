@@ -46,21 +46,21 @@ def test_tiny_run_writes_every_output_and_report_rebuilds(tmp_path, data_env):
     rows = _read_csv(out / "trials.csv")
     # (1, 1.1, 1.3), (1.1, 1.1, 1.2) from the grid, plus the paper's triple, x 2 seeds
     assert len(rows) == 6 and all(r["state"] == "COMPLETE" for r in rows)
-    assert {(r["alpha"], r["beta"], r["gamma"]) for r in rows} >= {("1.2", "1.1", "1.15")}
+    assert {(float(r["alpha"]), float(r["beta"]), float(r["gamma"])) for r in rows} >= {(1.2, 1.1, 1.15)}
     best = json.loads((out / "best.json").read_text())
     assert {"alpha", "beta", "gamma", "accuracy_mean", "accuracy_ci_low", "accuracy_ci_high"} <= set(best)
     assert best["seeds"] == 2 and best["accuracy_ci_low"] <= best["accuracy_mean"] <= best["accuracy_ci_high"]
     # The paper's rank and the winner, recomputed from trials.csv by hand: mean accuracy over seeds per triple
-    means: dict[tuple[str, str, str], list[float]] = {}
+    means: dict[tuple[float, float, float], list[float]] = {}
     for r in rows:
-        means.setdefault((r["alpha"], r["beta"], r["gamma"]), []).append(float(r["accuracy"]))
+        means.setdefault((float(r["alpha"]), float(r["beta"]), float(r["gamma"])), []).append(float(r["accuracy"]))
     means = {k: sum(v) / len(v) for k, v in means.items()}
-    paper = means[("1.2", "1.1", "1.15")]
+    paper = means[(1.2, 1.1, 1.15)]
     better, tied = sum(m > paper for m in means.values()), sum(m == paper for m in means.values())
     assert better + 1 <= best["paper_rank"] <= better + tied  # equal means may come in either order
     top = max(means.values())
     assert best["accuracy_mean"] == pytest.approx(top, abs=1e-9)
-    assert means[(f"{best['alpha']:g}", f"{best['beta']:g}", f"{best['gamma']:g}")] == top
+    assert means[(best["alpha"], best["beta"], best["gamma"])] == top
     assert "[" in proc.stdout and "best (" in proc.stdout and "estimate: about" in proc.stdout
     from PIL import Image
 

@@ -12,6 +12,9 @@ if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev
     fi
 fi
 python3 -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[dev]"
+# Formatter and linter first: a finding fails the run (line length 120, rules in pyproject.toml).
+python3 -m ruff format --check .
+python3 -m ruff check .
 python3 -m pytest -q "$@"
 if [ $# -eq 0 ]; then
     python3 scripts/mutation_check.py

@@ -395,6 +395,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="seconds between trial heartbeats; a trial silent for 4 is re-queued (default 10)",
     )
     p.add_argument("--estimate", action="store_true", help="print the plan and the time estimate, then stop")
+    p.add_argument(
+        "--keep-weights",
+        choices=("best", "all", "none"),
+        default="best",
+        help="final weights kept in DIR/weights as safetensors: the winner's seeds (default), every trial's, or none",
+    )
     p.add_argument("--ray-address", help="join this Ray cluster (with --backend ray; default: start a local one)")
     p.add_argument(
         "--gpus-per-trial", type=float, help="GPUs per Ray trial, fractions allowed (default 1 with a GPU, else 0)"
@@ -458,6 +464,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         gpus_per_trial=args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial,
         estimate_only=args.estimate,
+        keep_weights=args.keep_weights,
     )
     return run(space, options, console)
 

@@ -138,6 +138,35 @@ COLUMNS = (
     "epoch_losses",
     "attempts",
 )
+# What each column of trials.csv means (written into every run folder's COLUMNS.md).
+COLUMN_DESCRIPTIONS = {
+    "unit": "one trial's key: candidate and seed, e.g. a1-b1.1-g1.3-s0",
+    "candidate": "the candidate's key, a{alpha}-b{beta}-g{gamma}: group by it to average over seeds",
+    "alpha": "depth coefficient of the candidate (phi = 1 multiplies the baseline's depth by alpha)",
+    "beta": "width coefficient (channels times beta, rounded to multiples of 8)",
+    "gamma": "resolution coefficient (input side times gamma, rounded to constraint.resolution_multiple)",
+    "seed": "training seed of this trial (int)",
+    "state": "COMPLETE, PRUNED (stopped early by successive halving), FAIL (failure says why), RUNNING or "
+    "WAITING (not trained yet)",
+    "accuracy": "held-out top-1 accuracy (0..1) after the last epoch run; empty when the trial has not run",
+    "epochs_run": "epochs this trial trained (fewer than epochs when pruned) (int)",
+    "epochs": "epochs of the full proxy schedule (int)",
+    "depth": "depth multiplier of the trained phi = 1 network over EfficientNet-B0's stage table",
+    "width": "width multiplier of the trained phi = 1 network",
+    "resolution": "input side in pixels the network was trained and scored at (int)",
+    "params": "parameters of the trained network, counted on the built model (int, every row)",
+    "macs": "multiply-adds of one forward pass at resolution, conv + linear (int, every row)",
+    "theoretical_ratio": "alpha * beta^2 * gamma^2: the FLOPs multiplier the compound rule promises",
+    "measured_ratio": "MACs of the rounded phi = 1 network over the baseline's, at the proxy's resolution",
+    "images_per_second": "training throughput of the trial, images per second",
+    "wall_seconds": "wall-clock seconds of the trial (training and evaluation)",
+    "device": "the device that trained it, e.g. cpu or cuda:0 (the card's name)",
+    "failure": "why a FAIL trial failed; empty otherwise",
+    "epoch_accuracies": "held-out top-1 after each epoch run, a JSON list",
+    "epoch_losses": "mean training loss of each epoch run, a JSON list",
+    "attempts": "trainings started for this unit over every run of the study; above 1 after an interrupted "
+    "trial was re-queued (int)",
+}
 _INTS = frozenset({"seed", "epochs", "epochs_run", "resolution", "params", "macs", "attempts"})
 _FLOATS = frozenset(
     {

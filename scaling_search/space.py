@@ -45,7 +45,13 @@ class BaselineSpec:
 class DataSection:
     name: str  # cifar10 | imagefolder:PATH
     data_dir: str | None = None
-    storage_size: int = 32
+    storage_size: int | None = None  # side of the stored squares; None: the dataset's native size
+
+    def effective_storage_size(self) -> int:
+        """The side images are stored at: ``storage_size``, else the native size (imagefolder: 32)."""
+        from .data.sources import DEFAULT_STORAGE_SIZE, NATIVE_SIZES
+
+        return self.storage_size or NATIVE_SIZES.get(self.name.split(":", 1)[0], DEFAULT_STORAGE_SIZE)
 
 
 @dataclass(frozen=True)
@@ -97,14 +103,21 @@ class SearchSpace:
     def to_dict(self) -> dict:
         return _to_plain(dataclasses.asdict(self))
 
-    def fingerprint(self) -> str:
-        """Hash of everything that decides which trials exist and what they mean."""
+    def fingerprint(self, data_dir: str | None = None) -> str:
+        """Hash of everything that decides which trials exist and what they mean.
+
+        Where the data lies is not part of it (hashed as ``data_dir: null``), so a
+        run folder resumes on a machine that keeps the data elsewhere. Folders made
+        by earlier releases hashed the space's ``data_dir``: pass it to recompute theirs.
+        """
         plain = {k: v for k, v in self.to_dict().items() if k not in ("description", "extrapolation")}
         # Hashed where dropout and drop_path used to live (baseline), so that run
         # folders made before they joined the proxy recipe still resume.
         proxy = dict(plain["proxy"])
         plain["baseline"] = {**plain["baseline"], "dropout": proxy.pop("dropout"), "drop_path": proxy.pop("drop_path")}
         plain["proxy"] = proxy
+        # Hashed as the size used, so spaces that spell out the native size keep their hash.
+        plain["data"] = {**plain["data"], "storage_size": self.data.effective_storage_size(), "data_dir": data_dir}
         blob = json.dumps(plain, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -253,7 +266,10 @@ def _validate(space: SearchSpace) -> None:
         space.pruning.min_epochs >= 1 and space.pruning.reduction_factor >= 2,
         "pruning.min_epochs >= 1 and pruning.reduction_factor >= 2",
     )
-    _check(space.data.storage_size > 0, "data.storage_size must be a positive integer")
+    _check(
+        space.data.storage_size is None or space.data.storage_size > 0,
+        "data.storage_size must be a positive integer (or left out: the dataset's native size)",
+    )
     e = space.extrapolation
     _check(
         e.max_phi >= 1 and e.base_resolution > 0 and e.resolution_multiple >= 1 and e.num_classes >= 1,

@@ -20,6 +20,7 @@ from conftest import ROOT, assert_usage_error, read_csv, run_cli, tiny_space
 from services import PostgresServer, RayHead, free_port
 
 from scaling_search.search.optuna_backend import METRIC, OptunaStudy, UnitSampler
+from scaling_search.search.runner import resolve_storage
 from scaling_search.search.trials import Unit
 
 # ------------------------------------------------------------- Optuna API
@@ -37,7 +38,7 @@ def finished_run(tmp_path_factory, data_env):
 
 def _load(out: Path) -> optuna.Study:
     meta = json.loads((out / "run.json").read_text())
-    return optuna.load_study(study_name=meta["study_name"], storage=meta["storage"])
+    return optuna.load_study(study_name=meta["study_name"], storage=resolve_storage(meta["storage"], out))
 
 
 def test_run_study_has_native_params_metric_and_intermediate_values(finished_run):
@@ -103,7 +104,7 @@ def test_optuna_dashboard_serves_params_importances_and_metric_name(finished_run
     from optuna_dashboard import wsgi
 
     meta = json.loads((finished_run / "run.json").read_text())
-    app = wsgi(meta["storage"])
+    app = wsgi(resolve_storage(meta["storage"], finished_run))  # run.json keeps it relative to the folder
     studies = _dashboard_get(app, "/api/studies")["study_summaries"]
     (sid,) = [s["study_id"] for s in studies if s["study_name"] == meta["study_name"]]
     detail = _dashboard_get(app, f"/api/studies/{sid}")

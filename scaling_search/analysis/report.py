@@ -28,6 +28,7 @@ OUTPUTS = (
     "accuracy_vs_macs.png",
     "alpha_beta.png",
     "b_series_macs.png",
+    "COLUMNS.md",
 )
 
 
@@ -92,6 +93,7 @@ def write_report(
     rank_rows = _records(ranking.table)
     for r in rank_rows:
         r["ci95"] = f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]" if r.get("ci_low") is not None else ""
+    best.update(mark_upsampled(rank_rows, trials, info))
     b_rows: list[dict] = []
     d_rows: list[dict] = []
     if win is not None:
@@ -118,6 +120,7 @@ def write_report(
     if d_rows:
         atomic_write_text(run_dir / "d_series.csv", to_csv(d_rows))
     atomic_write_text(run_dir / "coefficients.md", _coefficients_md(space, best, rank_rows, ranking, b_rows, d_rows))
+    atomic_write_text(run_dir / "COLUMNS.md", data_dictionary(b_rows, d_rows))
     title = f"{space.name}: {space.data.name}, budget {space.constraint.budget}"
     plots.accuracy_vs_macs(ranking.table, run_dir / "accuracy_vs_macs.png", title)
     plots.alpha_beta_plane(ranking.table, run_dir / "alpha_beta.png", title)
@@ -164,6 +167,7 @@ def _coefficients_md(
             "",
         ]
     lines += [f"- {s}" for s in ranking.statements]
+    lines += [f"- {s}" for s in run_notes(best)]
     lines += [
         "",
         f"Units finished: {best['units_finished']} of {best['units_total']}"
@@ -186,7 +190,7 @@ def _coefficients_md(
         "",
         "## Ranking",
         "",
-        to_markdown(rank_rows, RANKING_COLUMNS),
+        to_markdown(rank_rows, [*RANKING_COLUMNS, UPSAMPLED_COLUMN]),
     ]
     if b_rows:
         from .series import b_series_columns
@@ -207,4 +211,91 @@ def _coefficients_md(
             render("md", d_rows, d_series_columns(), title="D-series from the winner beside the official table"),
             "",
         ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ------------------------------------------------------------ data, stale trials, data dictionary
+
+UPSAMPLED_COLUMN = Column("upsampled", "", lambda v: "upsampled" if v else "")
+
+
+def mark_upsampled(rank_rows: list[dict], trials: Sequence[TrialRecord], info: dict) -> dict:
+    """Flag ranking rows trained above the images' real detail; returns best.json's data fields.
+
+    ``info["native_size"]`` and ``info["stored_size"]`` come from run.json;
+    without them (a folder from an older release) nothing is claimed.
+    """
+    from ..data.sources import resolution_statement, upsampled
+
+    native, stored = info.get("native_size"), info.get("stored_size")
+    if not native or not stored:
+        return {"upsampled": None}
+    detail = min(native, stored)
+    for r in rank_rows:
+        r["upsampled"] = bool(r.get("resolution")) and upsampled(int(r["resolution"]), detail)
+    resolutions = [r.resolution for r in trials if r.resolution]
+    above = sorted({r.candidate for r in trials if r.resolution and upsampled(r.resolution, detail)})
+    return {
+        "native_size": int(native),
+        "stored_size": int(stored),
+        "resolution_statement": resolution_statement(int(native), int(stored), resolutions),
+        "upsampled": above,
+    }
+
+
+def run_notes(best: dict) -> list[str]:
+    """Lines of coefficients.md about the data and the study itself, beside the ranking's statements."""
+    notes = []
+    if best.get("resolution_statement"):
+        s = best["resolution_statement"]
+        notes.append(f"Data: {s[0].upper()}{s[1:]}")
+    stale = best.get("stale_running") or []
+    if stale:
+        notes.append(
+            f"{len(stale)} trial(s) were left RUNNING by a worker that stopped (no heartbeat since): "
+            f"{', '.join(stale)}; the next run of the same command trains them again."
+        )
+    requeued = best.get("stale_requeued") or []
+    if requeued:
+        notes.append(f"Re-queued at resume, left RUNNING by a stopped worker: {', '.join(requeued)}.")
+    return notes
+
+
+def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict]) -> str:
+    """COLUMNS.md: every column of trials.csv, b_series.csv and d_series.csv, described."""
+    from ..records import COLUMN_DESCRIPTIONS, COLUMNS
+    from .series import B_SERIES_DESCRIPTIONS, D_SERIES_DESCRIPTIONS
+
+    def table(name: str, columns: Sequence[str], described: dict[str, str], intro: str) -> list[str]:
+        rows = [f"| `{c}` | {described.get(c, '')} |" for c in columns]
+        return [f"## {name}", "", intro, "", "| column | meaning |", "|---|---|", *rows, ""]
+
+    def keys(rows: Sequence[dict]) -> list[str]:
+        return list(dict.fromkeys(k for r in rows for k in r))
+
+    lines = [
+        "# Columns of this run folder's tables",
+        "",
+        "Integers are written as integers; an empty field is a missing value (a trial not run, no official "
+        "network of that phi). Load with `pandas.read_csv`.",
+        "",
+    ]
+    lines += table(
+        "trials.csv", COLUMNS, COLUMN_DESCRIPTIONS, "One row per trial (candidate x seed), sorted by coefficients."
+    )
+    if b_rows:
+        lines += table(
+            "b_series.csv",
+            keys(b_rows),
+            B_SERIES_DESCRIPTIONS,
+            "The winner extrapolated to B0-B7 at ImageNet scale, beside the official EfficientNets "
+            "(`official_*`, same phi).",
+        )
+    if d_rows:
+        lines += table(
+            "d_series.csv",
+            keys(d_rows),
+            D_SERIES_DESCRIPTIONS,
+            "The winner's B-phi as EfficientDet backbones, beside the official EfficientDets (`official_*`).",
+        )
     return "\n".join(lines).rstrip() + "\n"

@@ -304,3 +304,69 @@ def d_series_columns(fvcore: bool = False) -> list[Column]:
         Column("macs_diff", "MACs vs official", percent),
         *fv("macs_fvcore_diff", "fvcore vs official", percent),
     ]
+
+
+# ------------------------------------------------------------------ data dictionary
+
+# What each column of b_series.csv and d_series.csv means (written into every run folder's COLUMNS.md).
+# "official_*" columns describe the published network of the same phi; empty where none exists.
+B_SERIES_DESCRIPTIONS = {
+    "phi": "compound coefficient: the B-phi network scales depth by alpha^phi, width by beta^phi, resolution by "
+    "gamma^phi",
+    "depth": "depth multiplier of the compound B-phi (per-stage block counts are ceil(depth * B0's))",
+    "width": "width multiplier of the compound B-phi (channels rounded to multiples of 8)",
+    "resolution": "input side in pixels of the compound B-phi (base resolution times gamma^phi, rounded)",
+    "dropout": "classifier dropout of the compound B-phi (the official schedule's rate for that phi)",
+    "blocks": "MBConv blocks of the compound B-phi after depth rounding",
+    "params": "parameters of the compound B-phi, measured on the built network",
+    "macs": "multiply-adds of one forward pass of the compound B-phi (conv + linear), measured",
+    "macs_ratio": "macs over the compound B0's",
+    "theoretical_ratio": "(alpha * beta^2 * gamma^2)^phi: the FLOPs multiplier the rule promises",
+    "target_ratio": "budget^phi: the multiplier the search aimed at (2^phi for a 2x budget)",
+    "official": "the published network of this phi (efficientnet-bN)",
+    "official_depth": "depth multiplier of the official network",
+    "official_width": "width multiplier of the official network",
+    "official_resolution": "input side in pixels of the official network",
+    "official_dropout": "classifier dropout of the official network",
+    "official_blocks": "MBConv blocks of the official network",
+    "official_params": "parameters of the official network, measured on the built network",
+    "official_macs": "multiply-adds of the official network, measured",
+    "official_macs_ratio": "official_macs over the official B0's",
+    "official_phi_depth": "the phi at which alpha^phi equals the official depth multiplier: how far the published "
+    "depth is from this phi under these coefficients (empty when alpha is 1)",
+    "official_phi_width": "the phi at which beta^phi equals the official width multiplier (empty when beta is 1)",
+    "official_phi_resolution": "the phi at which gamma^phi equals the official resolution over B0's 224 px "
+    "(empty when gamma is 1)",
+    "params_diff": "params / official_params - 1 (0.05 is 5% more)",
+    "macs_diff": "macs / official_macs - 1",
+}
+
+D_SERIES_DESCRIPTIONS = {
+    "phi": "compound coefficient of EfficientDet D-phi",
+    "backbone": "backbone of the formula row: this run's compound B-phi",
+    "backbone_width": "width multiplier of the backbone",
+    "backbone_depth": "depth multiplier of the backbone",
+    "resolution": "input side in pixels (512 + 128 phi)",
+    "fpn_channels": "BiFPN channels (64 * 1.35^phi, to a multiple of 8)",
+    "fpn_layers": "BiFPN layers (3 + phi)",
+    "head_layers": "box and class head layers (3 + floor(phi / 3))",
+    "fusion": "BiFPN feature fusion (fast normalized)",
+    "params": "parameters of the formula network, measured on the built network",
+    "macs": "multiply-adds of one forward pass of the formula network (conv + linear), measured",
+    "macs_fvcore": "fvcore's total operation count of the formula network (conv, BN, pooling, upsampling)",
+    "official": "the published network of this phi (efficientdet-dN)",
+    "official_backbone": "backbone of the official network (an official EfficientNet)",
+    "official_backbone_width": "width multiplier of the official backbone",
+    "official_backbone_depth": "depth multiplier of the official backbone",
+    "official_resolution": "input side in pixels of the official network",
+    "official_fpn_channels": "BiFPN channels of the official network",
+    "official_fpn_layers": "BiFPN layers of the official network",
+    "official_head_layers": "head layers of the official network",
+    "official_fusion": "feature fusion of the official network",
+    "official_params": "parameters of the official network, measured",
+    "official_macs": "multiply-adds of the official network, measured",
+    "official_macs_fvcore": "fvcore's total operation count of the official network",
+    "params_diff": "params / official_params - 1",
+    "macs_diff": "macs / official_macs - 1",
+    "macs_fvcore_diff": "macs_fvcore / official_macs_fvcore - 1",
+}

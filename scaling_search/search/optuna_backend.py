@@ -390,6 +390,21 @@ class OptunaStudy:
             )  # stable here; not the user's concern
             optuna.storages.fail_stale_trials(self.study)
 
+    @property
+    def grace_seconds(self) -> int:
+        """Seconds without a heartbeat after which a RUNNING trial is stale."""
+        return self.heartbeat * GRACE_FACTOR
+
+    def stale_units(self) -> list[str]:
+        """Units of RUNNING trials whose worker stopped beating (a killed or stopped process).
+
+        Read-only: ``fail_stale`` is what re-queues them. Optuna has no public reader
+        of heartbeats; ``_get_stale_trial_ids`` is the one its own ``fail_stale_trials`` uses.
+        """
+        ids = set(self.storage._get_stale_trial_ids(self.study._study_id))
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return sorted(t.user_attrs.get("unit", f"trial {t.number}") for t in running if t._trial_id in ids)
+
     # --------------------------------------------------------------- worker
 
     def work(self, plan: Sequence[TrialRecord], train: Train, hooks: Hooks) -> None:

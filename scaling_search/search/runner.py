@@ -44,6 +44,7 @@ class RunOptions:
     gpus_per_trial: float | None = None
     cpus_per_trial: float | None = None
     estimate_only: bool = False
+    keep_weights: str = "best"  # best | all | none: the final weights kept in the run folder (weights.KEEP_MODES)
     extra_info: dict = field(default_factory=dict)
 
 
@@ -66,13 +67,24 @@ def check_run_dir(out: Path, space: SearchSpace, study_name: str) -> dict | None
         raise UsageError(
             f"{meta_path} is unreadable: this folder does not hold a scaling-search run; choose another --out"
         ) from None
-    if meta.get("fingerprint") != space.fingerprint():
+    if meta.get("fingerprint") not in (space.fingerprint(), space.fingerprint(_stored_data_dir(out))):
         raise UsageError(
             f"run folder {out} holds a run of another search (space {meta.get('space')!r}, budget "
             f"{meta.get('budget')}): "
             "use a new --out, or the same space and budget to resume"
         )
     return meta
+
+
+def _stored_data_dir(out: Path) -> str | None:
+    """The data_dir in a folder's space.yaml: earlier releases hashed it into the fingerprint."""
+    import yaml
+
+    try:
+        stored = yaml.safe_load((out / "space.yaml").read_text())
+        return stored["data"]["data_dir"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
 
 
 def _can_write(folder: Path) -> bool:
@@ -191,9 +203,10 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     runtime = Runtime(device=device)
     candidates = search_candidates(space)
     units = units_for(space, candidates)
-    study_name = study_name_for(space)
     out = options.out
-    earlier = check_run_dir(out, space, study_name)
+    earlier = check_run_dir(out, space, study_name_for(space))
+    # A resumed study keeps its name, whichever release hashed the space.
+    study_name = (earlier or {}).get("study_name") or study_name_for(space)
     if options.backend == "ray":
         from .ray_backend import check_ray_available
 
@@ -222,7 +235,9 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         f"{space.proxy.epochs} epochs each, device {device} ({device_name(device)})"
     )
 
-    storage_url = options.storage or (earlier or {}).get("storage") if options.backend == "optuna" else None
+    storage_url = None
+    if options.backend == "optuna":
+        storage_url = options.storage or (resolve_storage(earlier["storage"], out) if earlier else None)
     backend = None
     if options.backend == "optuna" and (options.storage or earlier is not None):
         # A shared storage must answer before the folder exists; a resumed
@@ -231,6 +246,7 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     elif options.backend == "ray":
         backend = _ray_backend(space, out, device, options)
     finished = backend.finished(plan) if backend is not None else set()
+    stale = _report_stale(backend, console)
     left = [p for p in plan if p.unit not in finished]
     seconds, ips = estimate_seconds(space, left, n_train, n_test, device)
     console.print(
@@ -256,27 +272,31 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         "software": software_versions(),
         "device": device_name(device),
         "num_classes": num_classes,
+        **data_sizes(data),
     }
-    if earlier is None or earlier.get("storage") != storage_url:
+    meta["storage"] = record_storage(storage_url, out)
+    if earlier is None or any(earlier.get(k) != meta[k] for k in ("storage", "native_size", "stored_size")):
         atomic_write_text(out / RUN_JSON, json.dumps(meta, indent=2) + "\n")
         atomic_write_text(out / "space.yaml", dump_space(space))
     backend = backend or _optuna_backend(options, storage_url, study_name, space)
     started = time.perf_counter()
     stop = threading.Event()
     restore = _install_stop_handlers(stop, console)
+    weights_dir = out.resolve() if options.keep_weights != "none" else None  # absolute: Ray workers run elsewhere
     try:
-        records = _execute(backend, plan, lambda p, report: run_unit(space, p, data, runtime, report), stop, console)
+        records = _execute(
+            backend,
+            plan,
+            lambda p, report: run_unit(space, p, data, runtime, report, weights_dir=weights_dir),
+            stop,
+            console,
+        )
     finally:
         restore()
     wall = time.perf_counter() - started
-    return finish(
-        out,
-        space,
-        records,
-        console,
-        stopped=stop.is_set(),
-        info={"wall_seconds_this_run": round(wall, 1), "device": device_name(device), "backend": options.backend},
-    )
+    info = {"wall_seconds_this_run": round(wall, 1), "device": device_name(device), "backend": options.backend}
+    info.update(data_sizes(data), stale_requeued=stale)
+    return finish(out, space, records, console, stopped=stop.is_set(), info=info, keep_weights=options.keep_weights)
 
 
 def _optuna_backend(options: RunOptions, url: str, name: str, space: SearchSpace) -> Backend:
@@ -369,6 +389,7 @@ def finish(
     *,
     stopped: bool,
     info: dict,
+    keep_weights: str | None = None,
 ) -> int:
     """Write the report of ``records`` (one per planned unit), print the verdict."""
     from ..analysis.report import write_report
@@ -382,6 +403,7 @@ def finish(
     ranking = write_report(out, records, space, info)
     for s in ranking.statements:
         console.print(f"  {s}")
+    _keep_winner_weights(out, keep_weights, console)
     if "pruning_saved_fraction" in info:
         console.print(
             f"  pruning trained {info['epochs_trained']} of {info['epochs_full_grid']} epochs of the full grid "
@@ -398,7 +420,6 @@ def finish(
 def rebuild(out: Path, console) -> int:
     """``scaling-search report DIR``: tables and plots again, from the stored study."""
     from ..space import load_space
-    from .optuna_backend import sqlite_path
 
     meta_path = out / RUN_JSON
     if not meta_path.is_file():
@@ -418,23 +439,107 @@ def rebuild(out: Path, console) -> int:
         except ValueError:
             prior = {}
     info = {k: prior[k] for k in ("wall_seconds_this_run", "device", "backend") if k in prior}
+    info.update(_sizes_of(meta, space))
     plan = [planned_record(space, u, int(meta.get("num_classes", 10))) for u in units]
     if meta.get("backend") == "optuna":
         from .optuna_backend import OptunaBackend, OptunaStudy
 
-        url = meta["storage"]
-        db = sqlite_path(url)
-        if db is not None and not db.exists():  # a moved or committed run folder: its own copy
-            if not (out / "study.db").exists():
-                raise UsageError(
-                    f"the study storage {db} is gone and {out / 'study.db'} does not exist: restore one of them, "
-                    "or run the search again"
-                )
-            url = f"sqlite:///{(out / 'study.db').resolve()}"
-        records = OptunaBackend(OptunaStudy(url, meta["study_name"]), url).records(plan)
+        url = resolve_storage(meta["storage"], out)
+        backend = OptunaBackend(OptunaStudy(url, meta["study_name"]), url)
+        records = backend.records(plan)
+        info["stale_running"] = _report_stale(backend, console)
     else:
         if not (out / TRIALS_CSV).is_file():
             raise UsageError(f"{out / TRIALS_CSV} is missing: nothing to rebuild the report from")
         found = {r.unit: r for r in read_trials(out)}
         records = merge(plan, {p.unit: updated(p, found[p.unit].row()) for p in plan if p.unit in found})
     return finish(out, space, records, console, stopped=False, info=info)
+
+
+# ------------------------------------------------------------ folders that move
+
+STUDY_DB = "study.db"
+
+
+def record_storage(url: str | None, out: Path) -> str | None:
+    """The storage as run.json keeps it: a SQLite file inside the run folder relative to
+    the folder (``sqlite:///study.db``), so a copied or moved folder still finds it."""
+    from .optuna_backend import sqlite_path
+
+    db = sqlite_path(url) if url else None
+    if db is None or str(db) == ":memory:":
+        return url
+    try:
+        inside = db.resolve().relative_to(out.resolve())
+    except ValueError:
+        return url
+    return f"sqlite:///{inside.as_posix()}"
+
+
+def resolve_storage(recorded: str, out: Path) -> str:
+    """The URL to open for run.json's ``storage``: a relative SQLite path is read against
+    the run folder; an absolute one that no longer exists (a folder made elsewhere, or by
+    an older release) falls back to the folder's own study.db."""
+    from .optuna_backend import sqlite_path
+
+    db = sqlite_path(recorded)
+    if db is None or str(db) == ":memory:":
+        return recorded
+    if not db.is_absolute():
+        return f"sqlite:///{(out.resolve() / db).as_posix()}"
+    if db.exists():
+        return recorded
+    own = out / STUDY_DB
+    if not own.is_file():
+        raise UsageError(
+            f"the study storage {db} is gone and {own} does not exist: restore one of them, or run the search again "
+            "with a new --out"
+        )
+    return f"sqlite:///{own.resolve().as_posix()}"
+
+
+def _report_stale(backend, console) -> list[str]:
+    """Units a stopped worker left RUNNING (heartbeat long gone): said, never hidden; a run re-queues them."""
+    stale = backend.study.stale_units() if backend is not None and backend.name == "optuna" else []
+    for unit in stale:
+        console.print(
+            f"trial {unit} was left RUNNING by a worker that stopped (no heartbeat for over "
+            f"{backend.study.grace_seconds} s): a run of the same command trains it again",
+            highlight=False,
+        )
+    return stale
+
+
+# ------------------------------------------------------------ data sizes, kept weights
+
+
+def data_sizes(data) -> dict:
+    """run.json's record of the images: their native side and the side they were stored at."""
+    return {"native_size": int(data.native_size or data.image_size), "stored_size": int(data.image_size)}
+
+
+def _sizes_of(meta: dict, space: SearchSpace) -> dict:
+    """The sizes from run.json; for an older folder without them, what the space's data spec says."""
+    if meta.get("native_size") and meta.get("stored_size"):
+        return {"native_size": int(meta["native_size"]), "stored_size": int(meta["stored_size"])}
+    from ..data.sources import DataSpec
+
+    spec = DataSpec(name=space.data.name, data_dir=space.data.data_dir, storage_size=space.data.storage_size)
+    if spec.native_size is None:
+        return {}
+    return {"native_size": spec.native_size, "stored_size": spec.image_size}
+
+
+def _keep_winner_weights(out: Path, keep: str | None, console) -> None:
+    """``--keep-weights``: after the report, keep the winner's files (best), all, or none."""
+    from ..weights import WEIGHTS_DIR, prune_weights
+
+    if keep is None or not (out / WEIGHTS_DIR).is_dir():
+        return
+    best = json.loads((out / "best.json").read_text())
+    if keep == "best" and not best.get("complete"):
+        return  # the winner may still change: a resumed run needs every candidate's files until then
+    winner = (best["alpha"], best["beta"], best["gamma"]) if best.get("alpha") is not None else None
+    kept = prune_weights(out, keep, winner)
+    if kept:
+        console.print(f"  kept weights: {', '.join(str(p.relative_to(out)) for p in kept)}", highlight=False)

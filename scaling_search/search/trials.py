@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..analysis.series import compound_config
 from ..errors import UsageError
@@ -100,8 +101,15 @@ def run_unit(
     data,
     runtime: Runtime,
     on_epoch: EpochReport | None = None,
+    *,
+    weights_dir: Path | None = None,
 ) -> TrialRecord:
-    """Train one unit; returns its finished record. Failures are results, not crashes."""
+    """Train one unit; returns its finished record. Failures are results, not crashes.
+
+    With ``weights_dir`` (a run folder), a completed trial's final weights are saved
+    there as safetensors (``weights.trial_weights_path``), atomically, by the process
+    that trained it.
+    """
     from ..train.loop import TrialFailed, TrialPruned, train_trial
 
     unit = unit_of(planned)
@@ -124,8 +132,9 @@ def run_unit(
             **fields,
         )
 
+    config = trial_config(space, unit, len(data.classes), runtime)
     try:
-        result = train_trial(trial_config(space, unit, len(data.classes), runtime), data=data, on_epoch=track)
+        result = train_trial(config, data=data, on_epoch=track, keep_state=weights_dir is not None)
     except TrialPruned:
         return ended(TrialState.PRUNED, accuracy=accuracies[-1] if accuracies else None)
     except TrialFailed as exc:
@@ -134,6 +143,11 @@ def run_unit(
         raise
     except Exception as exc:  # a broken trial must not end a long search
         return ended(TrialState.FAIL, failure=f"unexpected error: {type(exc).__name__}: {exc}")
+    if weights_dir is not None:
+        from ..weights import save_trained, trial_weights_path
+
+        path = trial_weights_path(weights_dir, unit.alpha, unit.beta, unit.gamma, unit.seed)
+        save_trained(path, config, result, {"alpha": unit.alpha, "beta": unit.beta, "gamma": unit.gamma})
     return ended(
         TrialState.COMPLETE,
         accuracy=result.accuracy,

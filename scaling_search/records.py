@@ -57,8 +57,9 @@ def candidate_key(alpha: float, beta: float, gamma: float) -> str:
     return f"a{alpha:g}-b{beta:g}-g{gamma:g}"
 
 
-def unit_key(alpha: float, beta: float, gamma: float, seed: int) -> str:
-    return f"{candidate_key(alpha, beta, gamma)}-s{seed}"
+def unit_key(alpha: float, beta: float, gamma: float, seed: int, rung: int | None = None) -> str:
+    """A unit's name; a shorter halving rung is its own unit (``-r0``), the full schedule has no suffix."""
+    return f"{candidate_key(alpha, beta, gamma)}-s{seed}" + ("" if rung is None else f"-r{rung}")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ class TrialRecord:
     device: str | None = None
     failure: str | None = None
     attempts: int = 0  # trainings started for this unit, over every run of the study
+    # Synchronous halving: the index of a shorter rung (a complete schedule of ``epochs``);
+    # None for the full schedule, which is what the ranking reads.
+    rung: int | None = None
 
     @property
     def candidate(self) -> str:
@@ -98,7 +102,7 @@ class TrialRecord:
 
     @property
     def unit(self) -> str:
-        return unit_key(self.alpha, self.beta, self.gamma, self.seed)
+        return unit_key(self.alpha, self.beta, self.gamma, self.seed, self.rung)
 
     def replace(self, **changes: Any) -> TrialRecord:
         return dataclasses.replace(self, **changes)
@@ -137,8 +141,9 @@ COLUMNS = (
     "epoch_accuracies",
     "epoch_losses",
     "attempts",
+    "rung",
 )
-_INTS = frozenset({"seed", "epochs", "epochs_run", "resolution", "params", "macs", "attempts"})
+_INTS = frozenset({"seed", "epochs", "epochs_run", "resolution", "params", "macs", "attempts", "rung"})
 _FLOATS = frozenset(
     {
         "alpha",
@@ -159,7 +164,8 @@ _REQUIRED = ("alpha", "beta", "gamma", "seed", "state")
 
 
 def sort_key(record: TrialRecord) -> tuple:
-    return (record.alpha, record.beta, record.gamma, record.seed)
+    rung = math.inf if record.rung is None else record.rung  # the full schedule after the shorter rungs
+    return (record.alpha, record.beta, record.gamma, rung, record.seed)
 
 
 # ------------------------------------------------------------------ writing

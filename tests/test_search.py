@@ -217,7 +217,7 @@ def test_synchronous_halving_trains_complete_rungs_and_carries_the_paper(tmp_pat
     best = json.loads((out / "best.json").read_text())
     assert best["rung_epochs"] == [1, 2] and best["rungs"][0]["candidates"] == 3
     assert set(best["rungs"][0]["promoted"]) == expected
-    assert best["epochs_trained"] == sum(int(r["epochs_run"]) for r in rows) == 6 + 2 * len(expected)
+    assert best["epochs_trained"] == sum(int(r["epochs_run"]) for r in rows) == 6 + 2 * 2 * len(expected)
     assert best["epochs_full_grid"] == 12 and best["paper"]["rank"] >= 1  # the paper has a final score
     assert len(best["rung_agreement"]) == 1 and best["rung_agreement"][0]["candidates"] == len(expected)
     # The report, rebuilt from the stored study, walks the rungs to the same decisions.

@@ -317,3 +317,17 @@ def test_a_unit_is_claimed_once_even_from_a_stale_queue(tmp_path):
     assert taken is not None and claimed is not None
     assert claimed.number != taken.number, "one unit was handed to two workers"
     assert second._claim() is None and first._claim() is None  # both units now running, nothing left to claim
+
+
+def test_report_over_a_run_made_with_asynchronous_pruning(tmp_path):
+    import shutil
+
+    out = tmp_path / "old"
+    shutil.copytree(ROOT / "results" / "cifar10-cpu-2x", out)
+    proc = run_cli("report", str(out))
+    assert proc.returncode == 0, proc.stderr
+    best = json.loads((out / "best.json").read_text())
+    rows = _read_csv(out / "trials.csv")
+    full = {r["candidate"] for r in rows if r["state"] == "COMPLETE" and r["epochs_run"] == r["epochs"]}
+    assert best["verdict"] == "inconclusive" and "predates synchronous halving" in best["note"]
+    assert set(best["p_best"]) == full  # PRUNED trials (stopped after epoch 1) never rank

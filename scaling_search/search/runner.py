@@ -466,7 +466,16 @@ def rebuild(out: Path, console) -> int:
             return merge(plan, {p.unit: updated(p, found[p.unit].row()) for p in plan if p.unit in found})
 
     # The rungs walked again over the stored results: the same decisions, nothing trained.
-    records, rungs = run_rungs(
-        space, candidates, lambda u: planned_record(space, u, num_classes), fetch, reference=_paper(candidates)
-    )
+    plan_of = lambda u: planned_record(space, u, num_classes)  # noqa: E731
+    records, rungs = run_rungs(space, candidates, plan_of, fetch, reference=_paper(candidates))
+    if space.pruning.enabled and not any(r.state.finished for r in records):
+        # A run made with asynchronous pruning (no rung units): its full-schedule trials, as stored.
+        old = fetch([plan_of(u) for u in units_for(space, candidates)])
+        if any(r.state.finished for r in old):
+            records, rungs = old, ()
+            info["note"] = (
+                "this run predates synchronous halving: its PRUNED trials were stopped early by asynchronous "
+                "pruning and are not ranked; only trials that trained every epoch are"
+            )
+            console.print(f"note: {info['note']}", highlight=False)
     return finish(out, space, records, console, stopped=False, info=info, rungs=rungs)

@@ -57,8 +57,9 @@ def candidate_key(alpha: float, beta: float, gamma: float) -> str:
     return f"a{alpha:g}-b{beta:g}-g{gamma:g}"
 
 
-def unit_key(alpha: float, beta: float, gamma: float, seed: int) -> str:
-    return f"{candidate_key(alpha, beta, gamma)}-s{seed}"
+def unit_key(alpha: float, beta: float, gamma: float, seed: int, rung: int | None = None) -> str:
+    """A unit's name; a shorter halving rung is its own unit (``-r0``), the full schedule has no suffix."""
+    return f"{candidate_key(alpha, beta, gamma)}-s{seed}" + ("" if rung is None else f"-r{rung}")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ class TrialRecord:
     device: str | None = None
     failure: str | None = None
     attempts: int = 0  # trainings started for this unit, over every run of the study
+    # Synchronous halving: the index of a shorter rung (a complete schedule of ``epochs``);
+    # None for the full schedule, which is what the ranking reads.
+    rung: int | None = None
 
     @property
     def candidate(self) -> str:
@@ -98,7 +102,7 @@ class TrialRecord:
 
     @property
     def unit(self) -> str:
-        return unit_key(self.alpha, self.beta, self.gamma, self.seed)
+        return unit_key(self.alpha, self.beta, self.gamma, self.seed, self.rung)
 
     def replace(self, **changes: Any) -> TrialRecord:
         return dataclasses.replace(self, **changes)
@@ -137,6 +141,7 @@ COLUMNS = (
     "epoch_accuracies",
     "epoch_losses",
     "attempts",
+    "rung",
 )
 # What each column of trials.csv means (written into every run folder's COLUMNS.md).
 COLUMN_DESCRIPTIONS = {
@@ -146,8 +151,8 @@ COLUMN_DESCRIPTIONS = {
     "beta": "width coefficient (channels times beta, rounded to multiples of 8)",
     "gamma": "resolution coefficient (input side times gamma, rounded to constraint.resolution_multiple)",
     "seed": "training seed of this trial (int)",
-    "state": "COMPLETE, PRUNED (stopped early by successive halving), FAIL (failure says why), RUNNING or "
-    "WAITING (not trained yet)",
+    "state": "COMPLETE, PRUNED (stopped early by the asynchronous pruning of earlier releases), FAIL (failure "
+    "says why), RUNNING or WAITING (not trained yet)",
     "accuracy": "held-out top-1 accuracy (0..1) after the last epoch run; empty when the trial has not run",
     "epochs_run": "epochs this trial trained (fewer than epochs when pruned) (int)",
     "epochs": "epochs of the full proxy schedule (int)",
@@ -164,10 +169,12 @@ COLUMN_DESCRIPTIONS = {
     "failure": "why a FAIL trial failed; empty otherwise",
     "epoch_accuracies": "held-out top-1 after each epoch run, a JSON list",
     "epoch_losses": "mean training loss of each epoch run, a JSON list",
+    "rung": "synchronous successive-halving rung of this trial (0 = shortest); empty for the full schedule without "
+    "halving (int)",
     "attempts": "trainings started for this unit over every run of the study; above 1 after an interrupted "
     "trial was re-queued (int)",
 }
-_INTS = frozenset({"seed", "epochs", "epochs_run", "resolution", "params", "macs", "attempts"})
+_INTS = frozenset({"seed", "epochs", "epochs_run", "resolution", "params", "macs", "attempts", "rung"})
 _FLOATS = frozenset(
     {
         "alpha",
@@ -188,7 +195,8 @@ _REQUIRED = ("alpha", "beta", "gamma", "seed", "state")
 
 
 def sort_key(record: TrialRecord) -> tuple:
-    return (record.alpha, record.beta, record.gamma, record.seed)
+    rung = math.inf if record.rung is None else record.rung  # the full schedule after the shorter rungs
+    return (record.alpha, record.beta, record.gamma, rung, record.seed)
 
 
 # ------------------------------------------------------------------ writing

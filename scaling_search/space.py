@@ -73,9 +73,12 @@ class ConstraintSpec:
 
 @dataclass(frozen=True)
 class PruningSpec:
+    """Synchronous successive halving: rungs of min_epochs, eta * min_epochs, ..., proxy.epochs,
+    each a complete schedule; the best 1/eta by seed mean go on, ties kept, the paper's triple always."""
+
     enabled: bool = False
-    min_epochs: int = 1  # first rung of successive halving
-    reduction_factor: int = 3
+    min_epochs: int = 1  # the first rung's epochs
+    reduction_factor: int = 3  # eta
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class SearchSpace:
     grid: GridSpec = field(default_factory=GridSpec)
     constraint: ConstraintSpec = field(default_factory=ConstraintSpec)
     seeds: tuple[int, ...] = (0, 1)
+    order_seed: int = 0  # shuffles the run order within each seed (recorded, so a run is reproducible)
     pruning: PruningSpec = field(default_factory=PruningSpec)
     extrapolation: ExtrapolationSpec = field(default_factory=ExtrapolationSpec)
 
@@ -109,8 +113,10 @@ class SearchSpace:
         Where the data lies is not part of it (hashed as ``data_dir: null``), so a
         run folder resumes on a machine that keeps the data elsewhere. Folders made
         by earlier releases hashed the space's ``data_dir``: pass it to recompute theirs.
+        The order seed changes when a unit runs, never which units exist or what they mean.
         """
-        plain = {k: v for k, v in self.to_dict().items() if k not in ("description", "extrapolation")}
+        skip = ("description", "extrapolation", "order_seed")
+        plain = {k: v for k, v in self.to_dict().items() if k not in skip}
         # Hashed where dropout and drop_path used to live (baseline), so that run
         # folders made before they joined the proxy recipe still resume.
         proxy = dict(plain["proxy"])
@@ -265,6 +271,11 @@ def _validate(space: SearchSpace) -> None:
     _check(
         space.pruning.min_epochs >= 1 and space.pruning.reduction_factor >= 2,
         "pruning.min_epochs >= 1 and pruning.reduction_factor >= 2",
+    )
+    _check(
+        not space.pruning.enabled or space.pruning.min_epochs < space.proxy.epochs,
+        f"pruning.min_epochs {space.pruning.min_epochs} must be below proxy.epochs {space.proxy.epochs} for "
+        "halving to have a rung before the last: lower it, or set pruning.enabled: false",
     )
     _check(
         space.data.storage_size is None or space.data.storage_size > 0,

@@ -86,3 +86,91 @@ def test_monotone_trend_along_the_order_does_not_bias_survival():
     # Control: the same drift under the grid order picks the first candidates every time.
     first = set(promote({k: [-0.01 * i, -0.01 * (i + 20)] for i, k in enumerate(keys)}, 3).promoted)
     assert first == set(keys[:7])
+
+
+# ------------------------------------------------------------- the wired path (plan -> rungs -> records)
+
+
+def _halving_space(order_seed=0):
+    from scaling_search.space import parse_space
+
+    return parse_space(
+        {
+            "name": "wired",
+            "baseline": {"model": "efficientnet", "width": 0.25, "depth": 0.25, "resolution": 32},
+            "data": {"name": "cifar10"},
+            "grid": {"kind": "full", "step": 0.1},
+            "constraint": {"budget": "2x", "mode": "measured", "resolution_multiple": 4},
+            "proxy": {"epochs": 4},
+            "seeds": [0, 1],
+            "order_seed": order_seed,
+            "pruning": {"enabled": True, "min_epochs": 1, "reduction_factor": 2},
+        }
+    )
+
+
+def test_units_follow_the_recorded_order_seed():
+    from scaling_search.search.plan import search_candidates, units_for
+
+    space = _halving_space(order_seed=3)
+    cands = search_candidates(space)
+    units = units_for(space, cands)
+    index = {c.coefficients: i for i, c in enumerate(cands)}
+    grid_order = sorted(units, key=lambda u: (u.seed, index[u.coefficients]))
+    assert units == run_order(grid_order, 3) and units != grid_order
+    assert [u.seed for u in units] == [0] * len(cands) + [1] * len(cands)
+    assert units != units_for(_halving_space(order_seed=4), cands)
+    assert _halving_space(3).fingerprint() == _halving_space(4).fingerprint()  # order changes no unit
+
+
+def _records_of(quality, noise, finish):
+    """An ``execute`` for run_rungs: each unit's score from its candidate and seed, returned in ``finish`` order."""
+    from scaling_search.records import TrialRecord, TrialState
+
+    def execute(plan):
+        done = [
+            TrialRecord(
+                **{f: getattr(p, f) for f in ("alpha", "beta", "gamma", "seed", "epochs", "rung")},
+                depth=1.0,
+                width=1.0,
+                resolution=32,
+                params=1,
+                macs=1,
+                theoretical_ratio=2.0,
+                measured_ratio=2.0,
+                state=TrialState.COMPLETE,
+                accuracy=quality[p.candidate] + 0.01 * p.epochs + noise[(p.candidate, p.seed, p.epochs)],
+                epochs_run=p.epochs,
+            )
+            for p in plan
+        ]
+        return finish(done)
+
+    return execute
+
+
+def test_rungs_decide_the_same_whatever_order_units_finish_in():
+    from scaling_search.records import TrialRecord
+    from scaling_search.search.halving import run_rungs
+    from scaling_search.search.plan import search_candidates, units_for
+
+    space = _halving_space()
+    cands = search_candidates(space)
+    paper = next(c for c in cands if c.is_paper)
+    rng = random.Random(2)
+
+    def plan_of(u):
+        return TrialRecord(u.alpha, u.beta, u.gamma, u.seed, u.epochs, 1.0, 1.0, 32, 1, 1, 2.0, 2.0, rung=u.rung)
+
+    keys = [plan_of(u).candidate for u in units_for(space, cands)]
+    quality = {k: rng.random() for k in keys}
+    noise = {(k, s, e): rng.gauss(0, 0.1) for k in keys for s in (0, 1) for e in (1, 2, 4)}
+    base_records, base = run_rungs(space, cands, plan_of, _records_of(quality, noise, lambda d: d), reference=paper)
+    assert [r.epochs for r in base] == [1, 2, 4] and base[0].promotion is not None and base[-1].promotion is None
+    assert paper.coefficients.as_tuple() in {(r.alpha, r.beta, r.gamma) for r in base_records if r.rung is None}
+    assert all(r.unit.endswith(f"-r{r.rung}") for r in base_records if r.rung is not None)
+    for trial in range(4):
+        perm = random.Random(trial)
+        shuffled = _records_of(quality, noise, lambda d, perm=perm: perm.sample(d, len(d)))
+        records, other = run_rungs(space, cands, plan_of, shuffled, reference=paper)
+        assert other == base and sorted(r.unit for r in records) == sorted(r.unit for r in base_records)

@@ -62,6 +62,24 @@ def test_tiny_run_writes_every_output_and_report_rebuilds(tmp_path, data_env):
     assert best["accuracy_mean"] == pytest.approx(top, abs=1e-9)
     assert means[(best["alpha"], best["beta"], best["gamma"])] == top
     assert "[" in proc.stdout and "best (" in proc.stdout and "estimate: about" in proc.stdout
+    # The verdict and its statistics (DESIGN.md's best.json contract), and the console's verdict line.
+    assert best["verdict"] in ("conclusive", "inconclusive") and f"verdict: {best['verdict'].upper()}" in proc.stdout
+    assert set(best["p_best"]) == {r["candidate"] for r in rows} and sum(best["p_best"].values()) == pytest.approx(1)
+    assert best["confidence_set"] and set(best["confidence_set"]) <= set(best["p_best"])
+    assert -1 <= best["rank_agreement"]["kendall_tau_b"] <= 1 and best["rank_agreement"]["seed_pairs"] == 1
+    assert 0 <= best["anova_p"] <= 1 and best["snr"] >= 0 and best["order_seed"] == 0
+    assert best["paper"]["rank"] == best["paper_rank"] and best["paper"]["candidate"] == "a1.2-b1.1-g1.15"
+    conclusive = (
+        best["rank_agreement"]["kendall_tau_b"] >= 0.5
+        and best["anova_p"] < 0.01
+        and max(best["p_best"].values()) >= 0.5
+    )
+    assert (best["verdict"] == "conclusive") == conclusive
+    md = (out / "coefficients.md").read_text()
+    assert "## Verdict" in md and "P(best)" in md and "order seed 0" in md and "dropout 0, drop path 0" in md
+    # Run order: interleaved by seed (every candidate at seed 0 before any at seed 1), queued in that order.
+    queued = list(_unit_attempts(out))
+    assert [k.endswith("-s0") for k in queued] == [True] * 3 + [False] * 3
     from PIL import Image
 
     for png in ("accuracy_vs_macs.png", "alpha_beta.png", "b_series_macs.png"):
@@ -175,26 +193,39 @@ def test_two_workers_share_one_study(tmp_path, data_env):
     # race itself is made deterministic in test_a_unit_is_claimed_once_even_from_a_stale_queue.
 
 
-def test_pruning_reports_saved_compute(tmp_path, data_env):
+def test_synchronous_halving_trains_complete_rungs_and_carries_the_paper(tmp_path, data_env):
     out = tmp_path / "run"
-    # enough steps that accuracies differ (at chance they tie, and ties are all promoted)
-    proc = run_cli(
-        "run",
-        "--space",
-        str(tiny_space(tmp_path, epochs=3, train=512, seeds=(0, 1), pruning=True)),
-        "--out",
-        str(out),
-        env=data_env,
-    )
-    assert proc.returncode == 0, proc.stderr
-    best = json.loads((out / "best.json").read_text())
-    assert best["epochs_full_grid"] == 18
+    # rungs of 1 and 2 epochs (eta 2), each a complete schedule; 3 networks x 2 seeds
+    space = tiny_space(tmp_path, epochs=2, train=256, seeds=(0, 1), pruning=True)
+    proc = run_cli("run", "--space", str(space), "--out", str(out), env=data_env)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
     rows = _read_csv(out / "trials.csv")
-    pruned = [r for r in rows if r["state"] == "PRUNED"]
-    assert pruned, "successive halving should prune someone over 6 trials"
-    assert best["epochs_trained"] == sum(int(r["epochs_run"]) for r in rows) < 18
-    assert best["pruning_saved_fraction"] == pytest.approx(1 - best["epochs_trained"] / 18, abs=1e-4)
-    assert "saved" in proc.stdout
+    assert not [r for r in rows if r["state"] == "PRUNED"]  # a unit that finished its epochs is COMPLETE
+    first = [r for r in rows if r["rung"] == "0"]
+    final = [r for r in rows if r["rung"] == ""]
+    assert len(first) == 6 and all(r["state"] == "COMPLETE" and r["epochs"] == r["epochs_run"] == "1" for r in first)
+    assert all(r["unit"].endswith("-r0") for r in first) and not any("-r" in r["unit"] for r in final)
+    # Promotion by hand from the first rung's seed means: the best ceil(3 / 2) = 2, ties kept, the paper carried.
+    means: dict[str, list[float]] = {}
+    for r in first:
+        means.setdefault(r["candidate"], []).append(float(r["accuracy"]))
+    means = {k: sum(v) / len(v) for k, v in means.items()}
+    threshold = sorted(means.values(), reverse=True)[1]
+    expected = {k for k, m in means.items() if m >= threshold} | {"a1.2-b1.1-g1.15"}
+    assert {r["candidate"] for r in final} == expected
+    assert all(r["state"] == "COMPLETE" and r["epochs"] == r["epochs_run"] == "2" for r in final)
+    best = json.loads((out / "best.json").read_text())
+    assert best["rung_epochs"] == [1, 2] and best["rungs"][0]["candidates"] == 3
+    assert set(best["rungs"][0]["promoted"]) == expected
+    assert best["epochs_trained"] == sum(int(r["epochs_run"]) for r in rows) == 6 + 2 * 2 * len(expected)
+    assert best["epochs_full_grid"] == 12 and best["paper"]["rank"] >= 1  # the paper has a final score
+    assert len(best["rung_agreement"]) == 1 and best["rung_agreement"][0]["candidates"] == len(expected)
+    # The report, rebuilt from the stored study, walks the rungs to the same decisions.
+    before = (out / "best.json").read_text()
+    proc = run_cli("report", str(out), env=data_env)
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads((out / "best.json").read_text())
+    assert again["rungs"] == json.loads(before)["rungs"] and again["p_best"] == best["p_best"]
 
 
 def test_run_bad_inputs_touch_nothing(tmp_path, data_env):
@@ -286,3 +317,17 @@ def test_a_unit_is_claimed_once_even_from_a_stale_queue(tmp_path):
     assert taken is not None and claimed is not None
     assert claimed.number != taken.number, "one unit was handed to two workers"
     assert second._claim() is None and first._claim() is None  # both units now running, nothing left to claim
+
+
+def test_report_over_a_run_made_with_asynchronous_pruning(tmp_path):
+    import shutil
+
+    out = tmp_path / "old"
+    shutil.copytree(ROOT / "results" / "cifar10-cpu-2x", out)
+    proc = run_cli("report", str(out))
+    assert proc.returncode == 0, proc.stderr
+    best = json.loads((out / "best.json").read_text())
+    rows = _read_csv(out / "trials.csv")
+    full = {r["candidate"] for r in rows if r["state"] == "COMPLETE" and r["epochs_run"] == r["epochs"]}
+    assert best["verdict"] == "inconclusive" and "predates synchronous halving" in best["note"]
+    assert set(best["p_best"]) == full  # PRUNED trials (stopped after epoch 1) never rank

@@ -16,7 +16,7 @@ from ..atomic import atomic_write_text
 from ..records import TrialRecord, write_trials
 from ..scaling import Coefficients, parse_budget
 from ..space import SearchSpace
-from .ranking import Ranking, rank
+from .ranking import NetworkClassLike, Ranking, class_spread, rank
 from .tables import Column, millions, num, ratio, render, to_csv, to_markdown
 
 OUTPUTS = (
@@ -40,22 +40,32 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _p(v) -> str:
+    return "" if v is None or v != v else f"{v:.2f}"
+
+
 RANKING_COLUMNS = [
     Column("rank", "rank", num),
+    Column("class", "class", str),
     Column("alpha", "alpha", num),
     Column("beta", "beta", num),
     Column("gamma", "gamma", num),
     Column("seeds", "seeds", num),
     Column("accuracy_mean", "accuracy", lambda v: "" if v is None or v != v else f"{v:.4f}"),
     Column("ci95", "95% CI", str),
+    Column("p_best", "P(best)", _p),
+    Column("confidence_set", "in 90% set", lambda v: "yes" if v else ""),
     Column("params", "params", millions),
     Column("macs", "MMACs", lambda v: "" if v is None else f"{v / 1e6:.1f}"),
     Column("resolution", "res", num),
     Column("theoretical_ratio", "a*b^2*g^2", ratio),
     Column("measured_ratio", "measured", ratio),
+    Column("off_budget", "off budget", lambda v: "OFF" if v else ""),
+    Column("stopped_rung", "stopped at rung", num),
     Column("pruned", "pruned", num),
     Column("failed", "failed", num),
     Column("paper", "", lambda v: "paper" if v else ""),
+    Column("coefficients", "stands for", str),
 ]
 
 
@@ -64,14 +74,28 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 
 def write_report(
-    run_dir: Path, trials: Sequence[TrialRecord], space: SearchSpace, info: dict, *, extrapolate: bool = True
+    run_dir: Path,
+    trials: Sequence[TrialRecord],
+    space: SearchSpace,
+    info: dict,
+    *,
+    classes: Sequence[NetworkClassLike] = (),
+    extrapolate: bool = True,
 ) -> Ranking:
     """Rank, extrapolate the winner and write every output file. Returns the ranking."""
     from . import plots
 
     write_trials(run_dir, trials)
-    ranking = rank(trials, space.proxy.epochs)
     budget = parse_budget(space.constraint.budget)
+    ranking = rank(
+        trials,
+        space.proxy.epochs,
+        seeds=space.seeds,
+        budget=budget,
+        tolerance=space.constraint.tolerance,
+        classes=classes,
+        bootstrap_seed=space.order_seed,
+    )
     finished = sum(r.state.finished for r in trials)
     win = ranking.winner
     best: dict[str, Any] = {
@@ -88,6 +112,8 @@ def write_report(
         "units_finished": finished,
         "complete": finished == len(trials),
         "statements": list(ranking.statements),
+        "order_seed": space.order_seed,
+        **_statistics(ranking),
         **info,
     }
     rank_rows = _records(ranking.table)
@@ -112,6 +138,7 @@ def write_report(
         )
         paper = ranking.table[ranking.table["paper"]]
         best["paper_rank"] = None if paper.empty or pd.isna(paper.iloc[0]["rank"]) else int(paper.iloc[0]["rank"])
+        best["class"] = _class_entry(win, classes, space)
         if extrapolate:
             b_rows, d_rows = _extrapolate(Coefficients(best["alpha"], best["beta"], best["gamma"]), space, budget)
     atomic_write_text(run_dir / "best.json", json.dumps(best, indent=2) + "\n")
@@ -122,7 +149,9 @@ def write_report(
     atomic_write_text(run_dir / "coefficients.md", _coefficients_md(space, best, rank_rows, ranking, b_rows, d_rows))
     atomic_write_text(run_dir / "COLUMNS.md", data_dictionary(b_rows, d_rows))
     title = f"{space.name}: {space.data.name}, budget {space.constraint.budget}"
-    plots.accuracy_vs_macs(ranking.table, run_dir / "accuracy_vs_macs.png", title)
+    plots.accuracy_vs_macs(
+        ranking.table, run_dir / "accuracy_vs_macs.png", title, budget=budget, tolerance=space.constraint.tolerance
+    )
     plots.alpha_beta_plane(ranking.table, run_dir / "alpha_beta.png", title)
     if b_rows:
         plots.b_series_macs(
@@ -132,6 +161,146 @@ def write_report(
             f"winner ({best['alpha']:g}, {best['beta']:g}, {best['gamma']:g})",
         )
     return ranking
+
+
+def _statistics(ranking: Ranking) -> dict:
+    """best.json's statistics: the verdict and what it rests on (None where the data cannot say)."""
+    a = ranking.analysis
+    out: dict[str, Any] = {
+        "verdict": None if a is None else ("conclusive" if a.verdict.conclusive else "inconclusive"),
+        "rank_agreement": None,
+        "snr": None,
+        "anova_p": None,
+        "anova_f": None,
+        "p_best": {},
+        "confidence_set": [],
+        "response_surface": None,
+        "paper": None,
+        "rung_agreement": [
+            {"rungs": list(r.rungs), "candidates": r.candidates, "kendall_tau_b": r.kendall_tau_b}
+            for r in ranking.rungs
+        ],
+    }
+    if a is None:
+        return out
+    out["verdict_statements"] = list(a.verdict.statements)
+    if a.agreement is not None:
+        g = a.agreement
+        out["rank_agreement"] = {
+            "kendall_tau_b": g.kendall_tau_b,
+            "spearman": g.spearman,
+            "seed_pairs": g.pairs,
+            "candidates": g.candidates,
+        }
+    if a.anova is not None:
+        out.update(snr=_clean(a.anova.snr), anova_p=_clean(a.anova.p), anova_f=_clean(a.anova.f))
+    out["p_best"] = {c.key: c.p_best for c in a.candidates}
+    out["confidence_set"] = list(a.confidence_set)
+    out["confidence_level"] = 0.90
+    if a.surface is not None:
+        f = a.surface
+        out["response_surface"] = {
+            "alpha": f.alpha,
+            "beta": f.beta,
+            "gamma": f.gamma,
+            "predicted_accuracy": f.predicted,
+            "region_alpha": list(f.region_alpha),
+            "region_beta": list(f.region_beta),
+            "on_edge": f.on_edge,
+        }
+    if a.paper is not None:
+        p = a.paper
+        out["paper"] = {
+            "candidate": p.key,
+            "rank": p.rank,
+            "p_best": p.p_best,
+            "difference_to_winner": p.difference,
+            "difference_ci_low": _clean(p.low),
+            "difference_ci_high": _clean(p.high),
+            "measured_ratio": p.cost,
+        }
+    out["bootstrap"] = {"seed": a.bootstrap_seed, "samples": a.bootstrap_samples}
+    return out
+
+
+def _class_entry(win: pd.Series, classes: Sequence[NetworkClassLike], space: SearchSpace) -> dict | None:
+    """The winner's class: the coefficients it stands for and how their B-series differ at the largest phi."""
+    from ..models import EfficientNetConfig
+
+    cls = next((c for c in classes if c.label == win["class"]), None)
+    if cls is None:
+        return None
+    e = space.extrapolation
+    spread = class_spread(
+        [m.coefficients for m in cls.members],
+        e.max_phi,
+        EfficientNetConfig(resolution=e.base_resolution),
+        e.resolution_multiple,
+    )
+    return {
+        "label": cls.label,
+        "members": len(cls.members),
+        "coefficients": cls.describe(),
+        "spread_at_max_phi": None
+        if spread is None
+        else {k: list(v) if isinstance(v, tuple) else v for k, v in spread.items()},
+    }
+
+
+def _statistics_md(best: dict) -> list[str]:
+    lines: list[str] = []
+    if best.get("confidence_set"):
+        lines += [
+            "## Confidence set of the best",
+            "",
+            f"At {best.get('confidence_level', 0.9):.0%}: {', '.join(best['confidence_set'])}. P(best) per candidate "
+            f"from {best['bootstrap']['samples']} bootstrap resamples of pooled residuals (seed "
+            f"{best['bootstrap']['seed']}).",
+            "",
+        ]
+    paper = best.get("paper")
+    if paper:
+        pb = "" if paper["p_best"] is None else f", P(best) {paper['p_best']:.2f}"
+        ci = (
+            ""
+            if paper["difference_ci_low"] is None
+            else f" (95% interval {paper['difference_ci_low']:+.4f} to {paper['difference_ci_high']:+.4f})"
+        )
+        cost = "" if paper["measured_ratio"] is None else f"; real cost {paper['measured_ratio']:.2f}x the baseline"
+        lines += [
+            "## The paper's (1.2, 1.1, 1.15)",
+            "",
+            f"Rank {paper['rank']}{pb}; {paper['difference_to_winner']:+.4f} from the winner{ci}{cost}.",
+            "",
+        ]
+    surface = best.get("response_surface")
+    if surface:
+        edge = " (on the grid's edge: the optimum may lie outside it)" if surface["on_edge"] else ""
+        lines += [
+            "## Response surface",
+            "",
+            f"Quadratic over (alpha, beta): argmax alpha {surface['alpha']:.3f}, beta {surface['beta']:.3f}, gamma "
+            f"{surface['gamma']:.3f}{edge}; 90% bootstrap region alpha {surface['region_alpha'][0]:.3f}-"
+            f"{surface['region_alpha'][1]:.3f}, beta {surface['region_beta'][0]:.3f}-{surface['region_beta'][1]:.3f}. "
+            "Beside the grid winner, not instead of it.",
+            "",
+        ]
+    cls = best.get("class")
+    if cls and cls["members"] > 1:
+        text = (
+            f"The winner's class {cls['label']} holds {cls['members']} coefficient triples ({cls['coefficients']}) "
+            "that build the same phi = 1 network: the proxy cannot tell them apart."
+        )
+        spread = cls.get("spread_at_max_phi")
+        if spread:
+            text += (
+                f" At phi = {spread['phi']} their B-series differ: {spread['macs'][0] / 1e9:.2f}-"
+                f"{spread['macs'][1] / 1e9:.2f} GMACs, {spread['resolution'][0]}-{spread['resolution'][1]} px, depth "
+                f"x{spread['depth'][0]:.2f}-{spread['depth'][1]:.2f}, width x{spread['width'][0]:.2f}-"
+                f"{spread['width'][1]:.2f}."
+            )
+        lines += ["## Coefficients the proxy cannot tell apart", "", text, ""]
+    return lines
 
 
 def _extrapolate(coeffs: Coefficients, space: SearchSpace, budget: float) -> tuple[list[dict], list[dict]]:
@@ -166,6 +335,8 @@ def _coefficients_md(
             f"held-out accuracy {best['accuracy_mean']:.4f}{ci} over {best['seeds']} seed(s).",
             "",
         ]
+    verdict = best.get("verdict")
+    lines += ["## Verdict", "", f"**{verdict or 'no verdict'}**", ""]
     lines += [f"- {s}" for s in ranking.statements]
     lines += [f"- {s}" for s in run_notes(best)]
     lines += [
@@ -177,21 +348,27 @@ def _coefficients_md(
         "",
         f"- data: {space.data.name}; baseline {space.baseline.model} at {space.baseline.resolution} px",
         f"- grid: {space.grid.kind}, constraint {c.mode} {c.budget} within {c.tolerance:g}, resolutions to "
-        f"multiples of {c.resolution_multiple}",
-        f"- proxy: {p.epochs} epochs, batch {p.batch_size}, {p.optimizer} lr {p.lr:g}, {p.schedule} schedule, "
-        f"label smoothing {p.label_smoothing:g}, "
-        f"train subset {p.train_subset or 'all'}, test subset {p.test_subset or 'all'}",
-        f"- seeds: {', '.join(str(s) for s in space.seeds)}; pruning: "
+        f"multiples of {c.resolution_multiple}; candidates that build the same network are trained once, as a class",
+        f"- proxy: {p.epochs} epochs (complete schedule), batch {p.batch_size}, {p.optimizer} lr {p.lr:g}, "
+        f"{p.schedule} schedule, label smoothing {p.label_smoothing:g}, dropout {p.dropout:g}, drop path "
+        f"{p.drop_path:g}, train subset {p.train_subset or 'all'}, test subset {p.test_subset or 'all'}",
+        f"- seeds: {', '.join(str(s) for s in space.seeds)}; run order interleaved by seed, shuffled with order "
+        f"seed {space.order_seed}",
+        "- pruning: "
         + (
-            f"successive halving from {space.pruning.min_epochs} epoch(s), factor {space.pruning.reduction_factor}"
+            f"synchronous successive halving, rungs from {space.pruning.min_epochs} epoch(s) by factor "
+            f"{space.pruning.reduction_factor} up to {p.epochs}, each a complete schedule; promotion on seed means "
+            "with ties kept, the paper's triple always carried"
             if space.pruning.enabled
-            else "off"
+            else "off (every candidate x seed trains the full schedule)"
         ),
         "",
         "## Ranking",
         "",
         to_markdown(rank_rows, [*RANKING_COLUMNS, UPSAMPLED_COLUMN]),
+        "",
     ]
+    lines += _statistics_md(best)
     if b_rows:
         from .series import b_series_columns
 

@@ -40,7 +40,6 @@ from optuna.trial import TrialState
 from ..errors import UsageError
 from ..records import TrialRecord, stored_fields, updated
 from ..records import TrialState as State
-from ..train.loop import TrialPruned
 from .backend import Hooks, Train, merge
 from .trials import Unit, unit_of
 
@@ -197,7 +196,7 @@ def _requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None
     study.enqueue_trial({k: attrs[k] for k in PARAMS if k in attrs}, user_attrs=attrs)
 
 
-_UNIT_ATTRS = ("unit", "alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio")
+_UNIT_ATTRS = ("unit", "alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs")
 
 
 def unit_search_space(units: list[Unit]) -> dict[str, BaseDistribution]:
@@ -292,10 +291,8 @@ class OptunaStudy:
         study_name: str,
         *,
         heartbeat: int = DEFAULT_HEARTBEAT,
-        pruner: optuna.pruners.BasePruner | None = None,
     ):
         self.url = url
-        self.pruning = pruner is not None
         self.heartbeat = heartbeat
         _check_sqlite(url)
         db = sqlite_path(url)
@@ -309,7 +306,8 @@ class OptunaStudy:
                     study_name=study_name,
                     direction="maximize",
                     load_if_exists=True,
-                    pruner=pruner,
+                    # Never pruned by Optuna: first-come pruning has order effects; halving is synchronous (halving.py).
+                    pruner=optuna.pruners.NopPruner(),
                     sampler=UnitSampler(),
                 )
         except optuna.exceptions.StorageInternalError as exc:
@@ -358,8 +356,9 @@ class OptunaStudy:
             space = self._space = {name: json_to_distribution(d) for name, d in stored.items()}
         return space
 
-    def _claim(self) -> optuna.trial.FrozenTrial | None:
-        """The next queued unit, now RUNNING with a heartbeat, or None when the queue is empty.
+    def _claim(self, units: set[str]) -> optuna.trial.FrozenTrial | None:
+        """The next queued unit, now RUNNING with a heartbeat, or None when the queue is empty
+        or its head is not one of ``units`` (a later halving rung's unit, queued by a worker ahead).
 
         ``Study.ask()`` pops the first WAITING trial through public API, but
         creates a new trial when none is left: under the queue lock no other
@@ -375,6 +374,8 @@ class OptunaStudy:
             if not waiting:
                 return None
             first = min(waiting, key=lambda t: t.number)
+            if first.user_attrs.get("unit") not in units:
+                return None
             self.storage.record_heartbeat(first._trial_id)
             with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": _beat does it
                 warnings.simplefilter("ignore", UserWarning)
@@ -412,8 +413,10 @@ class OptunaStudy:
         planned = {p.unit: p for p in plan}
         while not hooks.stop.is_set():
             self.fail_stale()
-            frozen = self._claim()
+            frozen = self._claim(set(planned))
             if frozen is None:
+                if set(planned) <= self.finished_units():
+                    return
                 running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                 if not running:
                     return
@@ -430,9 +433,7 @@ class OptunaStudy:
         beat.start()
 
         def report(epoch: int, loss: float, acc: float) -> None:
-            trial.report(acc, step=epoch + 1)  # the dashboard's intermediate values; the pruner's rungs
-            if self.pruning and trial.should_prune():
-                raise TrialPruned(f"pruned after epoch {epoch + 1}")
+            trial.report(acc, step=epoch + 1)  # the dashboard's intermediate values
 
         try:
             record = train(planned, report)

@@ -216,11 +216,21 @@ def search_candidates(space: SearchSpace) -> list[Candidate]:
     return list(space_plan(space).trained)
 
 
-def units_for(space: SearchSpace, candidates: Sequence[Candidate]) -> list:
-    """Every candidate x seed, interleaved by seed (all candidates at a seed before the next seed)."""
+def units_for(
+    space: SearchSpace,
+    candidates: Sequence[Candidate],
+    *,
+    rung: int | None = None,
+    epochs: int | None = None,
+    stage: int = 0,
+) -> list:
+    """Every candidate x seed in run order: interleaved by seed (all candidates at a seed before the
+    next seed), shuffled within a seed by the space's recorded ``order_seed`` (plus ``stage``, the
+    halving rung's index, so each rung has its own order). An interrupted run is then a fair sample of the grid."""
+    from .allocation import run_order
     from .trials import Unit  # trials re-exports this module's functions
 
-    return [
+    units = [
         Unit(
             c.coefficients.alpha,
             c.coefficients.beta,
@@ -228,7 +238,10 @@ def units_for(space: SearchSpace, candidates: Sequence[Candidate]) -> list:
             seed,
             c.theoretical_ratio,
             float(c.measured_ratio),
+            rung=rung,
+            epochs=epochs,
         )
         for seed in space.seeds
         for c in candidates
     ]
+    return run_order(units, space.order_seed + stage)

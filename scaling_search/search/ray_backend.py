@@ -1,8 +1,9 @@
-"""Ray Tune backend: the plan's units as a ``tune.grid_search``, optional ASHA,
-per-trial resources, a local cluster or ``--ray-address``. Each finished
-record is appended to ``ray/finished.jsonl`` as it arrives; a resumed run
-trains only the units that have none, so nothing finished is trained twice.
-On a stop request, workers start no new unit and those under way finish."""
+"""Ray Tune backend: the plan's units as a ``tune.grid_search``, per-trial resources,
+a local cluster or ``--ray-address``. No scheduler: halving is synchronous, rung by
+rung (``halving.py``), the same on every backend. Each finished record is appended
+to ``ray/finished.jsonl`` as it arrives; a resumed run trains only the units that
+have none, so nothing finished is trained twice. On a stop request, workers start
+no new unit and those under way finish."""
 
 from __future__ import annotations
 
@@ -203,7 +204,11 @@ class RayBackend:
         if path.is_file():
             for line in path.read_text().splitlines():
                 stored = json.loads(line) if line.strip() else {}
-                key = unit_key(stored["alpha"], stored["beta"], stored["gamma"], stored["seed"]) if stored else None
+                key = (
+                    unit_key(stored["alpha"], stored["beta"], stored["gamma"], stored["seed"], stored.get("rung"))
+                    if stored
+                    else None
+                )
                 if key in planned:
                     attempts = found[key].attempts + 1 if key in found else 1
                     found[key] = updated(planned[key], {**stored, "attempts": attempts})
@@ -218,9 +223,8 @@ class RayBackend:
     def execute(self, plan: Sequence[TrialRecord], train: Train, hooks: Hooks) -> list[TrialRecord]:
         import ray
         from ray import tune
-        from ray.tune.schedulers import ASHAScheduler
 
-        options, space = self.options, self.space
+        options = self.options
         left = [p for p in plan if p.unit not in self.finished(plan)]
         if not left:
             return self.records(plan)
@@ -236,21 +240,13 @@ class RayBackend:
             tune.with_parameters(_trainable, plan={p.unit: p for p in left}, train=train, flag=flag),
             {"cpu": cpus, "gpu": gpus},
         )
-        scheduler = None
-        if space.pruning.enabled:
-            scheduler = ASHAScheduler(
-                time_attr="epoch",
-                max_t=space.proxy.epochs,
-                grace_period=space.pruning.min_epochs,
-                reduction_factor=space.pruning.reduction_factor,
-            )
         self.folder.mkdir(parents=True, exist_ok=True)
         # A fresh experiment per run over what is left: a unit cut short is trained again, a finished one never.
         runs = sorted(self.folder.glob("run-*"))
         tuner = tune.Tuner(
             trainable,
             param_space={"unit": tune.grid_search([{"unit": p.unit} for p in left])},
-            tune_config=tune.TuneConfig(metric="accuracy", mode="max", scheduler=scheduler),
+            tune_config=tune.TuneConfig(metric="accuracy", mode="max"),
             run_config=tune.RunConfig(
                 storage_path=str(self.folder),
                 name=f"run-{len(runs) + 1}",
@@ -271,12 +267,11 @@ def _collector(path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
     from ray.tune import Callback  # optional dependency: only a Ray run imports it
 
     class Collector(Callback):
-        """Driver side: stores each finished record as it arrives, turns ASHA stops into PRUNED
-        records, and passes the runner's stop request on to the workers."""
+        """Driver side: stores each finished record as it arrives and passes the runner's stop
+        request on to the workers. No scheduler stops a trial: every unit trains its whole schedule."""
 
         def __init__(self, path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
             self.path, self.planned, self.hooks, self.flag = path, planned, hooks, flag
-            self.history: dict[str, list[tuple[float, float]]] = {}
             self.flagged = False
 
         def __getstate__(self) -> dict:
@@ -293,25 +288,6 @@ def _collector(path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
             key = trial.config["unit"]["unit"]
             if "record" in result:
                 self._store(updated(self.planned[key], json.loads(result["record"])))
-            elif "accuracy" in result and "loss" in result:
-                self.history.setdefault(key, []).append((result["loss"], result["accuracy"]))
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            key = trial.config["unit"]["unit"]
-            if key in self.history and not self.hooks.stop.is_set():
-                last = trial.last_result or {}
-                if "record" not in last:  # stopped by the scheduler after an epoch report
-                    losses, accs = zip(*self.history[key])
-                    self._store(
-                        self.planned[key].replace(
-                            state=TrialState.PRUNED,
-                            accuracy=accs[-1],
-                            epochs_run=len(accs),
-                            epoch_accuracies=tuple(accs),
-                            epoch_losses=tuple(losses),
-                            attempts=1,
-                        )
-                    )
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
             key = trial.config.get("unit", {}).get("unit")

@@ -28,6 +28,7 @@ from ..space import SearchSpace, dump_space
 from ..train.devices import device_name, resolve_device
 from ..train.recipe import Runtime
 from .backend import Backend, Hooks, Train, merge
+from .halving import RungResult, run_rungs, rung_schedule
 from .trials import baseline_config, planned_record, run_unit, search_candidates, units_for
 
 RUN_JSON = "run.json"
@@ -283,33 +284,34 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     stop = threading.Event()
     restore = _install_stop_handlers(stop, console)
     weights_dir = out.resolve() if options.keep_weights != "none" else None  # absolute: Ray workers run elsewhere
+    train = lambda p, report: run_unit(space, p, data, runtime, report, weights_dir=weights_dir)  # noqa: E731
     try:
-        records = _execute(
-            backend,
-            plan,
-            lambda p, report: run_unit(space, p, data, runtime, report, weights_dir=weights_dir),
-            stop,
-            console,
+        records, rungs = run_rungs(
+            space,
+            candidates,
+            lambda u: planned_record(space, u, num_classes),
+            lambda rung_plan: _execute(backend, rung_plan, train, stop, console),
+            reference=_paper(candidates),
         )
     finally:
         restore()
     wall = time.perf_counter() - started
     info = {"wall_seconds_this_run": round(wall, 1), "device": device_name(device), "backend": options.backend}
     info.update(data_sizes(data), stale_requeued=stale)
-    return finish(out, space, records, console, stopped=stop.is_set(), info=info, keep_weights=options.keep_weights)
+    return finish(
+        out, space, records, console, stopped=stop.is_set(), info=info, keep_weights=options.keep_weights, rungs=rungs
+    )
+
+
+def _paper(candidates):
+    return next((c for c in candidates if c.is_paper), None)
 
 
 def _optuna_backend(options: RunOptions, url: str, name: str, space: SearchSpace) -> Backend:
     from .optuna_backend import OptunaBackend, OptunaStudy
 
-    pruner = None
-    if space.pruning.enabled:
-        import optuna
-
-        pruner = optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=space.pruning.min_epochs, reduction_factor=space.pruning.reduction_factor
-        )
-    return OptunaBackend(OptunaStudy(url, name, heartbeat=options.heartbeat, pruner=pruner), url)
+    # No Optuna pruner: halving is synchronous, rung by rung (halving.py), the same on every backend.
+    return OptunaBackend(OptunaStudy(url, name, heartbeat=options.heartbeat), url)
 
 
 def _ray_backend(space: SearchSpace, out: Path, device: str, options: RunOptions) -> Backend:
@@ -390,19 +392,37 @@ def finish(
     stopped: bool,
     info: dict,
     keep_weights: str | None = None,
+    rungs: tuple[RungResult, ...] = (),
 ) -> int:
-    """Write the report of ``records`` (one per planned unit), print the verdict."""
+    """Write the report of ``records`` (every unit of every rung reached), print the verdict."""
     from ..analysis.report import write_report
+    from .plan import space_plan
 
     epochs_run = sum(r.epochs_run for r in records)
-    full = len(records) * space.proxy.epochs
+    # The full grid: every trained candidate x seed at the full schedule.
+    full = len({r.candidate for r in records}) * len(space.seeds) * space.proxy.epochs
     info = {**info, "epochs_trained": int(epochs_run), "epochs_full_grid": int(full)}
-    if space.pruning.enabled and full:
-        info["pruning_saved_fraction"] = round(1 - epochs_run / full, 4)
+    if space.pruning.enabled:
+        info["rungs"] = [
+            {
+                "epochs": r.epochs,
+                "candidates": len(r.candidates),
+                "complete": r.complete,
+                "promoted": None if r.promotion is None else list(r.promotion.promoted),
+                "carried_as_reference": None if r.promotion is None else list(r.promotion.carried),
+                "threshold": None if r.promotion is None else r.promotion.threshold,
+            }
+            for r in rungs
+        ]
+        info["rung_epochs"] = list(rung_schedule(space))
+        if full:
+            info["pruning_saved_fraction"] = round(1 - epochs_run / full, 4)
     console.print("writing the report ...")
-    ranking = write_report(out, records, space, info)
+    ranking = write_report(out, records, space, info, classes=space_plan(space).classes)
+    verdict = "no verdict" if ranking.analysis is None else ("CONCLUSIVE" if ranking.conclusive else "INCONCLUSIVE")
+    console.print(f"verdict: {verdict}", highlight=False)
     for s in ranking.statements:
-        console.print(f"  {s}")
+        console.print(f"  {s}", highlight=False)
     _keep_winner_weights(out, keep_weights, console)
     if "pruning_saved_fraction" in info:
         console.print(
@@ -431,7 +451,7 @@ def rebuild(out: Path, console) -> int:
             f"{meta_path} is not valid JSON: the run folder is damaged; run the search again with a new --out"
         ) from None
     space = load_space(out / "space.yaml")
-    units = units_for(space, search_candidates(space))
+    candidates = search_candidates(space)
     prior = {}
     if (out / "best.json").is_file():
         try:
@@ -440,20 +460,36 @@ def rebuild(out: Path, console) -> int:
             prior = {}
     info = {k: prior[k] for k in ("wall_seconds_this_run", "device", "backend") if k in prior}
     info.update(_sizes_of(meta, space))
-    plan = [planned_record(space, u, int(meta.get("num_classes", 10))) for u in units]
+    num_classes = int(meta.get("num_classes", 10))
     if meta.get("backend") == "optuna":
         from .optuna_backend import OptunaBackend, OptunaStudy
 
         url = resolve_storage(meta["storage"], out)
         backend = OptunaBackend(OptunaStudy(url, meta["study_name"]), url)
-        records = backend.records(plan)
+        fetch = backend.records
         info["stale_running"] = _report_stale(backend, console)
     else:
         if not (out / TRIALS_CSV).is_file():
             raise UsageError(f"{out / TRIALS_CSV} is missing: nothing to rebuild the report from")
         found = {r.unit: r for r in read_trials(out)}
-        records = merge(plan, {p.unit: updated(p, found[p.unit].row()) for p in plan if p.unit in found})
-    return finish(out, space, records, console, stopped=False, info=info)
+
+        def fetch(plan: list[TrialRecord]) -> list[TrialRecord]:
+            return merge(plan, {p.unit: updated(p, found[p.unit].row()) for p in plan if p.unit in found})
+
+    # The rungs walked again over the stored results: the same decisions, nothing trained.
+    plan_of = lambda u: planned_record(space, u, num_classes)  # noqa: E731
+    records, rungs = run_rungs(space, candidates, plan_of, fetch, reference=_paper(candidates))
+    if space.pruning.enabled and not any(r.state.finished for r in records):
+        # A run made with asynchronous pruning (no rung units): its full-schedule trials, as stored.
+        old = fetch([plan_of(u) for u in units_for(space, candidates)])
+        if any(r.state.finished for r in old):
+            records, rungs = old, ()
+            info["note"] = (
+                "this run predates synchronous halving: its PRUNED trials were stopped early by asynchronous "
+                "pruning and are not ranked; only trials that trained every epoch are"
+            )
+            console.print(f"note: {info['note']}", highlight=False)
+    return finish(out, space, records, console, stopped=False, info=info, rungs=rungs)
 
 
 # ------------------------------------------------------------ folders that move

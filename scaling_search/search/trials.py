@@ -5,6 +5,7 @@ Both backends train through ``run_unit``, so their records are the same.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,12 @@ class Unit:
     seed: int
     theoretical_ratio: float
     measured_ratio: float
+    rung: int | None = None  # a shorter halving rung; None: the full schedule
+    epochs: int | None = None  # this unit's complete schedule; None: the proxy's epochs
 
     @property
     def key(self) -> str:
-        return unit_key(self.alpha, self.beta, self.gamma, self.seed)
+        return unit_key(self.alpha, self.beta, self.gamma, self.seed, self.rung)
 
     @property
     def coefficients(self) -> Coefficients:
@@ -47,11 +50,14 @@ class Unit:
             "seed": self.seed,
             "theoretical_ratio": self.theoretical_ratio,
             "measured_ratio": self.measured_ratio,
+            "rung": self.rung,
+            "epochs": self.epochs,
         }
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> Unit:
-        return cls(**{k: attrs[k] for k in ("alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio")})
+        names = ("alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs")
+        return cls(**{k: attrs[k] for k in names if k in attrs})
 
 
 def trial_model(space: SearchSpace, unit: Unit, num_classes: int) -> EfficientNetConfig:
@@ -61,13 +67,22 @@ def trial_model(space: SearchSpace, unit: Unit, num_classes: int) -> EfficientNe
     )
 
 
+def unit_recipe(space: SearchSpace, epochs: int | None):
+    """The proxy recipe as a complete schedule of ``epochs`` (a halving rung's own length)."""
+    p = space.proxy
+    if epochs is None or epochs == p.epochs:
+        return p
+    return dataclasses.replace(p, epochs=epochs, warmup_epochs=p.warmup_epochs * epochs / p.epochs)  # same shape
+
+
 def trial_config(space: SearchSpace, unit: Unit, num_classes: int, runtime: Runtime):
     from ..data.sources import DataSpec
     from ..train.loop import TrialConfig  # torch stays out of planning until a trial runs
 
     d = space.data
     data = DataSpec(name=d.name, data_dir=d.data_dir, storage_size=d.storage_size)
-    return TrialConfig.of(trial_model(space, unit, num_classes), data, space.proxy, runtime, unit.seed)
+    recipe = unit_recipe(space, unit.epochs)
+    return TrialConfig.of(trial_model(space, unit, num_classes), data, recipe, runtime, unit.seed)
 
 
 def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRecord:
@@ -81,7 +96,8 @@ def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRec
         beta=unit.beta,
         gamma=unit.gamma,
         seed=unit.seed,
-        epochs=space.proxy.epochs,
+        epochs=unit.epochs or space.proxy.epochs,
+        rung=unit.rung,
         depth=round(model.depth, 6),
         width=round(model.width, 6),
         resolution=model.resolution,
@@ -160,4 +176,13 @@ def run_unit(
 
 
 def unit_of(record: TrialRecord) -> Unit:
-    return Unit(record.alpha, record.beta, record.gamma, record.seed, record.theoretical_ratio, record.measured_ratio)
+    return Unit(
+        record.alpha,
+        record.beta,
+        record.gamma,
+        record.seed,
+        record.theoretical_ratio,
+        record.measured_ratio,
+        rung=record.rung,
+        epochs=record.epochs,
+    )

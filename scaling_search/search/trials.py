@@ -122,7 +122,7 @@ def run_unit(
 ) -> TrialRecord:
     """Train one unit; returns its finished record. Failures are results, not crashes.
 
-    With ``weights_dir`` (a run folder), a completed trial's final weights are saved
+    With ``weights_dir`` (a run folder), a completed full-schedule trial's final weights are saved
     there as safetensors (``weights.trial_weights_path``), atomically, by the process
     that trained it.
     """
@@ -149,8 +149,10 @@ def run_unit(
         )
 
     config = trial_config(space, unit, len(data.classes), runtime)
+    # Only full schedules leave weights: a shorter halving rung is a screening score, not a model to keep.
+    keep = weights_dir is not None and unit.rung is None
     try:
-        result = train_trial(config, data=data, on_epoch=track, keep_state=weights_dir is not None)
+        result = train_trial(config, data=data, on_epoch=track, keep_state=keep)
     except TrialPruned:
         return ended(TrialState.PRUNED, accuracy=accuracies[-1] if accuracies else None)
     except TrialFailed as exc:
@@ -159,7 +161,7 @@ def run_unit(
         raise
     except Exception as exc:  # a broken trial must not end a long search
         return ended(TrialState.FAIL, failure=f"unexpected error: {type(exc).__name__}: {exc}")
-    if weights_dir is not None:
+    if keep:
         from ..weights import save_trained, trial_weights_path
 
         path = trial_weights_path(weights_dir, unit.alpha, unit.beta, unit.gamma, unit.seed)

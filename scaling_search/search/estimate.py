@@ -38,6 +38,9 @@ class Calibration:
     setup_seconds: float  # per trial: the dearest model built, moved and given an optimizer
     peak_bytes: int  # the dearest candidate's peak device memory in its train steps (0 on the CPU)
     threads: int  # torch CPU threads the steps ran with
+    startup_seconds: float = (
+        0.0  # this process's age before calibrating: what a fresh worker spends on imports and data
+    )
 
 
 def interpolate(cal: Calibration, macs: int, which: tuple[float, float]) -> float:
@@ -121,6 +124,7 @@ def calibrate(
 
     from .trials import trial_model, unit_of
 
+    startup = process_age()
     cheap = min(plan, key=lambda p: p.macs or 0)
     dear = max(plan, key=lambda p: p.macs or 0)
     # Seconds per image hardly depend on the batch on a CPU, where a big one is slow to time.
@@ -141,6 +145,7 @@ def calibrate(
         setup_seconds=setup,
         peak_bytes=peak,
         threads=torch.get_num_threads(),
+        startup_seconds=startup,
     )
 
 

@@ -155,10 +155,10 @@ def scaled_estimate(
     cal: Calibration, space: SearchSpace, plan: list[TrialRecord], n_train: int, n_test: int, device: str, jobs: int
 ) -> float:
     """The calibrated seconds of ``plan`` at ``jobs`` workers on ``device``."""
-    from .estimate import concurrency, estimate_from, process_age
+    from .estimate import concurrency, estimate_from
 
     speedup = concurrency(device.split(":")[0], jobs, cal.threads, _cores())
-    startup = process_age() if jobs > 1 else 0.0
+    startup = cal.startup_seconds if jobs > 1 else 0.0
     epochs = space.proxy.epochs
     return estimate_from(
         cal, plan, n_train=n_train, n_test=n_test, epochs=epochs, jobs=jobs, speedup=speedup, startup_seconds=startup

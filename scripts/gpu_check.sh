@@ -22,15 +22,15 @@ SITE=${SITE:-/tmp/site}
 PY=${PY:-python3}
 # Time limits in seconds (together under 9 minutes; the study is stopped with Ctrl-C at its limit,
 # so it still writes the report of what it finished).
-T_INSTALL=${T_INSTALL:-60}
-T_PROXY=${T_PROXY:-90}
+T_INSTALL=${T_INSTALL:-45}
+T_PROXY=${T_PROXY:-75}
 T_STUDY=${T_STUDY:-120}
 T_RUN=${T_RUN:-240}
 if [ "$DEVICE" = cpu ]; then
     PROXY_ARGS=${PROXY_ARGS:---images 256 --repeats 1 --warmup 0}
     STUDY_ARGS=${STUDY_ARGS:---trials 2 --train-images 128 --test-images 128}
 else
-    PROXY_ARGS=${PROXY_ARGS:-}
+    PROXY_ARGS=${PROXY_ARGS:---repeats 2}
     STUDY_ARGS=${STUDY_ARGS:---trials 8}
 fi
 
@@ -80,7 +80,7 @@ step study "$OUT/study.log" timeout "$T_STUDY" "$PY" benchmarks/study_throughput
     --data-dir "$DATA_DIR" ${PRESET:+--preset "$PRESET"} $STUDY_ARGS
 
 # 5. The default study, stopped by Ctrl-C at its limit (it writes the report of what is done).
-step run "$OUT/run.log" timeout --signal=INT --kill-after=60 "$T_RUN" "$PY" -m scaling_search.cli run --budget 2x \
+step run "$OUT/run.log" timeout --signal=INT --kill-after=30 "$T_RUN" "$PY" -m scaling_search.cli run --budget 2x \
     --data-dir "$DATA_DIR" --device "$DEVICE" ${PRESET:+--preset "$PRESET"} --out "$OUT/run"
 if [ -d "$OUT/run" ]; then
     tar -czf "$OUT/run.tar.gz" -C "$OUT" run && rm -rf "$OUT/run"

@@ -160,3 +160,17 @@ def test_estimate_interpolates_by_macs_and_divides_by_the_jobs():
     # one unit on four jobs still takes that unit's time
     single = estimate_from(cal, plan[:1], n_train=100, n_test=50, epochs=2, jobs=4, speedup=4.0)
     assert single == pytest.approx(unit_seconds(cal, 100, 100, 50, 2))
+
+
+def test_gpu_check_script_parses_and_its_limits_fit_one_call():
+    import re
+
+    for script in ("scripts/gpu_check.sh", "scripts/fetch_gpu_wheels.sh"):
+        proc = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    text = (ROOT / "scripts/gpu_check.sh").read_text()
+    limits = {name: int(value) for name, value in re.findall(r"^(T_[A-Z]+)=\$\{T_[A-Z]+:-(\d+)\}", text, re.M)}
+    assert set(limits) == {"T_INSTALL", "T_PROXY", "T_STUDY", "T_RUN"}
+    # every step at its limit, plus the run's Ctrl-C grace before a kill, under the 9 minutes of one call
+    grace = int(re.search(r"--kill-after=(\d+)", text).group(1))
+    assert sum(limits.values()) + grace < 9 * 60, limits

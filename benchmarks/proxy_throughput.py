@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     args = ap.parse_args()
 
-    device = resolve_device(args.device)
+    device = torch.device(resolve_device(args.device))  # resolve_device returns the checked name
     gpu = device.type == "cuda"
     # Random inputs drive some CPU activations into subnormal floats, which
     # are slow on x86 and would make the bare step look slower than training

@@ -406,6 +406,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--gpus-per-trial", type=float, help="GPUs per Ray trial, fractions allowed (default 1 with a GPU, else 0)"
     )
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per Ray trial (default 1)")
+    p.add_argument(
+        "--jobs",
+        type=_positive_int("jobs"),
+        help=(
+            "trials at once on this machine, each in its own process on the same study (default: 1 on a CPU; on a "
+            "GPU what its free memory and SMs hold, at most 8); with --backend ray, the trials Ray packs at once"
+        ),
+    )
 
 
 def _resolve_space(args: argparse.Namespace, console):
@@ -463,6 +471,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         gpus_per_trial=args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial,
+        jobs=args.jobs,
         estimate_only=args.estimate,
         keep_weights=args.keep_weights,
     )

@@ -8,13 +8,16 @@ the report is written atomically at the end (and on Ctrl-C).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import functools
 import json
 import os
 import platform
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +31,10 @@ from ..space import SearchSpace, dump_space
 from ..train.devices import device_name, resolve_device
 from ..train.recipe import Runtime
 from .backend import Backend, Hooks, Train, merge
+from .estimate import Calibration
 from .halving import RungResult, run_rungs, rung_schedule
-from .trials import baseline_config, planned_record, run_unit, search_candidates, units_for
+from .jobs import execute_jobs
+from .trials import planned_record, run_unit, search_candidates, units_for
 
 RUN_JSON = "run.json"
 
@@ -44,6 +49,7 @@ class RunOptions:
     ray_address: str | None = None
     gpus_per_trial: float | None = None
     cpus_per_trial: float | None = None
+    jobs: int | None = None  # trials at once on this machine; None: chosen from the device
     estimate_only: bool = False
     keep_weights: str = "best"  # best | all | none: the final weights kept in the run folder (weights.KEEP_MODES)
     extra_info: dict = field(default_factory=dict)
@@ -121,65 +127,84 @@ def software_versions() -> dict:
 
 
 def estimate_seconds(
-    space: SearchSpace, plan: list[TrialRecord], n_train: int, n_test: int, device: str
-) -> tuple[float, float]:
-    """Seconds for ``units`` from a few timed train steps of the baseline, scaled by each unit's MACs.
+    space: SearchSpace,
+    plan: list[TrialRecord],
+    n_train: int,
+    n_test: int,
+    runtime: Runtime,
+    *,
+    num_classes: int,
+    image_size: int,
+    jobs: int = 1,
+) -> tuple[float, Calibration]:
+    """Seconds for ``plan`` with ``jobs`` workers, from timed steps of its cheapest and dearest candidate.
 
-    Returns (seconds, baseline images per second). Rough by design: it is
-    what a user needs to decide whether to start, not a promise.
+    Returns (seconds, calibration). Calibrated on the shapes the study trains,
+    at its batch size; what ``jobs`` gain is ``estimate.concurrency``.
     """
     import torch
 
-    from ..flops import count
+    from .estimate import calibrate
 
-    base = baseline_config(space, 10)
-    batch = min(space.proxy.batch_size, 64 if device == "cpu" else space.proxy.batch_size)
+    if not plan:
+        return 0.0, None
     try:
-        ips = _baseline_speed(base, batch, device)
+        cal = calibrate(space, plan, num_classes, runtime, image_size)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         from ..train.loop import is_out_of_memory
 
         if not is_out_of_memory(exc):
             raise
-        # Every candidate is at least the baseline: none of them would fit either.
+        dear = max(plan, key=lambda p: p.macs or 0)
         raise UsageError(
-            f"the baseline ({base.resolution} px, batch {batch}) does not fit in memory on {device}: "
-            "lower proxy.batch_size or baseline.resolution in the search space"
+            f"the dearest candidate ({dear.alpha:g}, {dear.beta:g}, {dear.gamma:g}: {dear.resolution} px, batch "
+            f"{space.proxy.batch_size}) does not fit in memory on {runtime.device}: lower proxy.batch_size in the "
+            "search space"
         ) from None
-    base_macs = count(base).macs
-    total = 0.0
-    for p in plan:
-        scale = (p.macs or base_macs) / base_macs
-        total += scale * (space.proxy.epochs * n_train + n_test * space.proxy.epochs / 3) / ips
-    return total, ips
+    return scaled_estimate(cal, space, plan, n_train, n_test, runtime.device, jobs), cal
 
 
-def _baseline_speed(base, batch: int, device: str) -> float:
-    """Training images per second of the baseline, from a few timed steps."""
-    import torch
+def scaled_estimate(
+    cal: Calibration, space: SearchSpace, plan: list[TrialRecord], n_train: int, n_test: int, device: str, jobs: int
+) -> float:
+    """The calibrated seconds of ``plan`` at ``jobs`` workers on ``device``."""
+    from .estimate import concurrency, estimate_from
 
-    from ..models import build
+    speedup = concurrency(device.split(":")[0], jobs, cal.threads, _cores())
+    startup = cal.startup_seconds if jobs > 1 else 0.0
+    epochs = space.proxy.epochs
+    return estimate_from(
+        cal, plan, n_train=n_train, n_test=n_test, epochs=epochs, jobs=jobs, speedup=speedup, startup_seconds=startup
+    )
 
-    model = build(base).to(device).train()
-    x = torch.randn(batch, 3, base.resolution, base.resolution, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
+def _data_bytes(data, n_train: int, n_test: int) -> int:
+    """The device copy of the images a trial trains and scores on (uint8)."""
+    per_train = data.train_x[0].nbytes if len(data.train_x) else 0
+    per_test = data.test_x[0].nbytes if len(data.test_x) else 0
+    return int(n_train * per_train + n_test * per_test)
 
-    step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    reps = 3
-    for _ in range(reps):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return reps * batch / (time.perf_counter() - t)
+
+def _cores() -> int:
+    from .jobs import cpu_cores
+
+    return cpu_cores()
+
+
+def choose_jobs(asked: int | None, runtime: Runtime, cal, data_bytes: int) -> tuple[int, str]:
+    """The job count and why: the one asked for, else 1 on a CPU and what the GPU holds on CUDA."""
+    from .jobs import cuda_facts, default_jobs, per_job_bytes
+
+    kind = runtime.device.split(":")[0]
+    if asked is not None:
+        return asked, "asked for with --jobs"
+    if kind != "cuda" or cal is None:
+        choice = default_jobs(kind)
+    else:
+        free, sms = cuda_facts(runtime.device)
+        need = per_job_bytes(cal.peak_bytes, data_bytes)
+        choice = default_jobs(kind, free_bytes=free, per_job_bytes=need, sm_count=sms)
+    return choice.jobs, choice.why
 
 
 def format_duration(seconds: float) -> str:
@@ -201,7 +226,7 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     from ..data.sources import DataSpec, load_dataset
 
     device = resolve_device(options.device)
-    runtime = Runtime(device=device)
+    runtime = Runtime(device=device, jobs=options.jobs or 1)
     candidates = search_candidates(space)
     units = units_for(space, candidates)
     out = options.out
@@ -236,6 +261,9 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         f"{space.proxy.epochs} epochs each, device {device} ({device_name(device)})"
     )
 
+    if options.backend == "ray" and options.jobs is not None:
+        if options.gpus_per_trial is not None or options.cpus_per_trial is not None:
+            raise UsageError("--jobs sets the Ray trial resources: give --jobs or --gpus-per-trial/--cpus-per-trial")
     storage_url = None
     if options.backend == "optuna":
         storage_url = options.storage or (resolve_storage(earlier["storage"], out) if earlier else None)
@@ -249,13 +277,33 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     finished = backend.finished(plan) if backend is not None else set()
     stale = _report_stale(backend, console)
     left = [p for p in plan if p.unit not in finished]
-    seconds, ips = estimate_seconds(space, left, n_train, n_test, device)
-    console.print(
-        f"estimate: about {format_duration(seconds)} for the {len(left)} trials left of {len(units)} (baseline "
-        f"trains at {ips:,.0f} img/s here)"
+    # Calibrated once at one job (which also measures a job's memory), then scaled to the chosen count.
+    seconds, cal = estimate_seconds(
+        space, left, n_train, n_test, runtime, num_classes=num_classes, image_size=data.image_size
     )
+    data_bytes = _data_bytes(data, n_train, n_test)
+    jobs, why = choose_jobs(options.jobs, runtime, cal, data_bytes)
+    jobs = min(jobs, max(1, len(left)))
+    console.print(f"jobs: {jobs} ({why})")
+    if cal is not None:
+        seconds = scaled_estimate(cal, space, left, n_train, n_test, device, jobs)
+    runtime = Runtime(device=device, jobs=jobs)
+    if cal is not None:
+        ips = 1 / cal.train_seconds_per_image[0]
+        console.print(
+            f"estimate: about {format_duration(seconds)} for the {len(left)} trials left of {len(units)} at {jobs} "
+            f"job(s) (cheapest candidate trains at {ips:,.0f} img/s here, the dearest at "
+            f"{1 / cal.train_seconds_per_image[1]:,.0f})"
+        )
     if options.estimate_only:
         return 0
+    if options.backend == "ray" and (jobs > 1 or options.jobs is not None):
+        # Ray packs the trials itself: a fraction of the GPU each, or a share of the CPUs.
+        if device.startswith("cuda"):
+            options = dataclasses.replace(options, gpus_per_trial=1 / jobs)
+        else:
+            options = dataclasses.replace(options, cpus_per_trial=max(0.01, _cores() / jobs))
+        backend = _ray_backend(space, out, device, options)
 
     out.mkdir(parents=True, exist_ok=True)
     if options.backend == "optuna" and storage_url is None:
@@ -285,22 +333,61 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     restore = _install_stop_handlers(stop, console)
     weights_dir = out.resolve() if options.keep_weights != "none" else None  # absolute: Ray workers run elsewhere
     train = lambda p, report: run_unit(space, p, data, runtime, report, weights_dir=weights_dir)  # noqa: E731
+    problems: list[str] = []
+
+    def execute(rung_plan: list[TrialRecord]) -> list[TrialRecord]:
+        if jobs > 1 and options.backend == "optuna":
+            # Each worker opens the study itself: partials pickle, a live storage connection does not.
+            make_backend = functools.partial(_optuna_backend, options, storage_url, study_name, space)
+
+            def in_workers(hooks: Hooks) -> list[TrialRecord]:
+                threads = _worker_threads(jobs)
+                problems.extend(
+                    execute_jobs(space, rung_plan, runtime, make_backend, jobs, hooks, threads, weights_dir=weights_dir)
+                )
+                return backend.records(rung_plan)
+
+            return _execute(backend, rung_plan, None, stop, console, run_with=in_workers)
+        return _execute(backend, rung_plan, train, stop, console)
+
     try:
         records, rungs = run_rungs(
             space,
             candidates,
             lambda u: planned_record(space, u, num_classes),
-            lambda rung_plan: _execute(backend, rung_plan, train, stop, console),
+            execute,
             reference=_paper(candidates),
         )
     finally:
         restore()
     wall = time.perf_counter() - started
-    info = {"wall_seconds_this_run": round(wall, 1), "device": device_name(device), "backend": options.backend}
+    info = {
+        "wall_seconds_this_run": round(wall, 1),
+        "device": device_name(device),
+        "backend": options.backend,
+        "jobs": jobs,
+    }
     info.update(data_sizes(data), stale_requeued=stale)
-    return finish(
+    if cal is not None:
+        info["estimate_seconds_this_run"] = round(seconds, 1)
+        console.print(
+            f"wall time {format_duration(wall)} against the estimate of {format_duration(seconds)} "
+            f"({wall / max(seconds, 1e-9):.2f}x) for {len(left)} trials at {jobs} job(s)"
+        )
+    for p in problems:
+        console.print(f"worker failed: {p}")
+    status = finish(
         out, space, records, console, stopped=stop.is_set(), info=info, keep_weights=options.keep_weights, rungs=rungs
     )
+    return status if not problems or status else 1
+
+
+def _worker_threads(jobs: int) -> int:
+    import torch
+
+    from .jobs import worker_threads
+
+    return worker_threads(torch.get_num_threads(), jobs)
 
 
 def _paper(candidates):
@@ -339,8 +426,16 @@ def _install_stop_handlers(stop: threading.Event, console):
     return restore
 
 
-def _execute(backend: Backend, plan: list[TrialRecord], train: Train, stop: threading.Event, console) -> list:
-    """The backend runs the plan; the runner prints one line per finished trial, whichever backend it is."""
+def _execute(
+    backend: Backend,
+    plan: list[TrialRecord],
+    train: Train | None,
+    stop: threading.Event,
+    console,
+    run_with: Callable[[Hooks], list[TrialRecord]] | None = None,
+) -> list:
+    """The backend runs the plan (or ``run_with`` does, through worker processes); the runner prints
+    one line per finished trial, whichever backend or worker finished it."""
     total = len(plan)
     done = len(backend.finished(plan))
     if done:
@@ -380,7 +475,8 @@ def _execute(backend: Backend, plan: list[TrialRecord], train: Train, stop: thre
                     highlight=False,
                 )
 
-        return backend.execute(plan, train, Hooks(stop=stop, on_done=on_done, on_wait=on_wait))
+        hooks = Hooks(stop=stop, on_done=on_done, on_wait=on_wait)
+        return run_with(hooks) if run_with is not None else backend.execute(plan, train, hooks)
 
 
 def finish(
@@ -458,7 +554,8 @@ def rebuild(out: Path, console) -> int:
             prior = json.loads((out / "best.json").read_text())
         except ValueError:
             prior = {}
-    info = {k: prior[k] for k in ("wall_seconds_this_run", "device", "backend") if k in prior}
+    kept = ("wall_seconds_this_run", "estimate_seconds_this_run", "jobs", "device", "backend")
+    info = {k: prior[k] for k in kept if k in prior}
     info.update(_sizes_of(meta, space))
     num_classes = int(meta.get("num_classes", 10))
     if meta.get("backend") == "optuna":

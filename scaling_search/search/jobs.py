@@ -1,0 +1,211 @@
+"""Several trials at once on one machine: N worker processes on one study.
+
+Each worker is a fresh (spawned) process that loads the dataset itself (from
+the decode cache), opens the same storage and runs the backend's work loop:
+units are claimed under the backend's queue lock, so each is trained exactly
+once whatever the number of workers. Finished records come back through a
+queue, so the parent prints one line per trial from any worker. The parent
+owns Ctrl-C: workers ignore SIGINT, and a stop request reaches them as an
+event they check between trials.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue as queue_module
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+from ..records import TrialRecord
+from ..space import SearchSpace
+from ..train.recipe import Runtime
+from .backend import Backend, Hooks
+
+MAX_JOBS = 8
+SMS_PER_JOB = 16  # a job of these small networks keeps about this many SMs busy (an H100 has 132)
+MEMORY_HEADROOM = 0.85  # of the free memory: the allocator's cache and fragmentation need the rest
+CUDA_CONTEXT_BYTES = 600 * 2**20  # each process's own CUDA context, outside the allocator's count
+
+
+@dataclass(frozen=True)
+class JobChoice:
+    jobs: int
+    why: str
+
+
+def default_jobs(
+    device_type: str,
+    *,
+    free_bytes: int = 0,
+    per_job_bytes: int = 0,
+    sm_count: int = 0,
+    cap: int = MAX_JOBS,
+) -> JobChoice:
+    """The job count a device takes when none is asked for: 1 on a CPU; on a GPU as many as
+    its free memory and its SMs hold, at most ``cap``."""
+    if device_type != "cuda":
+        return JobChoice(1, "the default on a CPU, where one trial already uses every core; ask for more with --jobs")
+    need = max(1, per_job_bytes)
+    by_memory = int(free_bytes * MEMORY_HEADROOM // need)
+    by_sms = sm_count // SMS_PER_JOB
+    jobs = max(1, min(cap, by_memory, by_sms))
+    why = (
+        f"{free_bytes / 2**30:.1f} GiB free at {need / 2**30:.2f} GiB a job holds {by_memory}, "
+        f"{sm_count} SMs at {SMS_PER_JOB} a job hold {by_sms}, at most {cap}"
+    )
+    return JobChoice(jobs, why)
+
+
+def per_job_bytes(peak_bytes: int, data_bytes: int) -> int:
+    """One job's device memory: the dearest candidate's peak in its train steps, its own copy of
+    the data, and its CUDA context."""
+    return int(peak_bytes + data_bytes + CUDA_CONTEXT_BYTES)
+
+
+def cuda_facts(device: str) -> tuple[int, int]:
+    """(free bytes, SM count) of a CUDA device."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return int(free), int(torch.cuda.get_device_properties(torch.device(device)).multi_processor_count)
+
+
+def worker_threads(parent_threads: int, jobs: int) -> int:
+    """CPU threads for each of ``jobs`` workers: the parent's share, so the jobs do not oversubscribe the cores."""
+    return max(1, parent_threads // max(1, jobs))
+
+
+# ------------------------------------------------------------------ workers
+
+
+@dataclass(frozen=True)
+class WorkerTask:
+    """What one worker needs, all of it picklable (the spawn context sends it to a fresh interpreter)."""
+
+    index: int
+    space: SearchSpace
+    plan: tuple[TrialRecord, ...]
+    runtime: Runtime
+    threads: int
+    make_backend: Callable[[], Backend]  # a module-level function or partial: it opens the shared storage
+    weights_dir: Path | None = None  # --keep-weights: where a full schedule's final weights go
+
+
+def _worker(task: WorkerTask, stop, results) -> None:
+    """A worker's whole life: data, storage, the backend's work loop; every outcome goes to ``results``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards Ctrl-C through ``stop``
+    try:
+        import torch
+
+        from ..data.sources import DataSpec, load_dataset
+        from .trials import run_unit
+
+        torch.set_num_threads(task.threads)
+        d = task.space.data
+        data = load_dataset(DataSpec(name=d.name, data_dir=d.data_dir, storage_size=d.storage_size), progress=False)
+        backend = task.make_backend()
+
+        def train(planned: TrialRecord, report):
+            return run_unit(task.space, planned, data, task.runtime, report, weights_dir=task.weights_dir)
+
+        hooks = Hooks(
+            stop=stop,
+            on_done=lambda record: results.put(("done", task.index, record)),
+            on_wait=lambda running: results.put(("wait", task.index, running)),
+        )
+        backend.execute(list(task.plan), train, hooks)
+    except UsageError as exc:
+        results.put(("usage", task.index, str(exc)))
+    except BaseException as exc:  # reported by the parent; the trial under way is queued again by its heartbeat
+        results.put(("error", task.index, f"{type(exc).__name__}: {exc}"))
+    else:
+        results.put(("exit", task.index, None))
+
+
+def execute_jobs(
+    space: SearchSpace,
+    plan: Sequence[TrialRecord],
+    runtime: Runtime,
+    make_backend: Callable[[], Backend],
+    jobs: int,
+    hooks: Hooks,
+    threads: int,
+    *,
+    weights_dir: Path | None = None,
+) -> list[str]:
+    """Run ``jobs`` workers on the study until the plan is done or ``hooks.stop`` is set.
+
+    Returns, once every worker has ended, what went wrong with any of them
+    (nothing: an empty list). A worker's UsageError is raised here once the
+    others have stopped; a second Ctrl-C (KeyboardInterrupt) ends them at
+    once, their trials queued again on resume.
+    """
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    results = context.Queue()
+    tasks = [WorkerTask(i, space, tuple(plan), runtime, threads, make_backend, weights_dir) for i in range(jobs)]
+    procs = [
+        context.Process(target=_worker, args=(t, stop, results), name=f"scaling-search-job-{t.index}") for t in tasks
+    ]
+    # Started with SIGINT ignored, which a child keeps through exec: a Ctrl-C at the terminal
+    # (sent to the whole process group) cannot kill a worker before it installs its own handler.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    ended: set[int] = set()
+    problems: list[tuple[str, int, str]] = []
+    dead_since: dict[int, float] = {}
+    try:
+        while len(ended) < jobs:
+            if hooks.stop.is_set() and not stop.is_set():
+                stop.set()
+            try:
+                kind, index, payload = results.get(timeout=0.2)
+            except queue_module.Empty:
+                for i, p in enumerate(procs):
+                    if i in ended or p.is_alive():
+                        continue
+                    # Its last message may still be in the pipe: wait a moment before calling it lost.
+                    if time.monotonic() - dead_since.setdefault(i, time.monotonic()) > 2.0:
+                        ended.add(i)
+                        problems.append(("error", i, f"exited with status {p.exitcode}"))
+                continue
+            if kind == "done":
+                hooks.on_done(payload)
+            elif kind == "wait":
+                hooks.on_wait(payload)
+            else:
+                ended.add(index)
+                if kind != "exit":
+                    problems.append((kind, index, payload))
+                    if kind == "usage":
+                        stop.set()  # the same input stops every worker: no point in the others going on
+    except KeyboardInterrupt:  # the second Ctrl-C: stop at once
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        raise
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        results.close()
+        results.join_thread()
+    usage = [text for kind, _, text in problems if kind == "usage"]
+    if usage:
+        raise UsageError(usage[0])
+    return [f"job {i}: {text}" for _, i, text in problems]
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

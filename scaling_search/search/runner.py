@@ -39,6 +39,8 @@ class RunOptions:
     backend: str = "optuna"
     storage: str | None = None
     device: str = "auto"
+    memory_format: str = "auto"
+    cudnn_benchmark: bool = False
     heartbeat: int = 10
     ray_address: str | None = None
     gpus_per_trial: float | None = None
@@ -188,7 +190,7 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     from ..data.sources import DataSpec, load_dataset
 
     device = resolve_device(options.device)
-    runtime = Runtime(device=device)
+    runtime = Runtime(device=device, memory_format=options.memory_format, cudnn_benchmark=options.cudnn_benchmark)
     candidates = search_candidates(space)
     units = units_for(space, candidates)
     study_name = study_name_for(space)

@@ -60,13 +60,14 @@ def trial_model(space: SearchSpace, unit: Unit, num_classes: int) -> EfficientNe
     )
 
 
-def trial_config(space: SearchSpace, unit: Unit, num_classes: int, runtime: Runtime):
+def trial_config(space: SearchSpace, unit: Unit, num_classes: int):
+    """The unit's ``TrialSpec``: its network, the space's data and proxy recipe, its seed."""
     from ..data.sources import DataSpec
-    from ..train.loop import TrialConfig  # torch stays out of planning until a trial runs
+    from ..train.loop import TrialSpec  # torch stays out of planning until a trial runs
 
     d = space.data
     data = DataSpec(name=d.name, data_dir=d.data_dir, storage_size=d.storage_size)
-    return TrialConfig.of(trial_model(space, unit, num_classes), data, space.proxy, runtime, unit.seed)
+    return TrialSpec(trial_model(space, unit, num_classes), data, space.proxy, unit.seed)
 
 
 def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRecord:
@@ -125,7 +126,7 @@ def run_unit(
         )
 
     try:
-        result = train_trial(trial_config(space, unit, len(data.classes), runtime), data=data, on_epoch=track)
+        result = train_trial(trial_config(space, unit, len(data.classes)), runtime, dataset=data, on_epoch=track)
     except TrialPruned:
         return ended(TrialState.PRUNED, accuracy=accuracies[-1] if accuracies else None)
     except TrialFailed as exc:

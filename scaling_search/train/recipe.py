@@ -16,6 +16,7 @@ OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("cosine", "constant", "step")
 PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "channels_last", "nchw")
+CPU_CHANNELS_LAST = True  # PLACEHOLDER
 _FLOAT32_MAX = 3.4028234663852886e38  # the optimizer converts the lr to the weights' float32
 
 
@@ -97,8 +98,11 @@ class Runtime:
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16
-    memory_format: str = "auto"  # auto (channels_last) | channels_last | nchw
+    memory_format: str = "auto"  # auto (measured per device: see uses_channels_last) | channels_last | nchw
     jobs: int = 1
+    # cuDNN autotuning. Off: every trial of a search is a new set of shapes, and
+    # autotuning them costs 20-50 s, more than it saves in a 10-30 s trial.
+    cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -106,7 +110,21 @@ class Runtime:
         if self.memory_format not in MEMORY_FORMATS:
             raise UsageError(f"unknown memory format {self.memory_format!r}: choose one of {', '.join(MEMORY_FORMATS)}")
         positive_int("jobs", self.jobs)
+        if not isinstance(self.cudnn_benchmark, bool):
+            raise UsageError(f"cudnn_benchmark must be true or false, got {self.cudnn_benchmark!r}")
 
-    @property
-    def channels_last(self) -> bool:
-        return self.memory_format != "nchw"
+    def uses_channels_last(self, device_type: str) -> bool:
+        """Whether the model and its inputs run in channels_last on a device of this type ('cuda', 'cpu', 'mps')."""
+        if self.memory_format != "auto":
+            return self.memory_format == "channels_last"
+        # CUDA: NCHW. The project's EfficientNet-B0 at 64 px, batch 512, bf16 autocast, on one
+        # NVIDIA H200 (torch 2.11.0+cu130) trained at 12,038 img/s in NCHW against 8,070 in
+        # channels_last (cudnn.benchmark off; 11,473 and 6,860 with it on): the depthwise
+        # convolutions of these networks are slower in channels_last there.
+        # CPU: CPU_CHANNELS_LAST, measured with benchmarks/proxy_throughput.py.
+        # MPS: not measured; PyTorch's default layout.
+        return device_type == "cpu" and CPU_CHANNELS_LAST
+
+    def autocast(self, device_type: str) -> bool:
+        """Whether the forward pass runs in bf16 autocast."""
+        return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")

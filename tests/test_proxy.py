@@ -289,7 +289,7 @@ def test_cli_train_json(cifar10, data_cache):
         "train", "--data", "cifar10", "--data-dir", str(SHARED_DATA),
         "--width", "0.25", "--depth", "0.25", "--resolution", "32", "--epochs", "1",
         "--subset", "256", "--test-subset", "100", "--batch-size", "32", "--seed", "3",
-        "--device", "cpu", "--json", "--progress",
+        "--device", "cpu", "--memory-format", "nchw", "--json", "--progress",
         env={"SCALING_SEARCH_CACHE": str(data_cache)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -308,11 +308,12 @@ def test_cli_train_json(cifar10, data_cache):
     ):
         assert key in result
     assert result["epochs"] == 1 and result["device"] == "cpu" and 0 <= result["accuracy"] <= 1
+    assert result["memory_format"] == "nchw" and sum(result["timings"].values()) <= result["wall_seconds"]
     assert (
         result["params"] == count_meta(EfficientNetConfig(width=0.25, depth=0.25, resolution=32, num_classes=10)).params
     )
     # The library call with the same settings gives the same numbers.
-    same = train_trial(tiny(seed=3), CPU, dataset=cifar10)
+    same = train_trial(tiny(seed=3), Runtime(device="cpu", memory_format="nchw"), dataset=cifar10)
     assert result["epoch_losses"] == list(same.epoch_losses) and result["accuracy"] == same.accuracy
 
 
@@ -326,8 +327,9 @@ def test_cli_train_json(cifar10, data_cache):
         (("--optimizer", "lamb"), ("optimizer",)),
         (("--device", "toaster"), ("device",)),
         (("--width", "abc"), ("width",)),
+        (("--memory-format", "nhwc"), ("memory-format", "nhwc")),
     ],
-    ids=["missing-dir", "unknown-dataset", "resolution-0", "epochs", "optimizer", "device", "width"],
+    ids=["missing-dir", "unknown-dataset", "resolution-0", "epochs", "optimizer", "device", "width", "memory-format"],
 )
 def test_cli_train_bad_inputs(args, fragments, data_cache):
     base = {

@@ -452,6 +452,9 @@ def _run(
     def prepared(images: torch.Tensor) -> torch.Tensor:
         return to_input(images, resolution, mean, std, channels_last=channels_last)
 
+    scoring = dict(
+        resolution=resolution, mean=mean, std=std, batch_size=batch, channels_last=channels_last, autocast=autocast
+    )
     oom_at = injected_oom_step(spec)
     losses: list[float] = []
     accuracies: list[float] = []
@@ -493,17 +496,7 @@ def _run(
                 picks = order[: BN_RECALIBRATION_BATCHES * batch].split(batch)
                 recalibrate_bn(model, (prepared(train_x[p].permute(0, 3, 1, 2)) for p in picks), autocast, device.type)
             with _phase(timings, "evaluate", device):
-                accuracy = evaluate(
-                    model,
-                    test_x,
-                    test_y,
-                    resolution=resolution,
-                    mean=mean,
-                    std=std,
-                    batch_size=batch,
-                    channels_last=channels_last,
-                    autocast=autocast,
-                )
+                accuracy = evaluate(model, test_x, test_y, **scoring)
             losses.append(epoch_loss)
             accuracies.append(accuracy)
             advance(0, acc=f"{accuracy:.3f}")

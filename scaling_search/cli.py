@@ -671,7 +671,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"  throughput    {result.images_per_second:,.0f} images/s on {result.device} ({result.device_name}, "
         f"{result.memory_format})"
     )
-    print(f"  wall time     {result.wall_seconds:.1f} s")
+    split = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in result.timings.items())
+    print(f"  wall time     {result.wall_seconds:.1f} s ({split} s)")
     print(f"  params, MACs  {result.params:,}  {result.macs:,} (conv + linear multiply-adds)")
     return 0
 

@@ -231,6 +231,7 @@ def test_kept_winner_reloads_and_reproduces_its_accuracy(tiny_cifar, tmp_path, c
     data = load_dataset(spec, cache_dir=tmp_path / "cache")
     model = EfficientNetConfig(width=0.25, depth=0.25, resolution=32, num_classes=4)
     config = TrialSpec(model, spec, Recipe(epochs=2, batch_size=32, lr=0.05), seed=1)
+    model = config.model  # the network as trained: the recipe's dropout and drop path
     result = train_trial(config, Runtime(device="cpu"), dataset=data, keep_state=True)
     assert result.state is not None and "state" not in result.to_dict()
 

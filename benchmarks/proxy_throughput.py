@@ -10,14 +10,19 @@ process, on one device:
    once more with the model in channels_last, to separate the memory-format
    gain from the data-path gain;
 2. ``scaling_search.train.loop.train_trial`` (device-resident uint8, batched
-   device-side transforms);
-3. the bare train step on random tensors of the trainer's shape, the upper
-   bound: 1 - (2) / (3) is the trainer's data-handling overhead.
+   device-side transforms), in NCHW and in channels_last: the faster of the
+   two is what ``--memory-format auto`` should pick on this device
+   (``Runtime.uses_channels_last``); the trainer's per-phase fixed costs
+   (data, model, recalibration, evaluation) are printed beside the training;
+3. the bare train step on random tensors of the trainer's shape, in the
+   format ``auto`` picks, the upper bound: 1 - (2) / (3) is the trainer's
+   data-handling overhead.
 
 Measured under benchmarks/protocol.py: one warm-up round, ``--repeats``
 interleaved rounds, best / min / median / max, machine and load printed.
 Goals: trainer >= 1.5x either DataLoader loop on the CPU (>= 3x for B0 at
-64 px on a GPU); trainer >= 80% of the bare step.
+64 px on a GPU); trainer >= 80% of the bare step; ``auto`` picks the faster
+memory format.
 
     python benchmarks/proxy_throughput.py                 # CPU: B0 at 32 px, 2,000 images
     python benchmarks/proxy_throughput.py --device cuda   # GPU: B0 at 64 px (default there)
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,7 +50,9 @@ import protocol  # noqa: E402
 
 from scaling_search.data.sources import DataSpec, balanced_subset, load_dataset  # noqa: E402
 from scaling_search.models import EfficientNetConfig, build  # noqa: E402
-from scaling_search.train.loop import TrialConfig, make_optimizer, resolve_device, train_trial  # noqa: E402
+from scaling_search.train.devices import resolve_device  # noqa: E402
+from scaling_search.train.loop import CROP_PADDING, TrialSpec, make_optimizer, train_trial  # noqa: E402
+from scaling_search.train.recipe import Recipe, Runtime  # noqa: E402
 
 
 class PerSampleTransforms:
@@ -87,31 +95,30 @@ def _sync(device: torch.device) -> None:
 
 
 def dataloader_loop(
-    config: TrialConfig, x: np.ndarray, y: np.ndarray, device: torch.device, workers: int, channels_last: bool
+    spec: TrialSpec, x: np.ndarray, y: np.ndarray, device: torch.device, workers: int, channels_last: bool
 ) -> float:
     """Images per second of the usual DataLoader loop (one pass per epoch, workers started per epoch)."""
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
+    recipe = spec.recipe
+    torch.manual_seed(spec.seed)
+    random.seed(spec.seed)
     mean, std = x.reshape(-1, 3).mean(0), x.reshape(-1, 3).std(0)
-    data = ArrayImages(
-        x, y, PerSampleTransforms(config.model.resolution, round(config.crop_padding * x.shape[1]), mean, std)
-    )
+    data = ArrayImages(x, y, PerSampleTransforms(spec.model.resolution, round(CROP_PADDING * x.shape[1]), mean, std))
     loader = torch.utils.data.DataLoader(
         data,
-        batch_size=config.batch_size,
+        batch_size=recipe.batch_size,
         shuffle=True,
         drop_last=True,
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = build(config.model).to(device, memory_format=fmt)
-    optimizer = make_optimizer(model, config)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    model = build(spec.model).to(device, memory_format=fmt)
+    optimizer = make_optimizer(model, recipe)
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     autocast = device.type == "cuda"
     model.train()
     images, seconds = 0, 0.0
-    for _ in range(config.epochs):
+    for _ in range(recipe.epochs):
         start = time.perf_counter()
         for xb, yb in loader:
             xb = xb.to(device, non_blocking=True).contiguous(memory_format=fmt)
@@ -128,15 +135,17 @@ def dataloader_loop(
     return images / seconds
 
 
-def bare_train_step(config: TrialConfig, steps: int, device: torch.device) -> float:
+def bare_train_step(spec: TrialSpec, steps: int, device: torch.device, channels_last: bool) -> float:
     """Images per second of the trainer's train step alone, on random tensors already on the device."""
-    torch.manual_seed(config.seed)
-    model = build(config.model).to(device, memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, config)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    r = config.model.resolution
-    x = torch.randn(config.batch_size, 3, r, r, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, config.model.num_classes, (config.batch_size,), device=device)
+    recipe = spec.recipe
+    torch.manual_seed(spec.seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build(spec.model).to(device, memory_format=fmt)
+    optimizer = make_optimizer(model, recipe)
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    r = spec.model.resolution
+    x = torch.randn(recipe.batch_size, 3, r, r, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, spec.model.num_classes, (recipe.batch_size,), device=device)
     autocast = device.type == "cuda"
     model.train()
     _sync(device)
@@ -149,7 +158,7 @@ def bare_train_step(config: TrialConfig, steps: int, device: torch.device) -> fl
         optimizer.step()
     loss.item()
     _sync(device)
-    return steps * config.batch_size / (time.perf_counter() - start)
+    return steps * recipe.batch_size / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -181,25 +190,19 @@ def main() -> None:
     resolution = args.resolution or (64 if gpu else 32)
     batch = args.batch_size or (512 if gpu else 64)
     images = args.images or (20000 if gpu else 2000)
-    spec = DataSpec("cifar10", data_dir=args.data_dir)
-    dataset = load_dataset(spec, progress=sys.stderr.isatty())
+    data = DataSpec("cifar10", data_dir=args.data_dir)
+    dataset = load_dataset(data, progress=sys.stderr.isatty())
     model = EfficientNetConfig(
         width=args.width, depth=args.depth, resolution=resolution, num_classes=dataset.num_classes
     )
-    config = TrialConfig(
-        model=model,
-        data=spec,
-        epochs=args.epochs,
-        batch_size=batch,
-        train_subset=images,
-        test_subset=100,
-        device=str(device),
-    )
-    index = balanced_subset(dataset.train_y, images, config.seed)
+    spec = TrialSpec(model, data, Recipe(epochs=args.epochs, batch_size=batch, train_subset=images, test_subset=100))
+    runtimes = {fmt: Runtime(device=str(device), memory_format=fmt) for fmt in ("nchw", "channels_last")}
+    auto_cl = Runtime(device=str(device)).uses_channels_last(device.type)
+    index = balanced_subset(dataset.train_y, images, spec.seed)
     x, y = np.ascontiguousarray(dataset.train_x[index]), dataset.train_y[index]
     steps = images // batch
 
-    protocol.header("training throughput: proxy trainer against the DataLoader loop")
+    protocol.header("training throughput: proxy trainer against the DataLoader loop, NCHW against channels_last")
     print(
         f"workload    {device}, EfficientNet w={args.width:g} d={args.depth:g} at {resolution} px, batch {batch}, "
         f"{steps * batch:,} images x {args.epochs} epoch(s), {args.workers} DataLoader workers"
@@ -208,30 +211,48 @@ def main() -> None:
     )
     print(
         "paths       DataLoader loop: per-sample CPU transforms in workers; proxy trainer: device-resident uint8, "
-        "batched transforms; bare train step: random tensors already on the device"
+        "batched transforms; bare train step: random tensors already on the device, in the format auto picks "
+        f"({'channels_last' if auto_cl else 'NCHW'})"
     )
+    phases: dict[str, list[dict[str, float]]] = {fmt: [] for fmt in runtimes}
+
+    def trainer(fmt: str) -> float:
+        result = train_trial(spec, runtimes[fmt], dataset=dataset)
+        phases[fmt].append(result.timings | {"wall": result.wall_seconds})
+        return result.images_per_second
+
     series = protocol.interleave(
         {
-            "DataLoader loop, NCHW": lambda: dataloader_loop(config, x, y, device, args.workers, channels_last=False),
+            "DataLoader loop, NCHW": lambda: dataloader_loop(spec, x, y, device, args.workers, channels_last=False),
             "DataLoader loop, channels_last": lambda: dataloader_loop(
-                config, x, y, device, args.workers, channels_last=True
+                spec, x, y, device, args.workers, channels_last=True
             ),
-            "proxy trainer": lambda: train_trial(config, data=dataset).images_per_second,
-            "bare train step": lambda: bare_train_step(config, steps * args.epochs, device),
+            "proxy trainer, NCHW": lambda: trainer("nchw"),
+            "proxy trainer, channels_last": lambda: trainer("channels_last"),
+            "bare train step": lambda: bare_train_step(spec, steps * args.epochs, device, auto_cl),
         },
         args.repeats,
         warmup=args.warmup,
         unit="img/s",
         higher_is_better=True,
     )
-    loader, loader_cl, trainer, bare = series.values()
+    loader, loader_cl, trainer_nchw, trainer_cl, bare = series.values()
+    trainer_auto = trainer_cl if auto_cl else trainer_nchw
     goal = 3.0 if gpu else 1.5
-    share = trainer.best / bare.best
+    share = trainer_auto.best / bare.best
+    faster_cl = trainer_cl.best > trainer_nchw.best
     protocol.report(
         series,
         [
-            protocol.ratio(trainer, loader, goal, "trainer vs DataLoader loop, NCHW (as usually written)"),
-            protocol.ratio(trainer, loader_cl, goal, "trainer vs DataLoader loop, channels_last"),
+            protocol.ratio(trainer_auto, loader, goal, "trainer vs DataLoader loop, NCHW (as usually written)"),
+            protocol.ratio(trainer_auto, loader_cl, goal, "trainer vs DataLoader loop, channels_last"),
+            protocol.ratio(trainer_cl, trainer_nchw, 1.0, "memory format: trainer in channels_last vs NCHW"),
+            protocol.Verdict(
+                f"--memory-format auto picks {'channels_last' if auto_cl else 'NCHW'} on {device.type}; "
+                f"{'channels_last' if faster_cl else 'NCHW'} measured faster here",
+                "auto = the faster",
+                auto_cl == faster_cl,
+            ),
             protocol.Verdict(
                 f"trainer at {100 * share:.0f}% of the bare train step "
                 f"({100 * (1 - share):.1f}% lost to data handling)",
@@ -240,6 +261,15 @@ def main() -> None:
             ),
         ],
     )
+    for fmt, runs in phases.items():
+        runs = runs[args.warmup :]  # the timed rounds: the warm-up round also paid the one upload
+        median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        fixed = median["wall"] - median["train"]
+        parts = ", ".join(f"{k} {1000 * v:.0f}" for k, v in median.items() if k not in ("wall", "train"))
+        print(
+            f"per trial   {fmt}: wall {median['wall']:.2f} s, training {median['train']:.2f} s, fixed costs "
+            f"{fixed:.2f} s ({100 * fixed / median['wall']:.0f}%; ms: {parts}; median of {len(runs)} trials)"
+        )
     protocol.footer()
 
 

@@ -384,6 +384,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data-dir", help="where the dataset is (default: the space's, or $SCALING_SEARCH_DATA)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    _add_runtime_options(p)
     p.add_argument(
         "--seeds", type=_positive_int("seeds"), help="train each candidate with seeds 0..N-1 (default: the space's)"
     )
@@ -467,6 +468,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         backend=args.backend,
         storage=args.storage,
         device=args.device,
+        memory_format=args.memory_format,
+        cudnn_benchmark=args.cudnn_benchmark,
         heartbeat=args.heartbeat,
         ray_address=args.ray_address,
         gpus_per_trial=args.gpus_per_trial,
@@ -600,6 +603,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, help="label smoothing (default 0.1)")
     p.add_argument("--seed", type=int, help="seed of initialisation, subset, shuffling and augmentation (default 0)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    _add_runtime_options(p)
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -609,7 +613,21 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-_TRIAL_OPTIONS = (
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--memory-format",
+        choices=("auto", "nchw", "channels_last"),
+        default="auto",
+        help="layout of the model and its inputs (default auto: the faster one measured for the device)",
+    )
+    p.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN autotune every new shape (tens of seconds each; off by default)",
+    )
+
+
+_RECIPE_OPTIONS = (
     "epochs",
     "batch_size",
     "lr",
@@ -619,8 +637,8 @@ _TRIAL_OPTIONS = (
     "schedule",
     "warmup_epochs",
     "label_smoothing",
-    "seed",
-    "device",
+    "dropout",
+    "drop_path",
 )
 
 
@@ -628,26 +646,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .data.sources import DataSpec, load_dataset
     from .models import get_config
     from .progress import stderr_is_terminal
-    from .train.loop import TrialConfig, TrialFailed, resolve_device, train_trial
+    from .train.loop import TrialFailed, TrialSpec, resolve_device, train_trial
+    from .train.recipe import Recipe, Runtime
 
     progress = stderr_is_terminal() if args.progress is None else args.progress
     spec = DataSpec(args.data, data_dir=args.data_dir, storage_size=args.storage_size, allow_download=args.download)
     # Settings are checked before the (possibly long) data load.
-    model_options = {"dropout": args.dropout, "drop_path": args.drop_path}
     model = get_config(
-        "efficientnet",
-        width=args.width,
-        depth=args.depth,
-        resolution=args.resolution or spec.image_size,
-        **{k: v for k, v in model_options.items() if v is not None},
+        "efficientnet", width=args.width, depth=args.depth, resolution=args.resolution or spec.image_size
     )
-    options = {k: getattr(args, k) for k in _TRIAL_OPTIONS if getattr(args, k) is not None}
-    config = TrialConfig(model=model, data=spec, train_subset=args.subset, test_subset=args.test_subset, **options)
-    resolve_device(config.device)
+    options = {k: getattr(args, k) for k in _RECIPE_OPTIONS if getattr(args, k) is not None}
+    recipe = Recipe(train_subset=args.subset, test_subset=args.test_subset, **options)
+    runtime = Runtime(
+        device=args.device or "auto", memory_format=args.memory_format, cudnn_benchmark=args.cudnn_benchmark
+    )
+    trial = TrialSpec(model, spec, recipe, seed=args.seed or 0)
+    resolve_device(runtime.device)
     dataset = load_dataset(spec, progress=progress)
-    config = replace(config, model=model.with_(num_classes=dataset.num_classes))
+    trial = replace(trial, model=model.with_(num_classes=dataset.num_classes))
     try:
-        result = train_trial(config, data=dataset, progress=progress)
+        result = train_trial(trial, runtime, dataset=dataset, progress=progress)
     except TrialFailed as exc:
         print(f"{PROG}: trial failed: {exc.reason}", file=sys.stderr)
         return 1
@@ -665,8 +683,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"  per epoch     loss {' '.join(f'{v:.3f}' for v in result.epoch_losses)}  top-1 "
         f"{' '.join(f'{v:.3f}' for v in result.epoch_accuracies)}"
     )
-    print(f"  throughput    {result.images_per_second:,.0f} images/s on {result.device} ({result.device_name})")
-    print(f"  wall time     {result.wall_seconds:.1f} s")
+    print(
+        f"  throughput    {result.images_per_second:,.0f} images/s on {result.device} ({result.device_name}, "
+        f"{result.memory_format})"
+    )
+    split = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in result.timings.items())
+    print(f"  wall time     {result.wall_seconds:.1f} s ({split} s)")
     print(f"  params, MACs  {result.params:,}  {result.macs:,} (conv + linear multiply-adds)")
     return 0
 

@@ -72,16 +72,17 @@ def save_weights(
     return target
 
 
-def save_trained(path: str | os.PathLike, config: Any, result: Any, record: dict[str, Any] | None = None) -> Path:
-    """Save what ``train_trial(config, keep_state=True)`` handed back (a ``TrialResult`` with ``state``).
+def save_trained(path: str | os.PathLike, spec: Any, result: Any, record: dict[str, Any] | None = None) -> Path:
+    """Save what ``train_trial(spec, ..., keep_state=True)`` handed back (a ``TrialResult`` with ``state``).
 
-    ``config`` is the trial's ``TrialConfig``; the record gets the held-out accuracy.
+    ``spec`` is the trial's ``TrialSpec`` (its model is the network as trained); the record gets the
+    held-out accuracy.
     """
     if result.state is None:
         raise ValueError("the trial result holds no weights: call train_trial(..., keep_state=True)")
-    model = config.model
+    model = spec.model
     preprocess = Preprocess(model.resolution, result.state.mean, result.state.std)
-    full = {"accuracy": result.accuracy, "seed": config.seed, "test_images": result.test_images, **(record or {})}
+    full = {"accuracy": result.accuracy, "seed": spec.seed, "test_images": result.test_images, **(record or {})}
     return save_weights(path, model, result.state.state_dict, preprocess=preprocess, record=full)
 
 

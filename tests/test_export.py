@@ -223,14 +223,16 @@ def tiny_cifar(tmp_path_factory) -> Path:
 def test_kept_winner_reloads_and_reproduces_its_accuracy(tiny_cifar, tmp_path, cli):
     from scaling_search.data.sources import DataSpec, load_dataset
     from scaling_search.train.augment import to_input
-    from scaling_search.train.loop import TrialConfig, evaluate, train_trial
+    from scaling_search.train.loop import TrialSpec, evaluate, train_trial
+    from scaling_search.train.recipe import Recipe, Runtime
     from scaling_search.weights import load_model, load_weights, prune_weights, save_trained, trial_weights_path
 
     spec = DataSpec(f"imagefolder:{tiny_cifar}")
     data = load_dataset(spec, cache_dir=tmp_path / "cache")
     model = EfficientNetConfig(width=0.25, depth=0.25, resolution=32, num_classes=4)
-    config = TrialConfig(model=model, data=spec, epochs=2, batch_size=32, lr=0.05, device="cpu", seed=1)
-    result = train_trial(config, data=data, keep_state=True)
+    config = TrialSpec(model, spec, Recipe(epochs=2, batch_size=32, lr=0.05), seed=1)
+    model = config.model  # the network as trained: the recipe's dropout and drop path
+    result = train_trial(config, Runtime(device="cpu"), dataset=data, keep_state=True)
     assert result.state is not None and "state" not in result.to_dict()
 
     run = tmp_path / "run"
@@ -247,7 +249,8 @@ def test_kept_winner_reloads_and_reproduces_its_accuracy(tiny_cifar, tmp_path, c
     test_x = torch.from_numpy(data.test_x)
     test_y = torch.from_numpy(data.test_y)
     settings = dict(resolution=kept.preprocess.resolution, mean=mean, std=std, batch_size=32, autocast=False)
-    assert evaluate(reloaded, test_x, test_y, channels_last=True, **settings) == result.accuracy
+    channels_last = result.memory_format == "channels_last"
+    assert evaluate(reloaded, test_x, test_y, channels_last=channels_last, **settings) == result.accuracy
     # a network with other weights scores otherwise: the check above can fail
     fresh = build(model).eval()
     with torch.no_grad():

@@ -773,13 +773,10 @@ def test_out_of_memory_fails_its_trial_and_the_search_goes_on(tmp_path, inproc, 
 def test_malformed_fault_switch_is_refused(monkeypatch):
     from scaling_search.data.sources import DataSpec
     from scaling_search.models import EfficientNetConfig
-    from scaling_search.train.loop import TrialConfig, injected_oom_step
+    from scaling_search.train.loop import TrialSpec, injected_oom_step
 
-    config = TrialConfig(
-        model=EfficientNetConfig(width=0.25, depth=0.25, resolution=40, num_classes=10),
-        data=DataSpec("cifar10"),
-        seed=1,
-    )
+    model = EfficientNetConfig(width=0.25, depth=0.25, resolution=40, num_classes=10)
+    config = TrialSpec(model, DataSpec("cifar10"), seed=1)
     for text, step in (
         ("3", 3),
         ("3@seed=1", 3),

@@ -158,8 +158,9 @@ def _time_steps(config, batch: int, runtime: Runtime, image_size: int) -> tuple[
 
     device = torch.device(runtime.device)
     cuda = device.type == "cuda"
-    autocast = runtime.precision == "bf16" or (runtime.precision == "auto" and cuda)
-    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    autocast = runtime.autocast(device.type)
+    channels_last = runtime.uses_channels_last(device.type)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def sync() -> None:
         if cuda:
@@ -183,7 +184,7 @@ def _time_steps(config, batch: int, runtime: Runtime, image_size: int) -> tuple[
 
     def step() -> None:
         cropped = crop_flip(images, order, pad=pad, flip=True)
-        x = to_input(cropped, config.resolution, mean, std, channels_last=runtime.channels_last)
+        x = to_input(cropped, config.resolution, mean, std, channels_last=channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = torch.nn.functional.cross_entropy(model(x), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -191,7 +192,7 @@ def _time_steps(config, batch: int, runtime: Runtime, image_size: int) -> tuple[
         optimizer.step()
 
     def infer() -> None:
-        x = to_input(images.permute(0, 3, 1, 2), config.resolution, mean, std, channels_last=runtime.channels_last)
+        x = to_input(images.permute(0, 3, 1, 2), config.resolution, mean, std, channels_last=channels_last)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             model(x).argmax(1)
 

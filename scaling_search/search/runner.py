@@ -45,6 +45,8 @@ class RunOptions:
     backend: str = "optuna"
     storage: str | None = None
     device: str = "auto"
+    memory_format: str = "auto"
+    cudnn_benchmark: bool = False
     heartbeat: int = 10
     ray_address: str | None = None
     gpus_per_trial: float | None = None
@@ -226,7 +228,12 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     from ..data.sources import DataSpec, load_dataset
 
     device = resolve_device(options.device)
-    runtime = Runtime(device=device, jobs=options.jobs or 1)
+    runtime = Runtime(
+        device=device,
+        memory_format=options.memory_format,
+        cudnn_benchmark=options.cudnn_benchmark,
+        jobs=options.jobs or 1,
+    )
     candidates = search_candidates(space)
     units = units_for(space, candidates)
     out = options.out
@@ -287,7 +294,7 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     console.print(f"jobs: {jobs} ({why})")
     if cal is not None:
         seconds = scaled_estimate(cal, space, left, n_train, n_test, device, jobs)
-    runtime = Runtime(device=device, jobs=jobs)
+    runtime = dataclasses.replace(runtime, jobs=jobs)
     if cal is not None:
         ips = 1 / cal.train_seconds_per_image[0]
         console.print(

@@ -75,14 +75,14 @@ def unit_recipe(space: SearchSpace, epochs: int | None):
     return dataclasses.replace(p, epochs=epochs, warmup_epochs=p.warmup_epochs * epochs / p.epochs)  # same shape
 
 
-def trial_config(space: SearchSpace, unit: Unit, num_classes: int, runtime: Runtime):
+def trial_config(space: SearchSpace, unit: Unit, num_classes: int):
+    """The unit's ``TrialSpec``: its network, the space's data and proxy recipe, its seed."""
     from ..data.sources import DataSpec
-    from ..train.loop import TrialConfig  # torch stays out of planning until a trial runs
+    from ..train.loop import TrialSpec  # torch stays out of planning until a trial runs
 
     d = space.data
     data = DataSpec(name=d.name, data_dir=d.data_dir, storage_size=d.storage_size)
-    recipe = unit_recipe(space, unit.epochs)
-    return TrialConfig.of(trial_model(space, unit, num_classes), data, recipe, runtime, unit.seed)
+    return TrialSpec(trial_model(space, unit, num_classes), data, unit_recipe(space, unit.epochs), unit.seed)
 
 
 def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRecord:
@@ -148,11 +148,11 @@ def run_unit(
             **fields,
         )
 
-    config = trial_config(space, unit, len(data.classes), runtime)
+    config = trial_config(space, unit, len(data.classes))
     # Only full schedules leave weights: a shorter halving rung is a screening score, not a model to keep.
     keep = weights_dir is not None and unit.rung is None
     try:
-        result = train_trial(config, data=data, on_epoch=track, keep_state=keep)
+        result = train_trial(config, runtime, dataset=data, on_epoch=track, keep_state=keep)
     except TrialPruned:
         return ended(TrialState.PRUNED, accuracy=accuracies[-1] if accuracies else None)
     except TrialFailed as exc:

@@ -1,11 +1,18 @@
-"""One short proxy training: ``TrialConfig -> TrialResult``.
+"""One short proxy training: ``TrialSpec`` x ``Runtime`` -> ``TrialResult``.
 
-The images stay on the device as uint8 for the whole trial; cropping,
-flipping, resizing to the trial's resolution and normalisation run there in
-batches (``augment``), so a small model is not starved by a CPU data loader.
-On CUDA the model runs in bf16 autocast and channels_last, with cuDNN
-autotuning off by default: every trial of a search is a new shape, and
-autotuning a new shape costs tens of seconds, more than a short trial.
+A ``TrialSpec`` is what a trial means (network, data, ``Recipe``, seed); a
+``Runtime`` is where and how fast it runs, and never changes the meaning.
+
+The images go to the device as uint8 once per process (``device_data``) and
+stay there for every trial; each trial gathers its subset there, and
+cropping, flipping, resizing to the trial's resolution and normalisation run
+on the device in batches (``augment``), so a small model is not starved by a
+CPU data loader. On CUDA the model runs in bf16 autocast, in the memory
+format ``Runtime.uses_channels_last`` picks, with cuDNN autotuning off by
+default (``Runtime.cudnn_benchmark``).
+
+Not done: capturing the train step in a CUDA graph. It needs a CUDA device to
+test, and no CPU run can show that the captured step trains as the eager one.
 
 A trial that diverges (non-finite loss) or runs out of memory raises
 ``TrialFailed`` with a reason; a search's per-epoch callback may raise
@@ -25,9 +32,12 @@ import gc
 import math
 import os
 import random
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -39,92 +49,46 @@ from ..models import EfficientNetConfig, build
 from ..progress import progress_bar
 from .augment import channel_stats, crop_flip, to_input
 from .devices import device_name, resolve_device
-from .recipe import Recipe, Runtime, positive_int
+from .recipe import Recipe, Runtime
 
 # The held-out subset is drawn with this seed whatever the trial's seed, so
 # every trial of a search is scored on the same images.
 TEST_SUBSET_SEED = 0
 ENV_INJECT_OOM = "SCALING_SEARCH_INJECT_OOM"
 
+# Fixed parts of the proxy recipe. On CIFAR-10 (5,000 images, 2 epochs, width
+# and depth 0.25 at 32 px) the recipe reaches 0.29-0.34 top-1 over seeds;
+# without the BN and classifier changes below it stayed near 0.10-0.20.
+CROP_PADDING = 0.125  # random-crop shift, as a fraction of the stored side (4 px at 32); flips always on
+# BN running-average momentum during the trial. The model's own 0.01 is meant
+# for hundreds of thousands of steps; a proxy of a few hundred steps evaluated
+# with statistics still close to their initial values (top-1 0.10).
+BN_MOMENTUM = 0.1
+# Before each evaluation, BN statistics of the current weights are recomputed
+# from this many un-augmented training batches.
+BN_RECALIBRATION_BATCHES = 4
+# The classifier starts at zero (loss = log(classes)) instead of the random
+# classifier's confident guesses, which cost a short run its first epoch.
+
 
 @dataclass(frozen=True)
-class TrialConfig:
-    """A model, a dataset and a short training recipe.
+class TrialSpec:
+    """What one trial means: a network, the data, a recipe and a seed.
 
-    The defaults are a recipe for very short proxies (a few epochs on a
-    subset): SGD with Nesterov momentum at lr 0.1 for batch 128, a cosine
-    decay after 0.3 epochs of warmup, label smoothing 0.1, a zero-initialised
-    classifier, and batch-norm statistics that follow the recent batches and
-    are recomputed before every evaluation. On CIFAR-10 (5,000 images, 2
-    epochs, width and depth 0.25 at 32 px) that reaches 0.29-0.34 top-1 over
-    seeds; without the BN and classifier changes it stayed near 0.10-0.20.
+    The recipe owns dropout and drop path; ``model`` is stored with the
+    recipe's values, so it is the network as trained (and as saved).
     """
 
     model: EfficientNetConfig  # .resolution is the training and evaluation size
     data: DataSpec
-    epochs: int = 5
-    batch_size: int = 128
-    optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw | rmsprop
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-5  # on conv and linear weights, not on BN or biases
-    schedule: str = "cosine"  # cosine | constant | step (x0.1 at 1/2 and 3/4), after warmup
-    warmup_epochs: float = 0.3
-    label_smoothing: float = 0.1
+    recipe: Recipe = Recipe()
     seed: int = 0
-    train_subset: int | None = None  # first N of a seeded, class-balanced order
-    test_subset: int | None = None  # the same, with a fixed seed
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    crop_padding: float = 0.125  # random-crop shift, as a fraction of the stored side (4 px at 32)
-    hflip: bool = True
-    # BN running-average momentum during the trial. The model's own 0.01 is
-    # meant for hundreds of thousands of steps; a proxy of a few hundred steps
-    # evaluated with statistics still close to their initial values (top-1 0.10).
-    bn_momentum: float | None = 0.1
-    # Before each evaluation, recompute BN statistics of the current weights
-    # from this many un-augmented training batches (0: keep the running averages).
-    bn_recalibration_batches: int = 4
-    # Start from zero logits (loss = log(classes)) instead of the random
-    # classifier's confident guesses, which cost a short run its first epoch.
-    zero_init_classifier: bool = True
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    channels_last: bool = True
-    cudnn_benchmark: bool = False
-    eval_batch_size: int | None = None  # default: batch_size
 
     def __post_init__(self) -> None:
-        # One place validates a recipe and a runtime: building them is the check.
-        self.recipe()
-        Runtime(device=self.device, precision=self.precision)
-        positive_int("eval_batch_size", self.eval_batch_size, allow_none=True)
-        if not 0 <= self.crop_padding < 1:
-            raise UsageError(f"crop padding must be a fraction in [0, 1), got {self.crop_padding!r}")
-        if not isinstance(self.bn_recalibration_batches, int) or self.bn_recalibration_batches < 0:
-            raise UsageError(f"BN recalibration batches must be an integer >= 0, got {self.bn_recalibration_batches!r}")
-        if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
-            raise UsageError(f"batch-norm momentum must be in (0, 1], got {self.bn_momentum!r}")
-
-    def recipe(self) -> Recipe:
-        return Recipe(
-            **{f.name: getattr(self, f.name) for f in fields(Recipe) if f.name not in ("dropout", "drop_path")},
-            dropout=self.model.dropout,
-            drop_path=self.model.drop_path,
-        )
-
-    @classmethod
-    def of(cls, model: EfficientNetConfig, data: DataSpec, recipe: Recipe, runtime: Runtime, seed: int) -> TrialConfig:
-        """The trainer's settings from a model, a recipe and a runtime (the recipe's dropout goes to the model)."""
-        model = model.with_(dropout=recipe.dropout, drop_path=recipe.drop_path)
-        settings = {f.name: getattr(recipe, f.name) for f in fields(Recipe) if f.name not in ("dropout", "drop_path")}
-        return cls(
-            model=model,
-            data=data,
-            seed=seed,
-            device=runtime.device,
-            precision=runtime.precision,
-            channels_last=runtime.channels_last,
-            **settings,
-        )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise UsageError(f"seed must be an integer, got {self.seed!r}")
+        trained = self.model.with_(dropout=self.recipe.dropout, drop_path=self.recipe.drop_path)
+        object.__setattr__(self, "model", trained)  # frozen: normalised once, here
 
 
 @dataclass(frozen=True)
@@ -152,6 +116,10 @@ class TrialResult:
     test_images: int = 0
     resolution: int = 0
     device_name: str = ""
+    memory_format: str = ""  # the layout the model ran in: nchw | channels_last
+    # Seconds per phase: data (load, upload, subset, statistics), model (count, build,
+    # optimizer), train (the steps), recalibrate (BN), evaluate, state (keep_state copy).
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
     # Only with train_trial(..., keep_state=True); never part of the record.
     state: TrainedState | None = field(default=None, compare=False, repr=False)
 
@@ -199,17 +167,17 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.1 ** sum(progress >= m for m in (0.5, 0.75))  # step
 
 
-def make_optimizer(model: nn.Module, config: TrialConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     # Decay conv and linear weights only: decaying BN scales and biases only hurts short runs.
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr)
     # TensorFlow-style RMSProp as in the EfficientNet paper: decay 0.9, large epsilon.
-    return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-3, momentum=config.momentum)
+    return torch.optim.RMSprop(groups, lr=recipe.lr, alpha=0.9, eps=1e-3, momentum=recipe.momentum)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -221,17 +189,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def injected_oom_step(config: TrialConfig) -> int | None:
+def injected_oom_step(spec: TrialSpec) -> int | None:
     """The step at which ``SCALING_SEARCH_INJECT_OOM`` fails this trial, if it names it."""
     text = os.environ.get(ENV_INJECT_OOM, "").strip()
     if not text:
         return None
     step, _, where = text.partition("@")
     values = {
-        "seed": config.seed,
-        "width": config.model.width,
-        "depth": config.model.depth,
-        "resolution": config.model.resolution,
+        "seed": spec.seed,
+        "width": spec.model.width,
+        "depth": spec.model.depth,
+        "resolution": spec.model.resolution,
     }
     try:
         at = int(step)
@@ -247,6 +215,72 @@ def injected_oom_step(config: TrialConfig) -> int | None:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def _phase(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
+    """Add the wall time of the block (device work included) to ``timings[name]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _sync(device)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+# ------------------------------------------------------------ device data
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """A dataset's images (uint8 NHWC) and labels (int64) on one device."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+class UploadCache:
+    """Each dataset's tensors go to a device once per process and serve every trial there.
+
+    At most one dataset per device is held, and only while the dataset itself
+    is alive (a weak reference), so a finished search frees the device memory.
+    ``uploads`` counts the uploads made, for tests and logs.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[weakref.ref, DeviceData]] = {}
+        self._lock = threading.Lock()  # trials of one process may run in threads
+        self.uploads = 0
+
+    def get(self, dataset: Dataset, device: torch.device) -> DeviceData:
+        key = str(device)
+        with self._lock:
+            held = self._held.get(key)
+            if held is not None and held[0]() is dataset:
+                return held[1]
+            self._held.pop(key, None)  # the previous dataset's tensors go before the new ones arrive
+
+            def tensor(a: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+            data = DeviceData(*(tensor(a) for a in (dataset.train_x, dataset.train_y, dataset.test_x, dataset.test_y)))
+            self._held[key] = (weakref.ref(dataset, lambda _, key=key: self._forget(key)), data)
+            self.uploads += 1
+            return data
+
+    def __len__(self) -> int:
+        """The datasets held now."""
+        return len(self._held)
+
+    def _forget(self, key: str) -> None:
+        held = self._held.get(key)
+        if held is not None and held[0]() is None:
+            self._held.pop(key, None)
+
+
+UPLOADS = UploadCache()
 
 
 @torch.no_grad()
@@ -301,43 +335,47 @@ def evaluate(
 
 
 def train_trial(
-    config: TrialConfig,
+    spec: TrialSpec,
+    runtime: Runtime | None = None,
     *,
-    data: Dataset | None = None,
+    dataset: Dataset | None = None,
     on_epoch: EpochCallback | None = None,
     progress: bool = False,
     keep_state: bool = False,
 ) -> TrialResult:
-    """Train ``config.model`` on ``config.data`` for ``config.epochs`` and score it.
+    """Train ``spec.model`` on ``spec.data`` with ``spec.recipe`` and score it.
 
-    ``data`` lets a search load the dataset once for many trials; ``keep_state``
-    hands back the scored weights and input normalisation in ``result.state``. Raises
-    TrialFailed (diverged, out of memory), UsageError (a config that cannot
-    run here), and whatever ``on_epoch`` raises (TrialPruned).
+    ``runtime`` defaults to ``Runtime()``. ``dataset`` is ``spec.data`` already
+    loaded, so that a search loads it once for many trials (and uploads it once
+    per device); ``keep_state`` hands back the scored weights and input
+    normalisation in ``result.state``. Raises
+    TrialFailed (diverged, out of memory), UsageError (a spec that cannot run
+    here), and whatever ``on_epoch`` raises (TrialPruned).
     """
     started = time.perf_counter()
-    device = torch.device(resolve_device(config.device))
-    dataset = data if data is not None else load_dataset(config.data, progress=progress)
-    if config.model.num_classes != dataset.num_classes:
+    runtime = runtime or Runtime()
+    device = torch.device(resolve_device(runtime.device))
+    timings: dict[str, float] = {}
+    with _phase(timings, "data", device):
+        dataset = dataset if dataset is not None else load_dataset(spec.data, progress=progress)
+    if spec.model.num_classes != dataset.num_classes:
         raise UsageError(
-            f"the model has {config.model.num_classes} outputs but the dataset has {dataset.num_classes} classes: "
+            f"the model has {spec.model.num_classes} outputs but the dataset has {dataset.num_classes} classes: "
             f"set num_classes={dataset.num_classes}"
         )
-    from ..flops import count
-
-    counted = count(config.model)
     previous_benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = config.cudnn_benchmark
+    torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
     failure = None
     try:
-        return _run(config, dataset, device, counted, started, on_epoch, progress, keep_state)
+        return _run(spec, runtime, dataset, device, started, timings, on_epoch, progress, keep_state)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
+        model, batch = spec.model, spec.recipe.batch_size
         failure = (
-            f"out of memory on {device} at batch size {config.batch_size} "
-            f"({config.model.width:g}x width, {config.model.depth:g}x depth, {config.model.resolution} px): "
-            f"try a smaller batch size (--batch-size {max(2, config.batch_size // 2)} with 'train', "
+            f"out of memory on {device} at batch size {batch} "
+            f"({model.width:g}x width, {model.depth:g}x depth, {model.resolution} px): "
+            f"try a smaller batch size (--batch-size {max(2, batch // 2)} with 'train', "
             "proxy.batch_size in a search space)"
         )
     finally:
@@ -350,125 +388,115 @@ def train_trial(
 
 
 def _run(
-    config: TrialConfig,
+    spec: TrialSpec,
+    runtime: Runtime,
     dataset: Dataset,
     device: torch.device,
-    counted,
     started: float,
-    on_epoch,
+    timings: dict[str, float],
+    on_epoch: EpochCallback | None,
     progress: bool,
-    keep_state: bool = False,
+    keep_state: bool,
 ) -> TrialResult:
-    seed_everything(config.seed)
-    train_index = balanced_subset(dataset.train_y, config.train_subset, config.seed) if config.train_subset else None
-    test_index = balanced_subset(dataset.test_y, config.test_subset, TEST_SUBSET_SEED) if config.test_subset else None
+    recipe = spec.recipe
+    seed_everything(spec.seed)
+    with _phase(timings, "data", device):
+        on_device = UPLOADS.get(dataset, device)
 
-    def upload(x: np.ndarray, y: np.ndarray, index: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if index is not None:
-            x, y = x[index], y[index]
-        return torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(np.ascontiguousarray(y)).to(
-            device
+        def subset(x: torch.Tensor, y: torch.Tensor, labels: np.ndarray, size: int | None, seed: int):
+            if not size:
+                return x, y
+            index = torch.from_numpy(balanced_subset(labels, size, seed)).to(device)
+            return x[index], y[index]  # gathered on the device: nothing crosses the bus again
+
+        train_x, train_y = subset(on_device.train_x, on_device.train_y, dataset.train_y, recipe.train_subset, spec.seed)
+        test_x, test_y = subset(
+            on_device.test_x, on_device.test_y, dataset.test_y, recipe.test_subset, TEST_SUBSET_SEED
         )
+        n = train_x.shape[0]
+        if n < 2:
+            raise UsageError(f"training needs at least 2 images, the training split has {n}")
+        if test_x.shape[0] == 0:
+            raise UsageError("the held-out split is empty: nothing to score the trial on")
+        mean, std = channel_stats(train_x)
 
-    train_x, train_y = upload(dataset.train_x, dataset.train_y, train_index)
-    test_x, test_y = upload(dataset.test_x, dataset.test_y, test_index)
-    n = train_x.shape[0]
-    if n < 2:
-        raise UsageError(f"training needs at least 2 images, the training split has {n}")
-    if test_x.shape[0] == 0:
-        raise UsageError("the held-out split is empty: nothing to score the trial on")
-    mean, std = channel_stats(train_x)
+    with _phase(timings, "model", device):
+        from ..flops import count
 
-    model = build(config.model)
-    if config.bn_momentum is not None:
+        counted = count(spec.model)
+        model = build(spec.model)
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = config.bn_momentum
-    classifier = getattr(model, "classifier", None)
-    if config.zero_init_classifier and isinstance(classifier, nn.Linear):
-        nn.init.zeros_(classifier.weight)
-        nn.init.zeros_(classifier.bias)
-    channels_last = config.channels_last
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    autocast = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-    optimizer = make_optimizer(model, config)
+                m.momentum = BN_MOMENTUM
+        classifier = getattr(model, "classifier", None)
+        if isinstance(classifier, nn.Linear):
+            nn.init.zeros_(classifier.weight)
+            nn.init.zeros_(classifier.bias)
+        channels_last = runtime.uses_channels_last(device.type)
+        model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        autocast = runtime.autocast(device.type)
+        optimizer = make_optimizer(model, recipe)
 
-    batch = min(config.batch_size, n)
+    batch = min(recipe.batch_size, n)
     steps = n // batch  # the incomplete last batch is dropped: equal-size steps, no 1-image BN batch
-    total = steps * config.epochs
-    warmup = round(config.warmup_epochs * steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, config.schedule))
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    pad = round(config.crop_padding * dataset.image_size)
-    resolution = config.model.resolution
-    eval_batch = config.eval_batch_size or config.batch_size
+    total = steps * recipe.epochs
+    warmup = round(recipe.warmup_epochs * steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup, recipe.schedule))
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    generator = torch.Generator(device=device).manual_seed(spec.seed)
+    pad = round(CROP_PADDING * dataset.image_size)
+    resolution = spec.model.resolution
     # A host sync per step is free on the CPU; on a GPU check every few steps.
     check_every = 1 if device.type == "cpu" else 20
 
-    oom_at = injected_oom_step(config)
+    def prepared(images: torch.Tensor) -> torch.Tensor:
+        return to_input(images, resolution, mean, std, channels_last=channels_last)
+
+    scoring = dict(
+        resolution=resolution, mean=mean, std=std, batch_size=batch, channels_last=channels_last, autocast=autocast
+    )
+    oom_at = injected_oom_step(spec)
     losses: list[float] = []
     accuracies: list[float] = []
-    train_seconds = 0.0
     text = "loss {task.fields[loss]} acc {task.fields[acc]}"
     with progress_bar(progress, "training", total, text=text) as advance:
-        for epoch in range(config.epochs):
-            model.train()
-            epoch_start = time.perf_counter()
-            order = torch.randperm(n, device=device, generator=generator)
-            loss_sum = torch.zeros((), dtype=torch.float32, device=device)
-            reported = 0
-            for step in range(steps):
-                index = order[step * batch : (step + 1) * batch]
-                x = to_input(
-                    crop_flip(train_x, index, pad=pad, flip=config.hflip, generator=generator),
-                    resolution,
-                    mean,
-                    std,
-                    channels_last=channels_last,
-                )
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss = criterion(model(x), train_y[index])
-                if oom_at == epoch * steps + step + 1:
-                    raise torch.OutOfMemoryError(f"injected by {ENV_INJECT_OOM} at step {oom_at}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss_sum += loss.detach().float()
-                if (step + 1) % check_every == 0 or step + 1 == steps:
-                    running = loss_sum.item()
-                    if not math.isfinite(running):
-                        kind = "NaN" if math.isnan(running) else "inf"
-                        raise TrialFailed(
-                            f"training loss became {kind} in epoch {epoch + 1} by step {step + 1} (lr {config.lr:g}, "
-                            f"{config.optimizer}): the training diverged; lower the learning rate or add warmup"
-                        )
-                    advance(step + 1 - reported, loss=f"{running / (step + 1):.3f}")
-                    reported = step + 1
-            _sync(device)
-            train_seconds += time.perf_counter() - epoch_start
+        for epoch in range(recipe.epochs):
+            with _phase(timings, "train", device):
+                model.train()
+                order = torch.randperm(n, device=device, generator=generator)
+                loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+                reported = 0
+                for step in range(steps):
+                    index = order[step * batch : (step + 1) * batch]
+                    x = prepared(crop_flip(train_x, index, pad=pad, flip=True, generator=generator))
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                        loss = criterion(model(x), train_y[index])
+                    if oom_at == epoch * steps + step + 1:
+                        raise torch.OutOfMemoryError(f"injected by {ENV_INJECT_OOM} at step {oom_at}")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    loss_sum += loss.detach().float()
+                    if (step + 1) % check_every == 0 or step + 1 == steps:
+                        running = loss_sum.item()
+                        if not math.isfinite(running):
+                            kind = "NaN" if math.isnan(running) else "inf"
+                            raise TrialFailed(
+                                f"training loss became {kind} in epoch {epoch + 1} by step {step + 1} "
+                                f"(lr {recipe.lr:g}, {recipe.optimizer}): the training diverged; "
+                                "lower the learning rate or add warmup"
+                            )
+                        advance(step + 1 - reported, loss=f"{running / (step + 1):.3f}")
+                        reported = step + 1
             epoch_loss = loss_sum.item() / steps
-            if config.bn_recalibration_batches:
+            with _phase(timings, "recalibrate", device):
                 # The epoch's first images, un-augmented: no extra random draws, so
-                # switching recalibration on or off leaves the training identical.
-                picks = order[: config.bn_recalibration_batches * batch].split(batch)
-                inputs = (
-                    to_input(train_x[p].permute(0, 3, 1, 2), resolution, mean, std, channels_last=channels_last)
-                    for p in picks
-                )
-                recalibrate_bn(model, inputs, autocast, device.type)
-            accuracy = evaluate(
-                model,
-                test_x,
-                test_y,
-                resolution=resolution,
-                mean=mean,
-                std=std,
-                batch_size=eval_batch,
-                channels_last=channels_last,
-                autocast=autocast,
-            )
+                # recalibration leaves the training itself unchanged.
+                picks = order[: BN_RECALIBRATION_BATCHES * batch].split(batch)
+                recalibrate_bn(model, (prepared(train_x[p].permute(0, 3, 1, 2)) for p in picks), autocast, device.type)
+            with _phase(timings, "evaluate", device):
+                accuracy = evaluate(model, test_x, test_y, **scoring)
             losses.append(epoch_loss)
             accuracies.append(accuracy)
             advance(0, acc=f"{accuracy:.3f}")
@@ -477,16 +505,17 @@ def _run(
 
     state = None
     if keep_state:
-        weights = {
-            k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
-            for k, v in model.state_dict().items()
-        }
-        state = TrainedState(weights, tuple(mean.tolist()), tuple(std.tolist()))
+        with _phase(timings, "state", device):
+            weights = {
+                k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
+                for k, v in model.state_dict().items()
+            }
+            state = TrainedState(weights, tuple(mean.tolist()), tuple(std.tolist()))
     return TrialResult(
         accuracy=accuracies[-1],
         epoch_losses=tuple(losses),
         epoch_accuracies=tuple(accuracies),
-        images_per_second=steps * batch * len(losses) / max(train_seconds, 1e-9),
+        images_per_second=steps * batch * len(losses) / max(timings["train"], 1e-9),
         wall_seconds=time.perf_counter() - started,
         params=counted.params,
         macs=counted.macs,
@@ -496,5 +525,7 @@ def _run(
         test_images=int(test_x.shape[0]),
         resolution=resolution,
         device_name=device_name(str(device)),
+        memory_format="channels_last" if channels_last else "nchw",
+        timings=timings,
         state=state,
     )

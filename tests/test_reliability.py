@@ -1146,7 +1146,7 @@ def test_soak_three_workers_one_killed_and_restarted(tmp_path, data_env):
     attempts = unit_attempts(run)
     grid = {
         f"a{a}-b{b}-g{g}-s{s}"
-        for a, b, g in (("1.1", "1.1", "1.2"), ("1.2", "1.1", "1.2"), ("1.2", "1.1", "1.15"))
+        for a, b, g in (("1", "1.1", "1.3"), ("1.1", "1.1", "1.2"), ("1.2", "1.1", "1.15"))  # tiny_space's networks
         for s in seeds
     }
     completed = {k for k, states in attempts.items() if "COMPLETE" in states}

@@ -307,16 +307,17 @@ def test_a_unit_is_claimed_once_even_from_a_stale_queue(tmp_path):
     units = [Unit(alpha=1.2, beta=1.1, gamma=1.15, seed=s, theoretical_ratio=1.92, measured_ratio=1.9) for s in (0, 1)]
     assert first.ensure_units(units) == 2 and second.ensure_units(units) == 0
     stale = second.study.get_trials(deepcopy=False)  # second's view of the queue: both units waiting
-    taken = first._claim()
+    keys = {u.key for u in units}
+    taken = first._claim(keys)
     real_get_trials = second.study.get_trials
     second.study.get_trials = lambda *a, **k: [t for t in stale if t.state.name in {s.name for s in k["states"]}]
     try:
-        claimed = second._claim()
+        claimed = second._claim(keys)
     finally:
         second.study.get_trials = real_get_trials
     assert taken is not None and claimed is not None
     assert claimed.number != taken.number, "one unit was handed to two workers"
-    assert second._claim() is None and first._claim() is None  # both units now running, nothing left to claim
+    assert second._claim(keys) is None and first._claim(keys) is None  # both units now running, nothing left to claim
 
 
 def test_report_over_a_run_made_with_asynchronous_pruning(tmp_path):

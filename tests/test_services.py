@@ -128,10 +128,11 @@ def test_ask_pops_the_first_waiting_trial_and_never_creates_one(tmp_path):
     units = _units()
     assert study.ensure_units(units) == 6
     assert study.ensure_units(units) == 0  # queued once, however often asked
-    claimed = [study._claim() for _ in range(6)]
+    keys = {u.key for u in units}
+    claimed = [study._claim(keys) for _ in range(6)]
     assert [c.number for c in claimed] == list(range(6))
     assert [c.params["alpha"] for c in claimed] == [u.alpha for u in units]
-    assert study._claim() is None
+    assert study._claim(keys) is None
     assert len(study.study.trials) == 6
     # Optuna's own behaviour on an empty queue (the reason for the lock): a new, unit-less trial,
     # which the study's sampler refuses to give parameters.

@@ -66,7 +66,7 @@ MUTANTS = (
         "optimizer-choice",
         "the optimizer asked for (adamw, rmsprop) is the one built",
         "scaling_search/train/loop.py",
-        'if config.optimizer == "sgd":',
+        'if recipe.optimizer == "sgd":',
         "if True:",
         ("tests/test_proxy.py::test_resolution_other_than_storage_and_other_optimizers",),
     ),

@@ -64,7 +64,7 @@ RANKING_COLUMNS = [
     Column("stopped_rung", "stopped at rung", num),
     Column("pruned", "pruned", num),
     Column("failed", "failed", num),
-    Column("paper", "", lambda v: "paper" if v else ""),
+    Column("paper", "reference", lambda v: "paper" if v else ""),
     Column("coefficients", "stands for", str),
 ]
 
@@ -393,7 +393,7 @@ def _coefficients_md(
 
 # ------------------------------------------------------------ data, stale trials, data dictionary
 
-UPSAMPLED_COLUMN = Column("upsampled", "", lambda v: "upsampled" if v else "")
+UPSAMPLED_COLUMN = Column("upsampled", "detail", lambda v: "upsampled" if v else "")
 
 
 def mark_upsampled(rank_rows: list[dict], trials: Sequence[TrialRecord], info: dict) -> dict:

@@ -28,79 +28,66 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------- value types
 
 
-def _positive_int(name: str):
-    def parse(text: str) -> int:
+def _number(name: str, convert, ok, kind: str, below=None):
+    """An argparse type: ``convert`` the text, then require ``ok``; ``below`` words an out-of-range message."""
+
+    def parse(text: str):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}")
+            raise argparse.ArgumentTypeError(f"{name} must be {kind}, got {text!r}") from None
+        if not ok(value):
+            message = below(text) if below else f"{name} must be {kind}, got {text!r}"
+            raise argparse.ArgumentTypeError(message)
         return value
 
     parse.__name__ = name
     return parse
+
+
+def _positive_int(name: str):
+    return _number(name, int, lambda v: v > 0, "a positive integer")
 
 
 def _non_negative_int(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {text!r}")
-        return value
-
-    parse.__name__ = name
-    return parse
+    return _number(name, int, lambda v: v >= 0, "a non-negative integer")
 
 
 def _positive_float(name: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
-        return value
-
-    parse.__name__ = name
-    return parse
+    return _number(
+        name,
+        float,
+        lambda v: math.isfinite(v) and v > 0,
+        "a number",
+        lambda text: f"{name} must be a positive number, got {text!r}",
+    )
 
 
 def _coefficient(name: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number >= 1, got {text!r}") from None
-        if not math.isfinite(value) or value < 1:
-            raise argparse.ArgumentTypeError(
-                f"{name} = {text} is below 1: compound scaling only grows a network (use values >= 1)"
-            )
-        return value
-
-    parse.__name__ = name
-    return parse
+    return _number(
+        name,
+        float,
+        lambda v: math.isfinite(v) and v >= 1,
+        "a number >= 1",
+        lambda text: f"{name} = {text} is below 1: compound scaling only grows a network (use values >= 1)",
+    )
 
 
-def _check_output(output: str | None) -> None:
+def _check_output(output: str | None, option: str = "--output") -> None:
     """Before the (possibly long) computation whose result goes there."""
     if output:
         path = Path(output)
         if path.is_dir():
-            raise UsageError(f"--output {output} is a folder: give a file path")
+            raise UsageError(f"{option} {output} is a folder: give a file path")
         if not path.parent.exists():
-            raise UsageError(f"--output folder {path.parent} does not exist: create it first")
+            raise UsageError(f"{option} folder {path.parent} does not exist: create it first")
 
 
-def _emit(text: str, output: str | None) -> None:
+def _emit(text: str, output: str | None, option: str = "--output") -> None:
     if output:
         from .atomic import atomic_write_text
 
-        _check_output(output)
+        _check_output(output, option)
         atomic_write_text(Path(output), text)
     else:
         sys.stdout.write(text)
@@ -109,18 +96,27 @@ def _emit(text: str, output: str | None) -> None:
 # ------------------------------------------------------------------- flops
 
 
+def _add_rows(p: argparse.ArgumentParser, rows) -> None:
+    """Options declared by a table, one (flag, value type or None, help) a row; the rest stand beside it."""
+    for flag, kind, text in rows:
+        p.add_argument(flag, type=kind, help=text)
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--width", type=_positive_float("width"), help="width multiplier (with NAME 'efficientnet')")
-    p.add_argument("--depth", type=_positive_float("depth"), help="depth multiplier (with NAME 'efficientnet')")
-    p.add_argument(
-        "--resolution", type=_positive_int("resolution"), help="input size in pixels (default: the model's own)"
+    _add_rows(
+        p,
+        (
+            ("--width", _positive_float("width"), "width multiplier (with NAME 'efficientnet')"),
+            ("--depth", _positive_float("depth"), "depth multiplier (with NAME 'efficientnet')"),
+            ("--resolution", _positive_int("resolution"), "input size in pixels (default: the model's own)"),
+            (
+                "--num-classes",
+                _positive_int("num-classes"),
+                "classes (default: 1000 for efficientnet, 90 for efficientdet)",
+            ),
+            ("--phi", _non_negative_int("phi"), "scaling step (with NAME 'efficientdet')"),
+        ),
     )
-    p.add_argument(
-        "--num-classes",
-        type=_positive_int("num-classes"),
-        help="classes (default: 1000 for efficientnet, 90 for efficientdet)",
-    )
-    p.add_argument("--phi", type=_non_negative_int("phi"), help="scaling step (with NAME 'efficientdet')")
     for name, what in (("alpha", "depth"), ("beta", "width"), ("gamma", "resolution")):
         p.add_argument(
             f"--{name}",
@@ -522,12 +518,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             "export needs exactly one of --alpha A --beta B --gamma G --phi K, --model NAME or --run DIR"
             + (f" (got {' and '.join(sources)})" if sources else "")
         )
-    if args.out:
-        out = Path(args.out)
-        if out.is_dir():
-            raise UsageError(f"--out {args.out} is a folder: give a file path")
-        if not out.parent.exists():
-            raise UsageError(f"--out folder {out.parent} does not exist: create it first")
+    _check_output(args.out, "--out")
     if args.run is not None:
         if args.num_classes is not None:
             raise UsageError("--num-classes does not go with --run: the run folder fixes the classes")
@@ -540,14 +531,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if None in triple or args.phi is None:
             raise UsageError("a table row needs all of --alpha, --beta, --gamma and --phi")
         config = table_row_config(Coefficients(*triple), args.phi, num_classes=args.num_classes or 1000)
-    text = export_text(config, args.format)
+    _emit(export_text(config, args.format), args.out, "--out")
     if args.out:
-        from .atomic import atomic_write_text
-
-        atomic_write_text(Path(args.out), text)
         print(f"{config.name}: {args.format} export written to {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
     return 0
 
 
@@ -582,27 +568,35 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         type=_positive_int("resolution"),
         help="training and evaluation size in pixels (default: the storage size)",
     )
-    p.add_argument("--dropout", type=float, help="classifier dropout (default 0.2)")
-    p.add_argument("--drop-path", type=float, help="stochastic depth rate (default 0.2)")
-    p.add_argument("--epochs", type=_positive_int("epochs"), help="epochs (default 5)")
-    p.add_argument(
-        "--subset", type=_positive_int("subset"), help="train on a class-balanced subset of this many images"
+    _add_rows(
+        p,
+        (
+            ("--dropout", float, "classifier dropout (default 0.2)"),
+            ("--drop-path", float, "stochastic depth rate (default 0.2)"),
+            ("--epochs", _positive_int("epochs"), "epochs (default 5)"),
+            ("--subset", _positive_int("subset"), "train on a class-balanced subset of this many images"),
+            (
+                "--test-subset",
+                _positive_int("test-subset"),
+                "score on a class-balanced subset of this many held-out images",
+            ),
+            ("--batch-size", _positive_int("batch-size"), "batch size (default 128)"),
+            ("--lr", _positive_float("lr"), "peak learning rate"),
+            ("--optimizer", None, "sgd (Nesterov), adamw or rmsprop"),
+            ("--momentum", float, "momentum (default 0.9)"),
+            ("--weight-decay", float, "weight decay of conv and linear weights"),
+            ("--schedule", None, "cosine, constant or step, after the warmup"),
+        ),
     )
-    p.add_argument(
-        "--test-subset",
-        type=_positive_int("test-subset"),
-        help="score on a class-balanced subset of this many held-out images",
-    )
-    p.add_argument("--batch-size", type=_positive_int("batch-size"), help="batch size (default 128)")
-    p.add_argument("--lr", type=_positive_float("lr"), help="peak learning rate")
-    p.add_argument("--optimizer", help="sgd (Nesterov), adamw or rmsprop")
-    p.add_argument("--momentum", type=float, help="momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, help="weight decay of conv and linear weights")
-    p.add_argument("--schedule", help="cosine, constant or step, after the warmup")
     p.add_argument("--warmup", type=float, dest="warmup_epochs", help="warmup length in epochs")
-    p.add_argument("--label-smoothing", type=float, help="label smoothing (default 0.1)")
-    p.add_argument("--seed", type=int, help="seed of initialisation, subset, shuffling and augmentation (default 0)")
-    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    _add_rows(
+        p,
+        (
+            ("--label-smoothing", float, "label smoothing (default 0.1)"),
+            ("--seed", int, "seed of initialisation, subset, shuffling and augmentation (default 0)"),
+            ("--device", None, "auto (default), cpu, cuda or cuda:N"),
+        ),
+    )
     _add_runtime_options(p)
     p.add_argument(
         "--progress",

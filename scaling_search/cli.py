@@ -103,20 +103,17 @@ def _add_rows(p: argparse.ArgumentParser, rows) -> None:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    _add_rows(
-        p,
-        (
-            ("--width", _positive_float("width"), "width multiplier (with NAME 'efficientnet')"),
-            ("--depth", _positive_float("depth"), "depth multiplier (with NAME 'efficientnet')"),
-            ("--resolution", _positive_int("resolution"), "input size in pixels (default: the model's own)"),
-            (
-                "--num-classes",
-                _positive_int("num-classes"),
-                "classes (default: 1000 for efficientnet, 90 for efficientdet)",
-            ),
-            ("--phi", _non_negative_int("phi"), "scaling step (with NAME 'efficientdet')"),
-        ),
+    for name in ("width", "depth"):
+        p.add_argument(f"--{name}", type=_positive_float(name), help=f"{name} multiplier (with NAME 'efficientnet')")
+    p.add_argument(
+        "--resolution", type=_positive_int("resolution"), help="input size in pixels (default: the model's own)"
     )
+    p.add_argument(
+        "--num-classes",
+        type=_positive_int("num-classes"),
+        help="classes (default: 1000 for efficientnet, 90 for efficientdet)",
+    )
+    p.add_argument("--phi", type=_non_negative_int("phi"), help="scaling step (with NAME 'efficientdet')")
     for name, what in (("alpha", "depth"), ("beta", "width"), ("gamma", "resolution")):
         p.add_argument(
             f"--{name}",
@@ -690,12 +687,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------- main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Search compound-scaling coefficients with short real trainings.")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("flops", help="params and MACs of a model")
+def _add_flops_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
         metavar="NAME",
@@ -706,34 +698,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--breakdown", action="store_true", help="MACs per module")
     p.add_argument("--no-fvcore", action="store_true", help="skip the (slow, real-compute) fvcore cross-check")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_flops)
 
-    p = sub.add_parser("candidates", help="list (alpha, beta, gamma) candidates for a budget")
+
+def _add_candidates_options(p: argparse.ArgumentParser) -> None:
     _add_grid_options(p)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--space", help="list the candidates of this search space (overrides the grid options)")
     source.add_argument("--preset", help="list the candidates of a shipped search space")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_candidates)
 
-    p = sub.add_parser("table", help="extrapolate coefficients to a model family, beside the official table")
-    _add_table_options(p)
-    p.set_defaults(func=_cmd_table)
 
-    p = sub.add_parser("run", help="search the coefficients: train every candidate, rank, extrapolate, report")
-    _add_run_options(p)
-    p.set_defaults(func=_cmd_run)
-
-    p = sub.add_parser("report", help="rebuild a run folder's tables and plots from its stored study")
+def _add_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", help="a run folder written by 'scaling-search run'")
-    p.set_defaults(func=_cmd_report)
-    p = sub.add_parser("export", help="a table row, named model or run winner as a project config or for timm")
-    _add_export_options(p)
-    p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("train", help="one short proxy training of a scaled EfficientNet")
-    _add_train_options(p)
-    p.set_defaults(func=_cmd_train)
+
+# (name, help, options, handler) of every subcommand, in the order --help lists them.
+_COMMANDS = (
+    ("flops", "params and MACs of a model", _add_flops_options, _cmd_flops),
+    ("candidates", "list (alpha, beta, gamma) candidates for a budget", _add_candidates_options, _cmd_candidates),
+    ("table", "extrapolate coefficients to a model family, beside the official table", _add_table_options, _cmd_table),
+    ("run", "search the coefficients: train every candidate, rank, extrapolate, report", _add_run_options, _cmd_run),
+    ("report", "rebuild a run folder's tables and plots from its stored study", _add_report_options, _cmd_report),
+    (
+        "export",
+        "a table row, named model or run winner as a project config or for timm",
+        _add_export_options,
+        _cmd_export,
+    ),
+    ("train", "one short proxy training of a scaled EfficientNet", _add_train_options, _cmd_train),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Search compound-scaling coefficients with short real trainings.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    for name, text, add_options, func in _COMMANDS:
+        p = sub.add_parser(name, help=text)
+        add_options(p)
+        p.set_defaults(func=func)
     return parser
 
 

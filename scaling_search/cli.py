@@ -244,12 +244,10 @@ def _cmd_candidates(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from .analysis.tables import Column, num, ratio, to_markdown
+    from .analysis.tables import COEFFICIENT_COLUMNS, Column, ratio, to_markdown
 
     columns = [
-        Column("alpha", "alpha", num),
-        Column("beta", "beta", num),
-        Column("gamma", "gamma", num),
+        *COEFFICIENT_COLUMNS,
         Column("theoretical_ratio", "a*b^2*g^2", ratio),
         Column("measured_ratio", "measured MACs ratio", ratio),
         Column("class", "network", str),

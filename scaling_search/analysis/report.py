@@ -17,7 +17,7 @@ from ..records import TrialRecord, write_trials
 from ..scaling import Coefficients, parse_budget
 from ..space import SearchSpace
 from .ranking import NetworkClassLike, Ranking, class_spread, rank
-from .tables import Column, millions, num, ratio, render, to_csv, to_markdown
+from .tables import COEFFICIENT_COLUMNS, Column, millions, num, ratio, render, to_csv, to_markdown
 
 OUTPUTS = (
     "trials.csv",
@@ -47,9 +47,7 @@ def _p(v) -> str:
 RANKING_COLUMNS = [
     Column("rank", "rank", num),
     Column("class", "class", str),
-    Column("alpha", "alpha", num),
-    Column("beta", "beta", num),
-    Column("gamma", "gamma", num),
+    *COEFFICIENT_COLUMNS,
     Column("seeds", "seeds", num),
     Column("accuracy_mean", "accuracy", lambda v: "" if v is None or v != v else f"{v:.4f}"),
     Column("ci95", "95% CI", str),

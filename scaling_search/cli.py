@@ -220,20 +220,17 @@ def grid_candidates(args: argparse.Namespace):
     """The same plan a search builds: from a space (--space/--preset) or from the grid options."""
     from .models import EfficientNetConfig
     from .search.plan import build_plan, space_plan
-    from .space import load_space, preset_path
+    from .space import GridSpec, load_space, preset_path
 
     if args.space or args.preset:
         return space_plan(load_space(args.space or preset_path(args.preset)))
+    grid = GridSpec(args.grid, args.step, args.max_alpha, args.max_beta, args.max_gamma)
     return build_plan(
         args.budget,
         EfficientNetConfig(resolution=args.base_resolution),
         multiple=args.multiple,
-        step=args.step,
+        grid=grid,
         tolerance=args.tolerance,
-        max_alpha=args.max_alpha,
-        max_beta=args.max_beta,
-        max_gamma=args.max_gamma,
-        grid=args.grid,
         constraint=args.constraint,
     )
 
@@ -445,6 +442,22 @@ def _console():
     return Console(highlight=False, soft_wrap=True)
 
 
+# RunOptions fields that take the run command's option of the same name.
+_RUN_OPTIONS = (
+    "backend",
+    "storage",
+    "device",
+    "memory_format",
+    "cudnn_benchmark",
+    "heartbeat",
+    "ray_address",
+    "gpus_per_trial",
+    "cpus_per_trial",
+    "jobs",
+    "keep_weights",
+)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .scaling import parse_budget
     from .search.runner import RunOptions, run
@@ -454,21 +467,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         parse_budget(args.budget)
     space = _resolve_space(args, console)
     out = Path(args.out) if args.out else Path("runs") / f"{space.name}-{parse_budget(space.constraint.budget):g}x"
-    options = RunOptions(
-        out=out,
-        backend=args.backend,
-        storage=args.storage,
-        device=args.device,
-        memory_format=args.memory_format,
-        cudnn_benchmark=args.cudnn_benchmark,
-        heartbeat=args.heartbeat,
-        ray_address=args.ray_address,
-        gpus_per_trial=args.gpus_per_trial,
-        cpus_per_trial=args.cpus_per_trial,
-        jobs=args.jobs,
-        estimate_only=args.estimate,
-        keep_weights=args.keep_weights,
-    )
+    named = {k: getattr(args, k) for k in _RUN_OPTIONS}
+    options = RunOptions(out=out, estimate_only=args.estimate, **named)
     return run(space, options, console)
 
 

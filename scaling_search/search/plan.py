@@ -37,7 +37,10 @@ def network_key(coeffs: Coefficients, base: EfficientNetConfig, multiple: int) -
 
 @dataclass(frozen=True)
 class NetworkClass:
-    """Candidates that build one and the same rounded network; trained once."""
+    """Candidates that build one and the same rounded network; trained once.
+
+    ``index`` counts the classes in the order the candidates first build them, and names them (N01, N02, ...).
+    """
 
     index: int
     key: NetworkKey

@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,10 +28,16 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------- value types
 
 
-def _number(name: str, convert, ok, kind: str, below=None):
+def _number(
+    name: str,
+    convert: Callable[[str], float],
+    ok: Callable[[float], bool],
+    kind: str,
+    below: Callable[[str], str] | None = None,
+) -> Callable[[str], float]:
     """An argparse type: ``convert`` the text, then require ``ok``; ``below`` words an out-of-range message."""
 
-    def parse(text: str):
+    def parse(text: str) -> float:
         try:
             value = convert(text)
         except ValueError:
@@ -94,12 +100,6 @@ def _emit(text: str, output: str | None, option: str = "--output") -> None:
 
 
 # ------------------------------------------------------------------- flops
-
-
-def _add_rows(p: argparse.ArgumentParser, rows) -> None:
-    """Options declared by a table, one (flag, value type or None, help) a row; the rest stand beside it."""
-    for flag, kind, text in rows:
-        p.add_argument(flag, type=kind, help=text)
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -533,6 +533,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------- train
+
+
+def _add_rows(p: argparse.ArgumentParser, rows) -> None:
+    """Options declared by a table, one (flag, value type or None, help) a row; the rest stand beside it."""
+    for flag, kind, text in rows:
+        p.add_argument(flag, type=kind, help=text)
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,79 +28,72 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------- value types
 
 
-def _positive_int(name: str):
-    def parse(text: str) -> int:
+def _number(
+    name: str,
+    convert: Callable[[str], float],
+    ok: Callable[[float], bool],
+    kind: str,
+    below: Callable[[str], str] | None = None,
+) -> Callable[[str], float]:
+    """An argparse type: ``convert`` the text, then require ``ok``; ``below`` words an out-of-range message."""
+
+    def parse(text: str) -> float:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}")
+            raise argparse.ArgumentTypeError(f"{name} must be {kind}, got {text!r}") from None
+        if not ok(value):
+            message = below(text) if below else f"{name} must be {kind}, got {text!r}"
+            raise argparse.ArgumentTypeError(message)
         return value
 
     parse.__name__ = name
     return parse
+
+
+def _positive_int(name: str):
+    return _number(name, int, lambda v: v > 0, "a positive integer")
 
 
 def _non_negative_int(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a non-negative integer, got {text!r}")
-        return value
-
-    parse.__name__ = name
-    return parse
+    return _number(name, int, lambda v: v >= 0, "a non-negative integer")
 
 
 def _positive_float(name: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
-        return value
-
-    parse.__name__ = name
-    return parse
+    return _number(
+        name,
+        float,
+        lambda v: math.isfinite(v) and v > 0,
+        "a number",
+        lambda text: f"{name} must be a positive number, got {text!r}",
+    )
 
 
 def _coefficient(name: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number >= 1, got {text!r}") from None
-        if not math.isfinite(value) or value < 1:
-            raise argparse.ArgumentTypeError(
-                f"{name} = {text} is below 1: compound scaling only grows a network (use values >= 1)"
-            )
-        return value
-
-    parse.__name__ = name
-    return parse
+    return _number(
+        name,
+        float,
+        lambda v: math.isfinite(v) and v >= 1,
+        "a number >= 1",
+        lambda text: f"{name} = {text} is below 1: compound scaling only grows a network (use values >= 1)",
+    )
 
 
-def _check_output(output: str | None) -> None:
+def _check_output(output: str | None, option: str = "--output") -> None:
     """Before the (possibly long) computation whose result goes there."""
     if output:
         path = Path(output)
         if path.is_dir():
-            raise UsageError(f"--output {output} is a folder: give a file path")
+            raise UsageError(f"{option} {output} is a folder: give a file path")
         if not path.parent.exists():
-            raise UsageError(f"--output folder {path.parent} does not exist: create it first")
+            raise UsageError(f"{option} folder {path.parent} does not exist: create it first")
 
 
-def _emit(text: str, output: str | None) -> None:
+def _emit(text: str, output: str | None, option: str = "--output") -> None:
     if output:
         from .atomic import atomic_write_text
 
-        _check_output(output)
+        _check_output(output, option)
         atomic_write_text(Path(output), text)
     else:
         sys.stdout.write(text)
@@ -110,8 +103,8 @@ def _emit(text: str, output: str | None) -> None:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--width", type=_positive_float("width"), help="width multiplier (with NAME 'efficientnet')")
-    p.add_argument("--depth", type=_positive_float("depth"), help="depth multiplier (with NAME 'efficientnet')")
+    for name in ("width", "depth"):
+        p.add_argument(f"--{name}", type=_positive_float(name), help=f"{name} multiplier (with NAME 'efficientnet')")
     p.add_argument(
         "--resolution", type=_positive_int("resolution"), help="input size in pixels (default: the model's own)"
     )
@@ -227,20 +220,17 @@ def grid_candidates(args: argparse.Namespace):
     """The same plan a search builds: from a space (--space/--preset) or from the grid options."""
     from .models import EfficientNetConfig
     from .search.plan import build_plan, space_plan
-    from .space import load_space, preset_path
+    from .space import GridSpec, load_space, preset_path
 
     if args.space or args.preset:
         return space_plan(load_space(args.space or preset_path(args.preset)))
+    grid = GridSpec(args.grid, args.step, args.max_alpha, args.max_beta, args.max_gamma)
     return build_plan(
         args.budget,
         EfficientNetConfig(resolution=args.base_resolution),
         multiple=args.multiple,
-        step=args.step,
+        grid=grid,
         tolerance=args.tolerance,
-        max_alpha=args.max_alpha,
-        max_beta=args.max_beta,
-        max_gamma=args.max_gamma,
-        grid=args.grid,
         constraint=args.constraint,
     )
 
@@ -251,12 +241,10 @@ def _cmd_candidates(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from .analysis.tables import Column, num, ratio, to_markdown
+    from .analysis.tables import COEFFICIENT_COLUMNS, Column, ratio, to_markdown
 
     columns = [
-        Column("alpha", "alpha", num),
-        Column("beta", "beta", num),
-        Column("gamma", "gamma", num),
+        *COEFFICIENT_COLUMNS,
         Column("theoretical_ratio", "a*b^2*g^2", ratio),
         Column("measured_ratio", "measured MACs ratio", ratio),
         Column("class", "network", str),
@@ -454,6 +442,22 @@ def _console():
     return Console(highlight=False, soft_wrap=True)
 
 
+# RunOptions fields that take the run command's option of the same name.
+_RUN_OPTIONS = (
+    "backend",
+    "storage",
+    "device",
+    "memory_format",
+    "cudnn_benchmark",
+    "heartbeat",
+    "ray_address",
+    "gpus_per_trial",
+    "cpus_per_trial",
+    "jobs",
+    "keep_weights",
+)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .scaling import parse_budget
     from .search.runner import RunOptions, run
@@ -463,21 +467,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         parse_budget(args.budget)
     space = _resolve_space(args, console)
     out = Path(args.out) if args.out else Path("runs") / f"{space.name}-{parse_budget(space.constraint.budget):g}x"
-    options = RunOptions(
-        out=out,
-        backend=args.backend,
-        storage=args.storage,
-        device=args.device,
-        memory_format=args.memory_format,
-        cudnn_benchmark=args.cudnn_benchmark,
-        heartbeat=args.heartbeat,
-        ray_address=args.ray_address,
-        gpus_per_trial=args.gpus_per_trial,
-        cpus_per_trial=args.cpus_per_trial,
-        jobs=args.jobs,
-        estimate_only=args.estimate,
-        keep_weights=args.keep_weights,
-    )
+    named = {k: getattr(args, k) for k in _RUN_OPTIONS}
+    options = RunOptions(out=out, estimate_only=args.estimate, **named)
     return run(space, options, console)
 
 
@@ -522,12 +513,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             "export needs exactly one of --alpha A --beta B --gamma G --phi K, --model NAME or --run DIR"
             + (f" (got {' and '.join(sources)})" if sources else "")
         )
-    if args.out:
-        out = Path(args.out)
-        if out.is_dir():
-            raise UsageError(f"--out {args.out} is a folder: give a file path")
-        if not out.parent.exists():
-            raise UsageError(f"--out folder {out.parent} does not exist: create it first")
+    _check_output(args.out, "--out")
     if args.run is not None:
         if args.num_classes is not None:
             raise UsageError("--num-classes does not go with --run: the run folder fixes the classes")
@@ -540,18 +526,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if None in triple or args.phi is None:
             raise UsageError("a table row needs all of --alpha, --beta, --gamma and --phi")
         config = table_row_config(Coefficients(*triple), args.phi, num_classes=args.num_classes or 1000)
-    text = export_text(config, args.format)
+    _emit(export_text(config, args.format), args.out, "--out")
     if args.out:
-        from .atomic import atomic_write_text
-
-        atomic_write_text(Path(args.out), text)
         print(f"{config.name}: {args.format} export written to {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
     return 0
 
 
 # ------------------------------------------------------------------- train
+
+
+def _add_rows(p: argparse.ArgumentParser, rows) -> None:
+    """Options declared by a table, one (flag, value type or None, help) a row; the rest stand beside it."""
+    for flag, kind, text in rows:
+        p.add_argument(flag, type=kind, help=text)
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -582,27 +569,35 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         type=_positive_int("resolution"),
         help="training and evaluation size in pixels (default: the storage size)",
     )
-    p.add_argument("--dropout", type=float, help="classifier dropout (default 0.2)")
-    p.add_argument("--drop-path", type=float, help="stochastic depth rate (default 0.2)")
-    p.add_argument("--epochs", type=_positive_int("epochs"), help="epochs (default 5)")
-    p.add_argument(
-        "--subset", type=_positive_int("subset"), help="train on a class-balanced subset of this many images"
+    _add_rows(
+        p,
+        (
+            ("--dropout", float, "classifier dropout (default 0.2)"),
+            ("--drop-path", float, "stochastic depth rate (default 0.2)"),
+            ("--epochs", _positive_int("epochs"), "epochs (default 5)"),
+            ("--subset", _positive_int("subset"), "train on a class-balanced subset of this many images"),
+            (
+                "--test-subset",
+                _positive_int("test-subset"),
+                "score on a class-balanced subset of this many held-out images",
+            ),
+            ("--batch-size", _positive_int("batch-size"), "batch size (default 128)"),
+            ("--lr", _positive_float("lr"), "peak learning rate"),
+            ("--optimizer", None, "sgd (Nesterov), adamw or rmsprop"),
+            ("--momentum", float, "momentum (default 0.9)"),
+            ("--weight-decay", float, "weight decay of conv and linear weights"),
+            ("--schedule", None, "cosine, constant or step, after the warmup"),
+        ),
     )
-    p.add_argument(
-        "--test-subset",
-        type=_positive_int("test-subset"),
-        help="score on a class-balanced subset of this many held-out images",
-    )
-    p.add_argument("--batch-size", type=_positive_int("batch-size"), help="batch size (default 128)")
-    p.add_argument("--lr", type=_positive_float("lr"), help="peak learning rate")
-    p.add_argument("--optimizer", help="sgd (Nesterov), adamw or rmsprop")
-    p.add_argument("--momentum", type=float, help="momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, help="weight decay of conv and linear weights")
-    p.add_argument("--schedule", help="cosine, constant or step, after the warmup")
     p.add_argument("--warmup", type=float, dest="warmup_epochs", help="warmup length in epochs")
-    p.add_argument("--label-smoothing", type=float, help="label smoothing (default 0.1)")
-    p.add_argument("--seed", type=int, help="seed of initialisation, subset, shuffling and augmentation (default 0)")
-    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    _add_rows(
+        p,
+        (
+            ("--label-smoothing", float, "label smoothing (default 0.1)"),
+            ("--seed", int, "seed of initialisation, subset, shuffling and augmentation (default 0)"),
+            ("--device", None, "auto (default), cpu, cuda or cuda:N"),
+        ),
+    )
     _add_runtime_options(p)
     p.add_argument(
         "--progress",
@@ -696,12 +691,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------- main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Search compound-scaling coefficients with short real trainings.")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("flops", help="params and MACs of a model")
+def _add_flops_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "model",
         metavar="NAME",
@@ -712,34 +702,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--breakdown", action="store_true", help="MACs per module")
     p.add_argument("--no-fvcore", action="store_true", help="skip the (slow, real-compute) fvcore cross-check")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_flops)
 
-    p = sub.add_parser("candidates", help="list (alpha, beta, gamma) candidates for a budget")
+
+def _add_candidates_options(p: argparse.ArgumentParser) -> None:
     _add_grid_options(p)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--space", help="list the candidates of this search space (overrides the grid options)")
     source.add_argument("--preset", help="list the candidates of a shipped search space")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_candidates)
 
-    p = sub.add_parser("table", help="extrapolate coefficients to a model family, beside the official table")
-    _add_table_options(p)
-    p.set_defaults(func=_cmd_table)
 
-    p = sub.add_parser("run", help="search the coefficients: train every candidate, rank, extrapolate, report")
-    _add_run_options(p)
-    p.set_defaults(func=_cmd_run)
-
-    p = sub.add_parser("report", help="rebuild a run folder's tables and plots from its stored study")
+def _add_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", help="a run folder written by 'scaling-search run'")
-    p.set_defaults(func=_cmd_report)
-    p = sub.add_parser("export", help="a table row, named model or run winner as a project config or for timm")
-    _add_export_options(p)
-    p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("train", help="one short proxy training of a scaled EfficientNet")
-    _add_train_options(p)
-    p.set_defaults(func=_cmd_train)
+
+# (name, help, options, handler) of every subcommand, in the order --help lists them.
+_COMMANDS = (
+    ("flops", "params and MACs of a model", _add_flops_options, _cmd_flops),
+    ("candidates", "list (alpha, beta, gamma) candidates for a budget", _add_candidates_options, _cmd_candidates),
+    ("table", "extrapolate coefficients to a model family, beside the official table", _add_table_options, _cmd_table),
+    ("run", "search the coefficients: train every candidate, rank, extrapolate, report", _add_run_options, _cmd_run),
+    ("report", "rebuild a run folder's tables and plots from its stored study", _add_report_options, _cmd_report),
+    (
+        "export",
+        "a table row, named model or run winner as a project config or for timm",
+        _add_export_options,
+        _cmd_export,
+    ),
+    ("train", "one short proxy training of a scaled EfficientNet", _add_train_options, _cmd_train),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Search compound-scaling coefficients with short real trainings.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    for name, text, add_options, func in _COMMANDS:
+        p = sub.add_parser(name, help=text)
+        add_options(p)
+        p.set_defaults(func=func)
     return parser
 
 

@@ -8,7 +8,7 @@ from scaling_search.models.efficientnet_config import compound_config, scale_net
 from scaling_search.scaling import PAPER
 from scaling_search.search.plan import build_plan, search_candidates, space_plan
 from scaling_search.search.trials import search_candidates as reexported
-from scaling_search.space import load_space, preset_path
+from scaling_search.space import GridSpec, load_space, preset_path
 
 BASE = EfficientNetConfig(resolution=64, num_classes=10)
 
@@ -19,7 +19,7 @@ def _built(coeffs):
 
 
 def test_measured_constraint_holds_and_paper_is_a_flagged_reference():
-    plan = build_plan("2x", BASE, multiple=4, step=0.05, max_beta=1.5, max_gamma=1.5)
+    plan = build_plan("2x", BASE, multiple=4, grid=GridSpec("full", 0.05, max_beta=1.5, max_gamma=1.5))
     for c in plan.candidates:
         assert c.measured_ratio == measured_ratio(c.coefficients, BASE, 4)
         if not c.reference:
@@ -30,7 +30,7 @@ def test_measured_constraint_holds_and_paper_is_a_flagged_reference():
 
 
 def test_classes_group_exactly_the_triples_that_build_one_network():
-    plan = build_plan("2x", BASE, multiple=4, step=0.05, max_beta=1.5, max_gamma=1.5)
+    plan = build_plan("2x", BASE, multiple=4, grid=GridSpec("full", 0.05, max_beta=1.5, max_gamma=1.5))
     assert sum(len(c.members) for c in plan.classes) == len(plan.candidates)
     networks = [_built(cls.representative.coefficients) for cls in plan.classes]
     assert len(set(networks)) == len(plan.classes)  # different classes, different networks

@@ -99,8 +99,11 @@ def test_rank_single_seed_has_no_interval():
 def test_rank_flags_off_budget_and_names_classes():
     from scaling_search.models import EfficientNetConfig
     from scaling_search.search.plan import build_plan
+    from scaling_search.space import GridSpec
 
-    plan = build_plan("2x", EfficientNetConfig(resolution=32, width=0.25, depth=0.25), multiple=4, step=0.1)
+    plan = build_plan(
+        "2x", EfficientNetConfig(resolution=32, width=0.25, depth=0.25), multiple=4, grid=GridSpec("full", 0.1)
+    )
     rep = [c for c in plan.classes if len(c.members) > 1][0]
     a, b, g = rep.representative.coefficients.as_tuple()
     trials = _trials({(a, b, g): [0.7, 0.72], (1.2, 1.1, 1.15): [0.6, 0.61]})

@@ -21,6 +21,34 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _mark_paper(ax, ranked: pd.DataFrame, x: str, y: str, *, size: float, label: str) -> None:
+    """Box the paper's (1.2, 1.1, 1.15) where it is among the ranked candidates."""
+    paper = ranked[ranked["paper"]]
+    if not paper.empty:
+        ax.scatter(
+            paper[x],
+            paper[y],
+            marker="s",
+            s=size,
+            facecolors="none",
+            edgecolors="tab:blue",
+            linewidths=2,
+            label=label,
+            zorder=3,
+        )
+
+
+def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str, *, legend: bool) -> None:
+    """Axis labels, title, grid and (``legend``) the legend of a candidate plot, then the file."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8, loc="best")
+    _save(fig, path)
+
+
 def accuracy_vs_macs(
     ranking: pd.DataFrame, path: Path, title: str, *, budget: float | None = None, tolerance: float | None = None
 ) -> None:
@@ -70,19 +98,7 @@ def accuracy_vs_macs(
                     fontsize=7,
                     color="tab:red",
                 )
-        paper = ranked[ranked["paper"]]
-        if not paper.empty:
-            ax.scatter(
-                paper["measured_ratio"],
-                paper["accuracy_mean"],
-                marker="s",
-                s=90,
-                facecolors="none",
-                edgecolors="tab:blue",
-                linewidths=2,
-                label="paper (1.2, 1.1, 1.15)",
-                zorder=3,
-            )
+        _mark_paper(ax, ranked, "measured_ratio", "accuracy_mean", size=90, label="paper (1.2, 1.1, 1.15)")
         win = ranked.iloc[0]
         ax.scatter(
             [win["measured_ratio"]],
@@ -93,12 +109,8 @@ def accuracy_vs_macs(
             label=f"winner ({win['alpha']:g}, {win['beta']:g}, {win['gamma']:g})",
             zorder=4,
         )
-    ax.set_xlabel("real MACs of the phi = 1 network over the baseline's (at the proxy resolution)")
-    ax.set_ylabel("held-out top-1 accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    _save(fig, path)
+    xlabel = "real MACs of the phi = 1 network over the baseline's (at the proxy resolution)"
+    _finish(fig, ax, path, title, xlabel, "held-out top-1 accuracy", legend=True)
 
 
 def alpha_beta_plane(ranking: pd.DataFrame, path: Path, title: str) -> None:
@@ -120,27 +132,9 @@ def alpha_beta_plane(ranking: pd.DataFrame, path: Path, title: str) -> None:
     if not ranked.empty:
         win = ranked.iloc[0]
         ax.scatter([win["alpha"]], [win["beta"]], marker="*", s=300, color="tab:red", label="winner", zorder=3)
-    paper = ranked[ranked["paper"]]
-    if not paper.empty:
-        ax.scatter(
-            paper["alpha"],
-            paper["beta"],
-            marker="s",
-            s=260,
-            facecolors="none",
-            edgecolors="tab:blue",
-            linewidths=2,
-            label="paper",
-            zorder=3,
-        )
+    _mark_paper(ax, ranked, "alpha", "beta", size=260, label="paper")
     fig.colorbar(sc, ax=ax, label="held-out top-1 accuracy")
-    ax.set_xlabel("alpha (depth)")
-    ax.set_ylabel("beta (width)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if not ranked.empty:
-        ax.legend(fontsize=8, loc="best")
-    _save(fig, path)
+    _finish(fig, ax, path, title, "alpha (depth)", "beta (width)", legend=not ranked.empty)
 
 
 def b_series_macs(rows: list[dict], path: Path, budget: float, label: str) -> None:

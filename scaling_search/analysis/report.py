@@ -17,7 +17,7 @@ from ..records import TrialRecord, write_trials
 from ..scaling import Coefficients, parse_budget
 from ..space import SearchSpace
 from .ranking import NetworkClassLike, Ranking, class_spread, rank
-from .tables import Column, millions, num, ratio, render, to_csv, to_markdown
+from .tables import COEFFICIENT_COLUMNS, Column, millions, num, ratio, render, to_csv, to_markdown
 
 OUTPUTS = (
     "trials.csv",
@@ -47,9 +47,7 @@ def _p(v) -> str:
 RANKING_COLUMNS = [
     Column("rank", "rank", num),
     Column("class", "class", str),
-    Column("alpha", "alpha", num),
-    Column("beta", "beta", num),
-    Column("gamma", "gamma", num),
+    *COEFFICIENT_COLUMNS,
     Column("seeds", "seeds", num),
     Column("accuracy_mean", "accuracy", lambda v: "" if v is None or v != v else f"{v:.4f}"),
     Column("ci95", "95% CI", str),
@@ -163,6 +161,12 @@ def write_report(
     return ranking
 
 
+def _fields(record: Any, *names: str | tuple[str, str]) -> dict:
+    """best.json's view of an analysis record: attribute names, or (key, attribute) where best.json renames one."""
+    pairs = [(name, name) if isinstance(name, str) else name for name in names]
+    return {key: getattr(record, attribute) for key, attribute in pairs}
+
+
 def _statistics(ranking: Ranking) -> dict:
     """best.json's statistics: the verdict and what it rests on (None where the data cannot say)."""
     a = ranking.analysis
@@ -185,13 +189,7 @@ def _statistics(ranking: Ranking) -> dict:
         return out
     out["verdict_statements"] = list(a.verdict.statements)
     if a.agreement is not None:
-        g = a.agreement
-        out["rank_agreement"] = {
-            "kendall_tau_b": g.kendall_tau_b,
-            "spearman": g.spearman,
-            "seed_pairs": g.pairs,
-            "candidates": g.candidates,
-        }
+        out["rank_agreement"] = _fields(a.agreement, "kendall_tau_b", "spearman", ("seed_pairs", "pairs"), "candidates")
     if a.anova is not None:
         out.update(snr=_clean(a.anova.snr), anova_p=_clean(a.anova.p), anova_f=_clean(a.anova.f))
     out["p_best"] = {c.key: c.p_best for c in a.candidates}
@@ -199,26 +197,16 @@ def _statistics(ranking: Ranking) -> dict:
     out["confidence_level"] = 0.90
     if a.surface is not None:
         f = a.surface
-        out["response_surface"] = {
-            "alpha": f.alpha,
-            "beta": f.beta,
-            "gamma": f.gamma,
-            "predicted_accuracy": f.predicted,
-            "region_alpha": list(f.region_alpha),
-            "region_beta": list(f.region_beta),
-            "on_edge": f.on_edge,
-        }
+        surface = _fields(
+            f, "alpha", "beta", "gamma", ("predicted_accuracy", "predicted"), "region_alpha", "region_beta"
+        )
+        surface.update(region_alpha=list(f.region_alpha), region_beta=list(f.region_beta), on_edge=f.on_edge)
+        out["response_surface"] = surface
     if a.paper is not None:
         p = a.paper
-        out["paper"] = {
-            "candidate": p.key,
-            "rank": p.rank,
-            "p_best": p.p_best,
-            "difference_to_winner": p.difference,
-            "difference_ci_low": _clean(p.low),
-            "difference_ci_high": _clean(p.high),
-            "measured_ratio": p.cost,
-        }
+        paper = _fields(p, ("candidate", "key"), "rank", "p_best", ("difference_to_winner", "difference"))
+        paper.update(difference_ci_low=_clean(p.low), difference_ci_high=_clean(p.high), measured_ratio=p.cost)
+        out["paper"] = paper
     out["bootstrap"] = {"seed": a.bootstrap_seed, "samples": a.bootstrap_samples}
     return out
 

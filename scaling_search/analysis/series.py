@@ -54,6 +54,21 @@ def measure(config) -> Measured:
     return Measured(params=c.params, macs=c.macs)
 
 
+def _network_columns(config: EfficientNetConfig, counts: Measured, b0_macs: int, prefix: str = "") -> dict:
+    """A B-series network's settings and measured counts (MACs also over its B0's), keys behind ``prefix``."""
+    row = {
+        "depth": round(config.depth, 4),  # the official multipliers have one decimal: rounding keeps them
+        "width": round(config.width, 4),
+        "resolution": config.resolution,
+        "dropout": config.dropout,
+        "blocks": scale_network(config).num_blocks,
+        "params": counts.params,
+        "macs": counts.macs,
+        "macs_ratio": round(counts.macs / b0_macs, 4),
+    }
+    return {prefix + key: value for key, value in row.items()}
+
+
 def b_series(
     coeffs: Coefficients,
     *,
@@ -73,14 +88,7 @@ def b_series(
         m = measure(cfg)
         row = {
             "phi": phi,
-            "depth": round(cfg.depth, 4),
-            "width": round(cfg.width, 4),
-            "resolution": cfg.resolution,
-            "dropout": cfg.dropout,
-            "blocks": scale_network(cfg).num_blocks,
-            "params": m.params,
-            "macs": m.macs,
-            "macs_ratio": round(m.macs / base_counts.macs, 4),
+            **_network_columns(cfg, m, base_counts.macs),
             "theoretical_ratio": round(coeffs.flops_ratio**phi, 4),
             "target_ratio": round(budget**phi, 4),
         }
@@ -91,14 +99,7 @@ def b_series(
             row.update(
                 {
                     "official": f"efficientnet-{variant}",
-                    "official_depth": off.depth,
-                    "official_width": off.width,
-                    "official_resolution": off.resolution,
-                    "official_dropout": off.dropout,
-                    "official_blocks": scale_network(off).num_blocks,
-                    "official_params": om.params,
-                    "official_macs": om.macs,
-                    "official_macs_ratio": round(om.macs / official_b0.macs, 4),
+                    **_network_columns(off, om, official_b0.macs, "official_"),
                     "official_phi_depth": _round_opt(implied_phi(off.depth, coeffs.alpha)),
                     "official_phi_width": _round_opt(implied_phi(off.width, coeffs.beta)),
                     "official_phi_resolution": _round_opt(
@@ -273,11 +274,7 @@ def d_series_departures(coeffs: Coefficients, rows: list[dict]) -> list[str]:
 
 def d_series_columns(fvcore: bool = False) -> list[Column]:
     """How the D-series rows read as a table; fvcore columns when the rows have them."""
-
-    def fv(key: str, header: str, fmt) -> list[Column]:
-        return [Column(key, header, fmt)] if fvcore else []
-
-    return [
+    columns = [
         Column("phi", "phi", num),
         Column("backbone", "backbone", num),
         Column("backbone_width", "w", num),
@@ -289,7 +286,7 @@ def d_series_columns(fvcore: bool = False) -> list[Column]:
         Column("fusion", "fusion", num),
         Column("params", "params", millions),
         Column("macs", "GMACs", giga),
-        *fv("macs_fvcore", "fvcore G", giga),
+        Column("macs_fvcore", "fvcore G", giga),
         Column("official", "official", num),
         Column("official_backbone", "backbone", num),
         Column("official_resolution", "res", num),
@@ -299,11 +296,12 @@ def d_series_columns(fvcore: bool = False) -> list[Column]:
         Column("official_fusion", "fusion", num),
         Column("official_params", "params", millions),
         Column("official_macs", "GMACs", giga),
-        *fv("official_macs_fvcore", "fvcore G", giga),
+        Column("official_macs_fvcore", "fvcore G", giga),
         Column("params_diff", "params vs official", percent),
         Column("macs_diff", "MACs vs official", percent),
-        *fv("macs_fvcore_diff", "fvcore vs official", percent),
+        Column("macs_fvcore_diff", "fvcore vs official", percent),
     ]
+    return columns if fvcore else [c for c in columns if "fvcore" not in c.key]
 
 
 # ------------------------------------------------------------------ data dictionary

@@ -296,16 +296,8 @@ def response_surface(
     on_edge = bool(np.any(hull.find_simplex(near, tol=1e-9) < 0))
     a, b = float(best[0]), float(best[1])
     gamma = math.sqrt(budget / (a * b * b)) if budget / (a * b * b) >= 1 else 1.0
-    return ResponseSurface(
-        coefficients=tuple(float(c) for c in coef),
-        alpha=a,
-        beta=b,
-        gamma=gamma,
-        predicted=value,
-        region_alpha=region_a,
-        region_beta=region_b,
-        on_edge=on_edge,
-    )
+    # In the record's field order: fit, optimum, its predicted accuracy, its bootstrap box, the edge flag.
+    return ResponseSurface(tuple(float(c) for c in coef), a, b, gamma, value, region_a, region_b, on_edge)
 
 
 # ------------------------------------------------------------------ analysis

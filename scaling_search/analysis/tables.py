@@ -49,6 +49,10 @@ def percent(value: Any) -> str:
     return "" if value is None else f"{value * 100:+.1f}%"
 
 
+# The three coefficients of a candidate, as every candidate table shows them.
+COEFFICIENT_COLUMNS = (Column("alpha", "alpha", num), Column("beta", "beta", num), Column("gamma", "gamma", num))
+
+
 def _cells(rows: Sequence[dict], columns: Sequence[Column]) -> list[list[str]]:
     return [[c.fmt(r.get(c.key)) if r.get(c.key) is not None else "" for c in columns] for r in rows]
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from .bifpn import BiFPN, SeparableConv, batch_norm
 from .efficientdet_config import EfficientDetConfig, class_prior_bias
-from .efficientnet import EfficientNetFeatures
+from .efficientnet import EfficientNetFeatures, init_weights
 
 
 class HeadNet(nn.Module):
@@ -57,14 +57,7 @@ class EfficientDet(nn.Module):
     def _init_weights(self) -> None:
         # The backbone initialised itself; here only the BiFPN and the heads.
         for part in (self.bifpn, self.class_net, self.box_net):
-            for m in part.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
+            init_weights(part)
         for head in (self.class_net, self.box_net):
             # Small predictor weights keep the initial outputs near their bias.
             nn.init.normal_(head.predict.pointwise.weight, std=0.01)

@@ -81,6 +81,22 @@ class MBConv(nn.Module):
         return out
 
 
+def init_weights(module: nn.Module) -> None:
+    """Every convolution, BN and linear layer below ``module``: He normal (fan out), unit scale, uniform; zero bias."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            bound = 1.0 / math.sqrt(m.out_features)
+            nn.init.uniform_(m.weight, -bound, bound)
+            nn.init.zeros_(m.bias)
+
+
 class _Trunk(nn.Module):
     """Stem and MBConv stages, shared by the classifier and the detector backbone."""
 
@@ -94,18 +110,7 @@ class _Trunk(nn.Module):
         self.feature_info = feature_strides(config)
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                bound = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -bound, bound)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def feature_channels(self, strides: tuple[int, ...] = (8, 16, 32)) -> list[int]:
         """Channel counts of ``features(x, strides)``."""

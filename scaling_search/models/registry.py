@@ -40,18 +40,28 @@ def register(family: Family) -> None:
     _FAMILIES[family.name] = family
 
 
-def _configure_efficientnet(
-    name: str,
-    *,
-    width: float | None = None,
-    depth: float | None = None,
-    resolution: int | None = None,
-    num_classes: int | None = None,
-    dropout: float | None = None,
-    drop_path: float | None = None,
-    **unused: Any,
-) -> EfficientNetConfig:
-    _reject(name, unused, ("phi", "alpha", "beta", "gamma"), "they scale detectors: use 'efficientdet --phi K'")
+def _family(name: str, variants, configure: Callable[..., Any], config_type: type) -> Family:
+    """A family whose members are ``name`` and ``name-<variant>``, built by its module's class of the config's name."""
+    members = (name,) + tuple(f"{name}-{v}" for v in variants)
+    return Family(name, members, configure, config_type, f".{name}:{config_type.__name__.removesuffix('Config')}")
+
+
+def _reject(name: str, options: dict[str, Any], keys: tuple[str, ...], why: str) -> None:
+    given = [k for k in keys if options.get(k) is not None]
+    if given:
+        raise UsageError(f"{name} takes no {', '.join(given)}: {why}")
+
+
+def _with_given(config, options: dict[str, Any], keys: tuple[str, ...]):
+    """``config`` with those of ``keys`` that ``options`` gives (None: not given)."""
+    changes = {k: options[k] for k in keys if options.get(k) is not None}
+    return config.with_(**changes) if changes else config
+
+
+def _configure_efficientnet(name: str, **options: Any) -> EfficientNetConfig:
+    """Options: width, depth, resolution, num_classes, dropout, drop_path; None or absent: the model's own."""
+    _reject(name, options, ("phi", "alpha", "beta", "gamma"), "they scale detectors: use 'efficientdet --phi K'")
+    width, depth, resolution = options.get("width"), options.get("depth"), options.get("resolution")
     if name == "efficientnet":
         config = EfficientNetConfig(
             width=1.0 if width is None else width,
@@ -63,44 +73,14 @@ def _configure_efficientnet(
             raise UsageError(
                 f"{name} has fixed width and depth: use 'efficientnet --width W --depth D' for other values"
             )
-        config = official_config(name.split("-", 1)[1])
-        if resolution is not None:
-            config = config.with_(resolution=resolution)
-    changes = {
-        k: v for k, v in (("num_classes", num_classes), ("dropout", dropout), ("drop_path", drop_path)) if v is not None
-    }
-    return config.with_(**changes) if changes else config
+        config = _with_given(official_config(name.split("-", 1)[1]), options, ("resolution",))
+    return _with_given(config, options, ("num_classes", "dropout", "drop_path"))
 
 
-register(
-    Family(
-        name="efficientnet",
-        members=("efficientnet",) + tuple(f"efficientnet-{v}" for v in OFFICIAL),
-        configure=_configure_efficientnet,
-        config_type=EfficientNetConfig,
-        builder=".efficientnet:EfficientNet",
-    )
-)
-
-
-def _reject(name: str, options: dict[str, Any], keys: tuple[str, ...], why: str) -> None:
-    given = [k for k in keys if options.get(k) is not None]
-    if given:
-        raise UsageError(f"{name} takes no {', '.join(given)}: {why}")
-
-
-def _configure_efficientdet(
-    name: str,
-    *,
-    phi: int | None = None,
-    alpha: float | None = None,
-    beta: float | None = None,
-    gamma: float | None = None,
-    resolution: int | None = None,
-    num_classes: int | None = None,
-    **unused: Any,
-) -> EfficientDetConfig:
-    _reject(name, unused, ("width", "depth"), "detectors are scaled by phi (and the backbone by alpha, beta, gamma)")
+def _configure_efficientdet(name: str, **options: Any) -> EfficientDetConfig:
+    """Options: phi, alpha, beta, gamma (the backbone's; default the paper's), resolution, num_classes."""
+    _reject(name, options, ("width", "depth"), "detectors are scaled by phi (and the backbone by alpha, beta, gamma)")
+    phi, num_classes = options.get("phi"), options.get("num_classes")
     classes = DET_NUM_CLASSES if num_classes is None else num_classes
     if name == "efficientdet":
         if phi is None:
@@ -108,33 +88,23 @@ def _configure_efficientdet(
                 "efficientdet needs phi: e.g. 'efficientdet --phi 3' (optionally --alpha/--beta/--gamma for the "
                 "backbone)"
             )
-        coeffs = Coefficients(
-            PAPER.alpha if alpha is None else alpha,
-            PAPER.beta if beta is None else beta,
-            PAPER.gamma if gamma is None else gamma,
-        )
+        given = (options.get(k) for k in ("alpha", "beta", "gamma"))
+        coeffs = Coefficients(*(paper if v is None else v for paper, v in zip(PAPER.as_tuple(), given)))
         config = EfficientDetConfig.from_formula(phi, coeffs, num_classes=classes)
     else:
         variant = name.split("-", 1)[1]
         _reject(
             name,
-            {"phi": phi, "alpha": alpha, "beta": beta, "gamma": gamma},
+            options,
             ("phi", "alpha", "beta", "gamma"),
             f"it is the official configuration; use 'efficientdet --phi {variant[1:]}' for the formula",
         )
         config = EfficientDetConfig.official(variant, classes)
-    return config if resolution is None else config.with_(resolution=resolution)
+    return _with_given(config, options, ("resolution",))
 
 
-register(
-    Family(
-        name="efficientdet",
-        members=("efficientdet",) + tuple(f"efficientdet-{v}" for v in OFFICIAL_D),
-        configure=_configure_efficientdet,
-        config_type=EfficientDetConfig,
-        builder=".efficientdet:EfficientDet",
-    )
-)
+register(_family("efficientnet", OFFICIAL, _configure_efficientnet, EfficientNetConfig))
+register(_family("efficientdet", OFFICIAL_D, _configure_efficientdet, EfficientDetConfig))
 
 
 def families() -> dict[str, Family]:

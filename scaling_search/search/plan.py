@@ -23,7 +23,7 @@ from ..errors import UsageError
 from ..models import EfficientNetConfig, get_config
 from ..models.efficientnet_config import ScaledNetwork, compound_config, scale_network
 from ..scaling import PAPER, Candidate, Coefficients, candidate_grid, derived_step_default, parse_budget
-from ..space import SearchSpace
+from ..space import GridSpec, SearchSpace
 
 # What makes two candidates the same network: the rounded stages and the input size.
 NetworkKey = tuple[ScaledNetwork, int]
@@ -37,7 +37,10 @@ def network_key(coeffs: Coefficients, base: EfficientNetConfig, multiple: int) -
 
 @dataclass(frozen=True)
 class NetworkClass:
-    """Candidates that build one and the same rounded network; trained once."""
+    """Candidates that build one and the same rounded network; trained once.
+
+    ``index`` counts the classes in the order the candidates first build them, and names them (N01, N02, ...).
+    """
 
     index: int
     key: NetworkKey
@@ -135,31 +138,34 @@ def group_classes(candidates: Sequence[Candidate], base: EfficientNetConfig, mul
     )
 
 
+# build_plan's grid when none is given: every step from 1 to 2 on all three axes.
+FULL_GRID = GridSpec(kind="full")
+
+
 def build_plan(
     budget: str | float,
     base: EfficientNetConfig,
     *,
     multiple: int = 8,
-    step: float | None = None,
+    grid: GridSpec = FULL_GRID,
     tolerance: float = 0.05,
-    max_alpha: float = 2.0,
-    max_beta: float = 2.0,
-    max_gamma: float = 2.0,
-    grid: str = "full",
     constraint: str = "measured",
     hint: str = "widen --tolerance, refine --step or raise the --max-* bounds",
 ) -> Plan:
-    """The candidates of one budget around ``base`` (at ``base.resolution``), the paper's triple, their classes."""
+    """The candidates of one budget around ``base`` (at ``base.resolution``), the paper's triple, their classes.
+
+    ``grid`` is the space's record of the grid (kind, step, bounds); a step of None is the kind's default.
+    """
     value = parse_budget(budget)
     measure = lambda coeffs: measured_ratio(coeffs, base, multiple)  # noqa: E731
     cands = candidate_grid(
         value,
-        step=derived_step_default(grid, step),
+        step=derived_step_default(grid.kind, grid.step),
         tolerance=tolerance,
-        max_alpha=max_alpha,
-        max_beta=max_beta,
-        max_gamma=max_gamma,
-        grid=grid,
+        max_alpha=grid.max_alpha,
+        max_beta=grid.max_beta,
+        max_gamma=grid.max_gamma,
+        grid=grid.kind,
         constraint=constraint,
         measure=measure,
     )
@@ -195,17 +201,13 @@ def baseline_config(space: SearchSpace, num_classes: int) -> EfficientNetConfig:
 
 def space_plan(space: SearchSpace) -> Plan:
     """The plan of a search space (MACs ratios do not depend on the classifier size enough to matter)."""
-    c, g = space.constraint, space.grid
+    c = space.constraint
     return build_plan(
         c.budget,
         baseline_config(space, 10),
         multiple=c.resolution_multiple,
-        step=g.step,
+        grid=space.grid,
         tolerance=c.tolerance,
-        max_alpha=g.max_alpha,
-        max_beta=g.max_beta,
-        max_gamma=g.max_gamma,
-        grid=g.kind,
         constraint=c.mode,
         hint="widen constraint.tolerance, refine grid.step or raise the grid bounds",
     )

@@ -323,8 +323,9 @@ def test_a_unit_is_claimed_once_even_from_a_stale_queue(tmp_path):
 def test_report_over_a_run_made_with_asynchronous_pruning(tmp_path):
     import shutil
 
+    # The study of the previous release's committed cpu run (asynchronous pruning), as it was committed.
     out = tmp_path / "old"
-    shutil.copytree(ROOT / "results" / "cifar10-cpu-2x", out)
+    shutil.copytree(ROOT / "tests" / "data" / "async-pruned-run", out)
     proc = run_cli("report", str(out))
     assert proc.returncode == 0, proc.stderr
     best = json.loads((out / "best.json").read_text())

@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -141,3 +142,73 @@ def unit_attempts(run_dir: Path) -> dict[str, list[str]]:
 def read_csv(path: Path) -> list[dict]:
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------- command lines and run folders
+
+# What a finished run folder holds (DESIGN.md's outputs): tables, plots, the study and the run's own record.
+RUN_OUTPUTS = (
+    "trials.csv",
+    "best.json",
+    "coefficients.md",
+    "b_series.csv",
+    "accuracy_vs_macs.png",
+    "alpha_beta.png",
+    "b_series_macs.png",
+    "study.db",
+    "run.json",
+    "space.yaml",
+)
+
+
+def assert_run_outputs(out: Path) -> None:
+    """Every file of RUN_OUTPUTS stands in the run folder ``out``."""
+    for name in RUN_OUTPUTS:
+        assert (out / name).is_file(), name
+
+
+def cli_command(*args: str) -> list[str]:
+    """The console entry point's full command line (for Popen), in this interpreter."""
+    return [sys.executable, "-m", "scaling_search.cli", *args]
+
+
+def run_args(space: Path | str, out: Path | str, *extra: str) -> list[str]:
+    """``run`` over ``space`` into ``out`` with a 1 s heartbeat (the tests' runs), then ``extra``."""
+    return ["run", "--space", str(space), "--out", str(out), "--heartbeat", "1", *extra]
+
+
+# The paper's coefficients, as the CLI takes them.
+PAPER_ARGS = ("--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15")
+
+
+def table_args(*extra: str | os.PathLike) -> list:
+    """``table`` for the paper's coefficients, then ``extra``."""
+    return ["table", *PAPER_ARGS, *extra]
+
+
+# torchvision's efficientnet_b* trainable parameters with 1000 classes (published model cards, not this code's output)
+TORCHVISION_PARAMS = {
+    "b0": 5_288_548,
+    "b1": 7_794_184,
+    "b2": 9_109_994,
+    "b3": 12_233_232,
+    "b4": 19_341_616,
+    "b5": 30_389_784,
+    "b6": 43_040_704,
+    "b7": 66_347_960,
+}
+
+
+def ctrl_c_after(args: list[str], env: dict, first_line: str, timeout: float = 600) -> tuple[int, str]:
+    """Start ``args`` (a full command line), press Ctrl-C (SIGINT) once a stdout line starts with ``first_line``,
+    let it finish; its exit status and everything it printed (stdout and stderr together)."""
+    full_env = {**os.environ, **env, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(first_line):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, "".join(lines) + rest

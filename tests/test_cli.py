@@ -2,7 +2,7 @@ import json
 import os
 
 import pytest
-from conftest import ROOT, assert_usage_error, run_cli
+from conftest import ROOT, assert_usage_error, run_cli, table_args
 
 
 def test_candidates_json_contains_paper_triple_and_satisfies_constraint():
@@ -40,7 +40,7 @@ def test_candidates_derived_grid_human_output():
 
 
 def test_table_side_by_side_and_committed_results_are_current():
-    proc = run_cli("table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--format", "json")
+    proc = run_cli(*table_args("--format", "json"))
     assert proc.returncode == 0, proc.stderr
     table = json.loads(proc.stdout)
     rows = table["rows"]
@@ -51,7 +51,7 @@ def test_table_side_by_side_and_committed_results_are_current():
     assert any("not alpha^phi" in n for n in table["notes"])
     committed = json.loads((ROOT / "results" / "paper" / "b_series.json").read_text())
     assert committed == table, "results/paper is stale: regenerate it (see results/paper/README.md)"
-    md = run_cli("table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--max-phi", "2")
+    md = run_cli(*table_args("--max-phi", "2"))
     assert md.returncode == 0 and "efficientnet-b2" in md.stdout and "| phi |" in md.stdout
 
 
@@ -95,7 +95,7 @@ def test_flops_json_contract():
         (["table", "--alpha", "0.9", "--beta", "1.1", "--gamma", "1.15"], "alpha"),
         (["table", "--alpha", "1.2", "--beta", "x", "--gamma", "1.15"], "beta"),
         (["table", "--alpha", "1.2", "--beta", "1.1"], "gamma"),
-        (["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--family", "resnet"], "family"),
+        (table_args("--family", "resnet"), "family"),
         (["flops", "efficientnet-b42"], "unknown model"),
         (["flops", "efficientnet", "--resolution", "-3"], "resolution"),
         (["flops", "efficientnet", "--resolution", "0"], "resolution"),
@@ -112,21 +112,7 @@ def test_table_output_file_is_atomic_and_validated(tmp_path):
     target = tmp_path / "t.csv"
     target.write_text("the previous table\n")
     os.link(target, tmp_path / "previous")  # a second name for the old file's inode
-    proc = run_cli(
-        "table",
-        "--alpha",
-        "1.2",
-        "--beta",
-        "1.1",
-        "--gamma",
-        "1.15",
-        "--max-phi",
-        "1",
-        "--format",
-        "csv",
-        "--output",
-        str(target),
-    )
+    proc = run_cli(*table_args("--max-phi", "1", "--format", "csv", "--output", str(target)))
     assert proc.returncode == 0, proc.stderr
     assert target.read_text().startswith("phi,") and len(target.read_text().splitlines()) == 3
     # Replaced by a rename, not rewritten in place: the old inode still holds the old table whole,
@@ -135,9 +121,7 @@ def test_table_output_file_is_atomic_and_validated(tmp_path):
     assert not os.path.samefile(target, tmp_path / "previous")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["previous", "t.csv"]  # no temporary file left
     assert_usage_error(
-        run_cli(
-            "table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--output", str(tmp_path / "no" / "t.md")
-        ),
+        run_cli(*table_args("--output", str(tmp_path / "no" / "t.md"))),
         "does not exist",
     )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CIFAR10_ARCHIVE, SHARED_DATA, read_csv
+from conftest import CIFAR10_ARCHIVE, SHARED_DATA, assert_run_outputs, read_csv
 from PIL import Image
 
 from scaling_search.data.cache import load_arrays
@@ -610,19 +610,7 @@ def test_imagenette_space_validates_and_its_smoke_run_writes_every_output(imagen
     env = {"SCALING_SEARCH_CACHE": str(data_cache), "OMP_NUM_THREADS": "1"}
     proc = cli("run", "--space", str(small), "--data-dir", str(SHARED_DATA), "--out", str(out), env=env)
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    for name in (
-        "trials.csv",
-        "best.json",
-        "coefficients.md",
-        "b_series.csv",
-        "accuracy_vs_macs.png",
-        "alpha_beta.png",
-        "b_series_macs.png",
-        "study.db",
-        "run.json",
-        "space.yaml",
-    ):
-        assert (out / name).is_file(), name
+    assert_run_outputs(out)
     rows = read_csv(out / "trials.csv")
     assert rows and all(r["state"] == "COMPLETE" for r in rows) and {r["seed"] for r in rows} == {"0", "1"}
     assert "imagenette" in proc.stdout and "10 classes" in proc.stdout

@@ -4,7 +4,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, assert_usage_error, run_cli
+from conftest import ROOT, assert_usage_error, run_cli, table_args
 
 from scaling_search.analysis.series import d_series, d_series_departures
 from scaling_search.cli import main
@@ -298,53 +298,14 @@ def test_d_series_fvcore_on_request():
 
 
 def test_table_cli_efficientdet(capsys, monkeypatch):
-    assert (
-        main(
-            [
-                "table",
-                "--alpha",
-                "1.2",
-                "--beta",
-                "1.1",
-                "--gamma",
-                "1.15",
-                "--family",
-                "efficientdet",
-                "--max-phi",
-                "1",
-                "--format",
-                "json",
-            ]
-        )
-        == 0
-    )
+    assert main(table_args("--family", "efficientdet", "--max-phi", "1", "--format", "json")) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["family"] == "efficientdet" and data["num_classes"] == 90
     assert [r["official_params"] for r in data["rows"]] == [EXACT_PARAMS["d0"], EXACT_PARAMS["d1"]]
     assert "macs_fvcore" not in data["rows"][0]
     # The flag's wiring only (fvcore itself is tested above): a stand-in keeps it quick.
     monkeypatch.setattr("scaling_search.analysis.series.measure_fvcore", lambda config: 10**9 * config.fpn_channels)
-    assert (
-        main(
-            [
-                "table",
-                "--alpha",
-                "1.2",
-                "--beta",
-                "1.1",
-                "--gamma",
-                "1.15",
-                "--family",
-                "efficientdet",
-                "--max-phi",
-                "2",
-                "--fvcore",
-                "--format",
-                "csv",
-            ]
-        )
-        == 0
-    )
+    assert main(table_args("--family", "efficientdet", "--max-phi", "2", "--fvcore", "--format", "csv")) == 0
     lines = capsys.readouterr().out.splitlines()
     header = lines[0].split(",")
     fv = [dict(zip(header, line.split(",")))["macs_fvcore_diff"] for line in lines[1:]]

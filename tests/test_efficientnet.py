@@ -2,6 +2,7 @@ import random
 
 import pytest
 import torch
+from conftest import TORCHVISION_PARAMS
 
 from scaling_search.flops import count_meta, trainable_params
 from scaling_search.models import (
@@ -16,17 +17,7 @@ from scaling_search.models import (
 from scaling_search.models.efficientnet_config import block_specs
 
 # torchvision's efficientnet_b* trainable parameters with 1000 classes
-EXACT_PARAMS = {
-    "b0": 5_288_548,
-    "b1": 7_794_184,
-    "b2": 9_109_994,
-    "b3": 12_233_232,
-    "b4": 19_341_616,
-    "b5": 30_389_784,
-    "b6": 43_040_704,
-    "b7": 66_347_960,
-    "b8": 87_413_142,
-}
+EXACT_PARAMS = {**TORCHVISION_PARAMS, "b8": 87_413_142}
 STEM_HEAD = {
     "b0": (32, 1280),
     "b1": (32, 1280),

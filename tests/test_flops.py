@@ -2,22 +2,14 @@ import random
 import re
 
 import pytest
+from conftest import TORCHVISION_PARAMS
 
 from scaling_search.flops import count, count_fvcore, count_meta
 from scaling_search.models import EfficientNetConfig, get_config
 
 # Published figures (torchvision's model cards, /work/shared/docs/REFERENCE.md section 2), not this code's output:
 # exact trainable params with 1000 classes
-REFERENCE_PARAMS = {
-    "b0": 5_288_548,
-    "b1": 7_794_184,
-    "b2": 9_109_994,
-    "b3": 12_233_232,
-    "b4": 19_341_616,
-    "b5": 30_389_784,
-    "b6": 43_040_704,
-    "b7": 66_347_960,
-}
+REFERENCE_PARAMS = TORCHVISION_PARAMS
 # conv + linear GMACs at the official resolutions (paper / torchvision convention), to 3 decimals
 REFERENCE_GMACS = {
     "b0": 0.386,

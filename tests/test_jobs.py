@@ -1,36 +1,33 @@
 """Several trials at once (``run --jobs N``), the default job count, and the time estimate."""
 
 import json
-import os
-import signal
 import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, assert_usage_error, read_csv, run_cli, tiny_space, unit_attempts
+from conftest import (
+    ROOT,
+    RUN_OUTPUTS,
+    assert_usage_error,
+    cli_command,
+    ctrl_c_after,
+    read_csv,
+    run_args,
+    run_cli,
+    tiny_space,
+    unit_attempts,
+)
 
 from scaling_search.records import TrialRecord
 from scaling_search.search.estimate import Calibration, concurrency, estimate_from, interpolate, unit_seconds
 from scaling_search.search.jobs import MAX_JOBS, default_jobs, worker_threads
 
 GiB = 2**30
-REPORT_FILES = {
-    "trials.csv",
-    "best.json",
-    "coefficients.md",
-    "b_series.csv",
-    "accuracy_vs_macs.png",
-    "alpha_beta.png",
-    "b_series_macs.png",
-    "study.db",
-    "run.json",
-    "space.yaml",
-}
+REPORT_FILES = set(RUN_OUTPUTS)
 
 
 def _run(tmp_path, data_env, out, *extra):
     space = tiny_space(tmp_path, seeds=(0, 1))
-    return run_cli("run", "--space", str(space), "--out", str(out), "--heartbeat", "1", *extra, env=data_env)
+    return run_cli(*run_args(space, out, *extra), env=data_env)
 
 
 def test_two_jobs_train_every_unit_once_and_write_what_one_job_writes(tmp_path, data_env):
@@ -68,18 +65,9 @@ def test_two_jobs_train_every_unit_once_and_write_what_one_job_writes(tmp_path, 
 def test_ctrl_c_with_two_jobs_reports_what_is_done_and_exits_130(tmp_path, data_env):
     out = tmp_path / "run"
     space = tiny_space(tmp_path, seeds=(0, 1, 2), train=256)
-    args = [sys.executable, "-m", "scaling_search.cli", "run", "--space", str(space), "--out", str(out), "--jobs", "2"]
-    env = {**os.environ, **data_env, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("[1/9]"):
-            proc.send_signal(signal.SIGINT)
-            break
-    rest, _ = proc.communicate(timeout=600)
-    text = "".join(lines) + rest
-    assert proc.returncode == 130, text[-3000:]
+    args = cli_command("run", "--space", str(space), "--out", str(out), "--jobs", "2")
+    returncode, text = ctrl_c_after(args, data_env, "[1/9]")
+    assert returncode == 130, text[-3000:]
     assert "stopped early" in text and (out / "best.json").is_file() and (out / "coefficients.md").is_file()
     rows = read_csv(out / "trials.csv")
     done = [r for r in rows if r["state"] == "COMPLETE"]

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, TINY, read_csv, tiny_space, unit_attempts
+from conftest import ROOT, TINY, cli_command, read_csv, run_args, table_args, tiny_space, unit_attempts
 from PIL import Image
 
 from scaling_search.cli import main
@@ -78,20 +78,8 @@ def clean_env(data_env: dict) -> dict:
     return {**env, **data_env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def run_args(space: Path | str, out: Path | str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "scaling_search.cli",
-        "run",
-        "--space",
-        str(space),
-        "--out",
-        str(out),
-        "--heartbeat",
-        "1",
-        *extra,
-    ]
+def run_command(space: Path | str, out: Path | str, *extra: str) -> list[str]:
+    return cli_command(*run_args(space, out, *extra))
 
 
 def wait_for(
@@ -187,7 +175,7 @@ class Ctx:
         return self.write(name, yaml.safe_dump(data))
 
     def run(self, *extra: str, space: Path | None = None) -> list:
-        return ["run", "--space", space or self.space(), "--out", self.out, "--heartbeat", "1", *extra]
+        return run_args(space or self.space(), self.out, *extra)
 
     def tree(self, problem: str) -> Path:
         """An ImageFolder tree (2 classes, 2 images each per split) with one problem."""
@@ -361,38 +349,28 @@ CATALOGUE = [
     case("table-missing-beta", lambda c: ["table", "--alpha", "1.2", "--gamma", "1.15"], "required: --beta"),
     case(
         "table-unknown-family",
-        lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--family", "resnet"],
+        lambda c: table_args("--family", "resnet"),
         "invalid choice: 'resnet'",
     ),
     case(
         "table-max-phi-0",
-        lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--max-phi", "0"],
+        lambda c: table_args("--max-phi", "0"),
         "max-phi must be a positive integer",
     ),
     case(
         "table-budget-abc",
-        lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--budget", "abc"],
+        lambda c: table_args("--budget", "abc"),
         "budget 'abc'",
     ),
     case(
         "table-output-folder-missing",
-        lambda c: [
-            "table",
-            "--alpha",
-            "1.2",
-            "--beta",
-            "1.1",
-            "--gamma",
-            "1.15",
-            "--output",
-            c.tmp / "nowhere" / "t.md",
-        ],
+        lambda c: table_args("--output", c.tmp / "nowhere" / "t.md"),
         "does not exist",
         "create it first",
     ),
     case(
         "table-output-is-a-folder",
-        lambda c: ["table", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--output", c.tmp],
+        lambda c: table_args("--output", c.tmp),
         "is a folder",
         "give a file path",
     ),
@@ -794,7 +772,7 @@ def test_malformed_fault_switch_is_refused(monkeypatch):
 
 def test_sigint_stops_after_the_trial_writes_the_report_and_resumes(tmp_path, data_env):
     run = tmp_path / "run"
-    args = run_args(tiny_space(tmp_path, seeds=(0, 1), train=512), run)
+    args = run_command(tiny_space(tmp_path, seeds=(0, 1), train=512), run)
     env = clean_env(data_env)
     with open(tmp_path / "stdout.txt", "w") as stdout:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
@@ -965,7 +943,7 @@ def test_locked_study_storage_waits_then_completes(tmp_path, data_env):
     holder = sqlite3.connect(run / "study.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     proc = subprocess.Popen(
-        run_args(tiny_space(tmp_path), run),
+        run_command(tiny_space(tmp_path), run),
         cwd=ROOT,
         env=clean_env(data_env),
         stdout=subprocess.PIPE,
@@ -1110,7 +1088,7 @@ def test_soak_three_workers_one_killed_and_restarted(tmp_path, data_env):
     (SIGKILL) and started again. Every unit completes exactly once."""
     run = tmp_path / "run"
     seeds = range(5)
-    args = run_args(tiny_space(tmp_path, seeds=tuple(seeds), train=512), run)
+    args = run_command(tiny_space(tmp_path, seeds=tuple(seeds), train=512), run)
     env = clean_env(data_env)
 
     def start(i: int) -> subprocess.Popen:

@@ -5,11 +5,19 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import ROOT, assert_usage_error, run_cli, tiny_space
+from conftest import (
+    ROOT,
+    assert_run_outputs,
+    assert_usage_error,
+    cli_command,
+    ctrl_c_after,
+    run_args,
+    run_cli,
+    tiny_space,
+)
 from conftest import db_states as _db_states
 from conftest import read_csv as _read_csv
 from conftest import unit_attempts as _unit_attempts
@@ -17,32 +25,9 @@ from conftest import unit_attempts as _unit_attempts
 
 def test_tiny_run_writes_every_output_and_report_rebuilds(tmp_path, data_env):
     out = tmp_path / "run"
-    proc = run_cli(
-        "run",
-        "--budget",
-        "2x",
-        "--space",
-        str(tiny_space(tmp_path, seeds=(0, 1))),
-        "--out",
-        str(out),
-        "--heartbeat",
-        "1",
-        env=data_env,
-    )
+    proc = run_cli(*run_args(tiny_space(tmp_path, seeds=(0, 1)), out, "--budget", "2x"), env=data_env)
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    for name in (
-        "trials.csv",
-        "best.json",
-        "coefficients.md",
-        "b_series.csv",
-        "accuracy_vs_macs.png",
-        "alpha_beta.png",
-        "b_series_macs.png",
-        "study.db",
-        "run.json",
-        "space.yaml",
-    ):
-        assert (out / name).is_file(), name
+    assert_run_outputs(out)
     rows = _read_csv(out / "trials.csv")
     # (1, 1.1, 1.3), (1.1, 1.1, 1.2) from the grid, plus the paper's triple, x 2 seeds
     assert len(rows) == 6 and all(r["state"] == "COMPLETE" for r in rows)
@@ -96,18 +81,7 @@ def test_tiny_run_writes_every_output_and_report_rebuilds(tmp_path, data_env):
     assert (out / "trials.csv").read_text() == before
     assert (out / "accuracy_vs_macs.png").is_file() and "Ranking" in (out / "coefficients.md").read_text()
     # the same command again trains nothing
-    again = run_cli(
-        "run",
-        "--budget",
-        "2x",
-        "--space",
-        str(tiny_space(tmp_path, seeds=(0, 1))),
-        "--out",
-        str(out),
-        "--heartbeat",
-        "1",
-        env=data_env,
-    )
+    again = run_cli(*run_args(tiny_space(tmp_path, seeds=(0, 1)), out, "--budget", "2x"), env=data_env)
     assert again.returncode == 0 and "6 of 6 trials already finished" in again.stdout
     assert len(_db_states(out)) == 6
 
@@ -115,18 +89,7 @@ def test_tiny_run_writes_every_output_and_report_rebuilds(tmp_path, data_env):
 def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path, data_env):
     out = tmp_path / "run"
     space = tiny_space(tmp_path, seeds=(0, 1, 2), train=384)
-    args = [
-        sys.executable,
-        "-m",
-        "scaling_search.cli",
-        "run",
-        "--space",
-        str(space),
-        "--out",
-        str(out),
-        "--heartbeat",
-        "1",
-    ]
+    args = cli_command(*run_args(space, out))
     env = {**os.environ, **data_env, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -167,18 +130,7 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path, data_env):
 def test_two_workers_share_one_study(tmp_path, data_env):
     out = tmp_path / "run"
     space = tiny_space(tmp_path, seeds=(0, 1, 2, 3), train=256)  # ~1 s a unit: both workers get some
-    args = [
-        sys.executable,
-        "-m",
-        "scaling_search.cli",
-        "run",
-        "--space",
-        str(space),
-        "--out",
-        str(out),
-        "--heartbeat",
-        "1",
-    ]
+    args = cli_command(*run_args(space, out))
     env = {**os.environ, **data_env, "PYTHONWARNINGS": "ignore"}
     workers = [
         subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -270,18 +222,9 @@ def test_ray_run_stopped_by_sigint_reports_and_resumes_without_training_twice(tm
     pytest.importorskip("ray", reason="the ray extra is part of the test install")
     out = tmp_path / "run"
     space = str(tiny_space(tmp_path, seeds=(0, 1)))
-    args = [sys.executable, "-m", "scaling_search.cli", "run", "--space", space, "--backend", "ray", "--out", str(out)]
-    env = {**os.environ, **data_env, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:  # the first finished trial prints "[1/6] ..."
-        lines.append(line)
-        if line.startswith("[1/6]"):
-            proc.send_signal(signal.SIGINT)
-            break
-    rest, _ = proc.communicate(timeout=600)
-    text = "".join(lines) + rest
-    assert proc.returncode == 130, text[-3000:]
+    args = cli_command("run", "--space", space, "--backend", "ray", "--out", str(out))
+    returncode, text = ctrl_c_after(args, data_env, "[1/6]")  # the first finished trial prints "[1/6] ..."
+    assert returncode == 130, text[-3000:]
     assert "stopped early" in text
     rows = _read_csv(out / "trials.csv")
     done = {r["unit"] for r in rows if r["state"] == "COMPLETE"}

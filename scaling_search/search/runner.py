@@ -34,7 +34,8 @@ from .backend import Backend, Hooks, Train, merge
 from .estimate import Calibration
 from .halving import RungResult, run_rungs, rung_schedule
 from .jobs import execute_jobs
-from .trials import planned_record, run_unit, search_candidates, units_for
+from .plan import space_plan
+from .trials import planned_record, run_unit, units_for
 
 RUN_JSON = "run.json"
 
@@ -234,7 +235,8 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         cudnn_benchmark=options.cudnn_benchmark,
         jobs=options.jobs or 1,
     )
-    candidates = search_candidates(space)
+    plan_of_space = space_plan(space)
+    candidates = list(plan_of_space.trained)
     units = units_for(space, candidates)
     out = options.out
     earlier = check_run_dir(out, space, study_name_for(space))
@@ -384,7 +386,15 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     for p in problems:
         console.print(f"worker failed: {p}")
     status = finish(
-        out, space, records, console, stopped=stop.is_set(), info=info, keep_weights=options.keep_weights, rungs=rungs
+        out,
+        space,
+        records,
+        console,
+        stopped=stop.is_set(),
+        info=info,
+        keep_weights=options.keep_weights,
+        rungs=rungs,
+        classes=plan_of_space.classes,
     )
     return status if not problems or status else 1
 
@@ -496,10 +506,12 @@ def finish(
     info: dict,
     keep_weights: str | None = None,
     rungs: tuple[RungResult, ...] = (),
+    classes: tuple = (),
 ) -> int:
-    """Write the report of ``records`` (every unit of every rung reached), print the verdict."""
+    """Write the report of ``records`` (every unit of every rung reached), print the verdict.
+
+    ``classes`` are the plan's network classes (built once by the caller: the plan takes seconds)."""
     from ..analysis.report import write_report
-    from .plan import space_plan
 
     epochs_run = sum(r.epochs_run for r in records)
     # The full grid: every trained candidate x seed at the full schedule.
@@ -521,7 +533,7 @@ def finish(
         if full:
             info["pruning_saved_fraction"] = round(1 - epochs_run / full, 4)
     console.print("writing the report ...")
-    ranking = write_report(out, records, space, info, classes=space_plan(space).classes)
+    ranking = write_report(out, records, space, info, classes=classes)
     verdict = "no verdict" if ranking.analysis is None else ("CONCLUSIVE" if ranking.conclusive else "INCONCLUSIVE")
     console.print(f"verdict: {verdict}", highlight=False)
     for s in ranking.statements:
@@ -554,7 +566,8 @@ def rebuild(out: Path, console) -> int:
             f"{meta_path} is not valid JSON: the run folder is damaged; run the search again with a new --out"
         ) from None
     space = load_space(out / "space.yaml")
-    candidates = search_candidates(space)
+    plan_of_space = space_plan(space)
+    candidates = list(plan_of_space.trained)
     prior = {}
     if (out / "best.json").is_file():
         try:
@@ -593,7 +606,7 @@ def rebuild(out: Path, console) -> int:
                 "pruning and are not ranked; only trials that trained every epoch are"
             )
             console.print(f"note: {info['note']}", highlight=False)
-    return finish(out, space, records, console, stopped=False, info=info, rungs=rungs)
+    return finish(out, space, records, console, stopped=False, info=info, rungs=rungs, classes=plan_of_space.classes)
 
 
 # ------------------------------------------------------------ folders that move

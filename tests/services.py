@@ -149,7 +149,10 @@ class PostgresServer:
             "UTF8",
         )
         pwfile.unlink()
-        with open(self.log, "wb") as log:
+        self._launch()
+
+    def _launch(self) -> None:
+        with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [
                     str(self.bin / "postgres"),
@@ -184,6 +187,21 @@ class PostgresServer:
             except ServiceError:
                 if time.monotonic() > deadline:
                     raise
+
+    def restart(self, down_seconds: float = 0.0) -> float:
+        """Stop the server (fast shutdown: every client connection is cut, as in ``pg_ctl restart -m fast``),
+        keep it down ``down_seconds``, start it again on the same port and data. Returns the seconds it was down."""
+        stopped = time.monotonic()
+        self.shutdown()
+        time.sleep(down_seconds)
+        self._launch()
+        return time.monotonic() - stopped
+
+    def shutdown(self) -> None:
+        """Stop the server (fast shutdown) and keep its data, for ``restart``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(60)
 
     def create_database(self, name: str) -> str:
         """A new database; returns its SQLAlchemy URL (password included)."""

@@ -25,6 +25,7 @@ from ..records import TrialRecord
 from ..space import SearchSpace
 from ..train.recipe import Runtime
 from .backend import Backend, Hooks
+from .storage_retry import StorageLost
 
 MAX_JOBS = 8
 SMS_PER_JOB = 16  # a job of these small networks keeps about this many SMs busy (an H100 has 132)
@@ -119,6 +120,8 @@ def _worker(task: WorkerTask, stop, results) -> None:
             on_wait=lambda running: results.put(("wait", task.index, running)),
         )
         backend.execute(list(task.plan), train, hooks)
+    except StorageLost as exc:
+        results.put(("lost", task.index, (exc.url, exc.waited, exc.reason)))
     except UsageError as exc:
         results.put(("usage", task.index, str(exc)))
     except BaseException as exc:  # reported by the parent; the trial under way is queued again by its heartbeat
@@ -186,7 +189,7 @@ def execute_jobs(
                 ended.add(index)
                 if kind != "exit":
                     problems.append((kind, index, payload))
-                    if kind == "usage":
+                    if kind in ("usage", "lost"):
                         stop.set()  # the same input stops every worker: no point in the others going on
     except KeyboardInterrupt:  # the second Ctrl-C: stop at once
         for p in procs:
@@ -201,6 +204,9 @@ def execute_jobs(
                 p.join()
         results.close()
         results.join_thread()
+    lost = [payload for kind, _, payload in problems if kind == "lost"]
+    if lost:
+        raise StorageLost(*lost[0])
     usage = [text for kind, _, text in problems if kind == "usage"]
     if usage:
         raise UsageError(usage[0])

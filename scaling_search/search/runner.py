@@ -35,6 +35,7 @@ from .estimate import Calibration
 from .halving import RungResult, run_rungs, rung_schedule
 from .jobs import execute_jobs
 from .plan import space_plan
+from .storage_retry import StorageLost, lost_storage_message
 from .trials import planned_record, run_unit, units_for
 
 RUN_JSON = "run.json"
@@ -55,6 +56,8 @@ class RunOptions:
     jobs: int | None = None  # trials at once on this machine; None: chosen from the device
     estimate_only: bool = False
     keep_weights: str = "best"  # best | all | none: the final weights kept in the run folder (weights.KEEP_MODES)
+    storage_retry: float = 60.0  # seconds a run waits for a storage server that stopped answering
+    command: str | None = None  # the command line that resumes this run (for messages)
     extra_info: dict = field(default_factory=dict)
 
 
@@ -343,6 +346,7 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     weights_dir = out.resolve() if options.keep_weights != "none" else None  # absolute: Ray workers run elsewhere
     train = lambda p, report: run_unit(space, p, data, runtime, report, weights_dir=weights_dir)  # noqa: E731
     problems: list[str] = []
+    done_here: list[TrialRecord] = []  # finished by this command (what a lost storage message reports)
 
     def execute(rung_plan: list[TrialRecord]) -> list[TrialRecord]:
         if jobs > 1 and options.backend == "optuna":
@@ -356,8 +360,8 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
                 )
                 return backend.records(rung_plan)
 
-            return _execute(backend, rung_plan, None, stop, console, run_with=in_workers)
-        return _execute(backend, rung_plan, train, stop, console)
+            return _execute(backend, rung_plan, None, stop, console, run_with=in_workers, tally=done_here)
+        return _execute(backend, rung_plan, train, stop, console, tally=done_here)
 
     try:
         records, rungs = run_rungs(
@@ -367,6 +371,10 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
             execute,
             reference=_paper(candidates),
         )
+    except StorageLost as exc:
+        raise UsageError(
+            lost_storage_message(exc, len(finished), len(done_here), len(units), options.command)
+        ) from None
     finally:
         restore()
     wall = time.perf_counter() - started
@@ -415,7 +423,8 @@ def _optuna_backend(options: RunOptions, url: str, name: str, space: SearchSpace
     from .optuna_backend import OptunaBackend, OptunaStudy
 
     # No Optuna pruner: halving is synchronous, rung by rung (halving.py), the same on every backend.
-    return OptunaBackend(OptunaStudy(url, name, heartbeat=options.heartbeat), url)
+    study = OptunaStudy(url, name, heartbeat=options.heartbeat, storage_retry=options.storage_retry)
+    return OptunaBackend(study, url)
 
 
 def _ray_backend(space: SearchSpace, out: Path, device: str, options: RunOptions) -> Backend:
@@ -450,6 +459,7 @@ def _execute(
     stop: threading.Event,
     console,
     run_with: Callable[[Hooks], list[TrialRecord]] | None = None,
+    tally: list[TrialRecord] | None = None,
 ) -> list:
     """The backend runs the plan (or ``run_with`` does, through worker processes); the runner prints
     one line per finished trial, whichever backend or worker finished it."""
@@ -463,6 +473,8 @@ def _execute(
     with progress_bar(console.is_terminal, "trials", total, completed=done) as advance:
 
         def on_done(r: TrialRecord) -> None:
+            if tally is not None:
+                tally.append(r)
             ran[0] += 1
             ran[1] += 1
             advance()

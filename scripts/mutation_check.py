@@ -55,6 +55,22 @@ MUTANTS = (
         alternatives=(('engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT}}', "engine_kwargs = {}"),),
     ),
     Mutant(
+        "storage-retry",
+        "a storage server that restarts mid-run is waited for (--storage-retry), not the end of the run",
+        "scaling_search/search/storage_retry.py",
+        "if not (self.answered and self.seconds > 0 and is_transient(exc)):",
+        "if True:",
+        ("tests/test_reliability.py::test_postgres_restarts_are_waited_for_and_a_longer_outage_stops_clearly",),
+    ),
+    Mutant(
+        "disk-refused",
+        "a full or read-only disk under an output is one line naming the file and the space, not a traceback",
+        "scaling_search/atomic.py",
+        "error = refused(target, exc, max(size or 0, written))",
+        "error = None",
+        ("tests/test_reliability.py::test_full_or_read_only_disk_while_writing_the_report_is_one_line",),
+    ),
+    Mutant(
         "drop-path",
         "stochastic depth drops residual branches in training",
         "scaling_search/models/efficientnet.py",

@@ -1246,3 +1246,83 @@ def test_postgres_restarts_are_waited_for_and_a_longer_outage_stops_clearly(tmp_
     # only the trial under way when the server stayed away is trained again; the restarts cost nothing
     assert sorted(len(s) for s in by_unit.values()) == [1] * (2 * SAMPLE_UNITS - 1) + [2], by_unit
     assert [r["state"] for r in read_csv(tmp_path / "run" / "trials.csv")] == ["COMPLETE"] * 2 * SAMPLE_UNITS
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 16 MB filesystem (tmpfs) of the test's own, mounted under its folder: filled, or made
+    read-only, while a run writes to it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root (CI runs as root)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True)
+    assert mounted.returncode == 0, f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}"
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """One file that takes all but ``leave`` bytes of the filesystem's free space."""
+    filler = disk / "filler"
+    with open(filler, "ab") as f:
+        f.write(b"\0" * max(0, shutil.disk_usage(disk).free - leave))
+    return filler
+
+
+def test_full_disk_while_saving_weights_keeps_the_result_and_resumes(tmp_path, small_disk, data_env):
+    """The run folder's disk fills up while a trial trains: its weights cannot be written. One line names
+    the file and the space, exit 2; the trial's result is in the study, and the same command resumes
+    without training it (or any finished trial) again."""
+    run = small_disk / "run"
+    args = run_command(tiny_space(tmp_path, seeds=(0, 1), train=256), run, "--keep-weights", "all")
+    env = clean_env(data_env)
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: "COMPLETE" in trial_states(run), 300, "a finished trial", proc, poll=0.05)
+        filler = fill(small_disk, 256 << 10)  # room for the study's few pages, not for a weights file
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_one_clear_line(
+        proc.returncode,
+        err,
+        ("cannot write", "weights/a", ".safetensors: no space left on its device", "KB free", "needed", "is stored"),
+    )
+    (refused,) = re.findall(r"weights/(\S+\.safetensors)", err)
+    states = trial_states(run)
+    done = states.count("COMPLETE")
+    assert set(states) == {"COMPLETE", "WAITING"} and done >= 2, states  # the refused trial's result is stored
+    assert not (run / "weights" / refused).exists() and not list(run.rglob(".*.tmp"))
+    filler.unlink()
+    resumed = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and resumed.stderr == "", resumed.stderr
+    assert f"resuming: {done} of {2 * SAMPLE_UNITS} trials already finished" in resumed.stdout
+    assert all(s == ["COMPLETE"] for s in unit_attempts(run).values()), unit_attempts(run)  # none trained twice
+    assert len(list((run / "weights").glob("*.safetensors"))) == 2 * SAMPLE_UNITS - 1  # all but the refused one
+
+
+def test_full_or_read_only_disk_while_writing_the_report_is_one_line(tmp_path, small_disk, inproc, capsys):
+    """The report of a finished run on a full, then a read-only disk: one line naming the file, exit 2,
+    every earlier file intact; with the space back the same command writes it."""
+    run = small_disk / "run"
+    study = f"sqlite:///{tmp_path / 'study.db'}"  # the study elsewhere: only the folder's disk is at fault
+    rc, _, err = cli(capsys, *run_args(tiny_space(tmp_path), run, "--storage", study, "--keep-weights", "none"))
+    assert rc == 0, err
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    filler = fill(small_disk, 0)
+    rc, _, err = cli(capsys, "report", run)
+    assert_one_clear_line(rc, err, (f"cannot write {run / 'trials.csv'}: no space left on its device", "needed"))
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    filler.unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        rc, _, err = cli(capsys, "report", run)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert_one_clear_line(rc, err, (f"cannot write {run / 'trials.csv'}: read-only file system", "make it writable"))
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    rc, out, err = cli(capsys, "report", run)
+    assert rc == 0 and err == "", err
+    assert (run / "trials.csv").read_bytes() == before["trials.csv"]

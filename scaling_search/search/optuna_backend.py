@@ -44,7 +44,7 @@ from ..records import TrialRecord, stored_fields, updated
 from ..records import TrialState as State
 from .backend import Hooks, Train, merge
 from .storage_retry import DEFAULT_STORAGE_RETRY, StorageRetry, is_transient
-from .trials import Unit, unit_of
+from .trials import OutputNotSaved, Unit, unit_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -286,6 +286,9 @@ def storage_error(url: str, exc: BaseException) -> UsageError:
     """One line for a storage that failed: locked, unreachable or refused."""
     text = _scrub(str(exc).strip(), url)
     first = text.splitlines()[0] if text else type(exc).__name__
+    db = sqlite_path(url)
+    if db is not None and ("database or disk is full" in text or "readonly database" in text):
+        return _study_refused(db, full="disk is full" in text)
     if "database is locked" in text:
         return UsageError(
             f"study storage {redact(url)!r} stayed locked by another program for over {lock_timeout():g} s: "
@@ -307,6 +310,25 @@ def _retried(method):
         return self.retry(lambda: method(self, *args, **kwargs))
 
     return wrapper
+
+
+def _study_refused(db: Path, *, full: bool) -> UsageError:
+    """A SQLite study on a disk that filled up or turned read-only during the run."""
+    from ..atomic import OutputRefused, free_bytes, human_bytes
+
+    if full:
+        size = db.stat().st_size if db.is_file() else 0
+        return OutputRefused(
+            f"cannot write the study {db}: no space left on its device ({human_bytes(free_bytes(db.parent))} free, "
+            f"up to {human_bytes(size + 2**20)} needed for its journal): free space there and run the same command "
+            "again; every result stored before is intact",
+            db,
+        )
+    return OutputRefused(
+        f"cannot write the study {db}: its folder stopped taking writes (read-only): make it writable and run the "
+        "same command again; every result stored before is intact",
+        db,
+    )
 
 
 class OptunaStudy:
@@ -497,14 +519,19 @@ class OptunaStudy:
                 if not is_transient(exc):
                     raise
 
+        unsaved = None
         try:
             record = train(planned, report)
+        except OutputNotSaved as exc:  # the result is whole, a file of it was refused: keep the result
+            record, unsaved = exc.record, exc
         finally:
             beating.set()
             beat.join()
         # Trained and in memory: stored once the server answers, never trained again for a lost connection.
         self.retry(lambda: self._store(trial, record, pending))
         hooks.on_done(record)
+        if unsaved is not None:
+            raise unsaved
 
     def _started(self, trial_id: int) -> optuna.trial.Trial:
         trial = optuna.trial.Trial(self.study, trial_id)

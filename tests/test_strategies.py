@@ -114,3 +114,22 @@ def test_a_target_no_rounded_network_reaches_is_said_not_hidden():
 def test_the_baseline_is_s_equal_one():
     got = solve(PAPER_STRATEGY, 1.0, builder(TINY), base_resolution=32, multiple=4)
     assert (got.depth, got.width, got.resolution, got.cost) == (1.0, 1.0, 32, 1.0)
+
+
+def test_activations_are_every_convolutions_output_counted_by_hand():
+    from scaling_search.flops import count_activations
+    from scaling_search.models.efficientnet_config import block_specs, se_channels
+
+    config = EfficientNetConfig(width=0.5, depth=0.5, resolution=48, num_classes=10)
+    net = scale_network(config)
+    h = (48 + 2 - 3) // 2 + 1  # the stem: 3x3, stride 2, same padding
+    total = net.stem_channels * h * h
+    for stage in block_specs(config, net):
+        for b in stage:
+            if b.expanded != b.in_channels:
+                total += b.expanded * h * h
+            h = (h + 2 * (b.kernel // 2) - b.kernel) // b.stride + 1
+            total += b.expanded * h * h + se_channels(b.in_channels) + b.expanded + b.out_channels * h * h
+    total += net.head_channels * h * h
+    assert count_activations(config) == total
+    assert count_activations(config, 96) > 3 * total  # about 4x: every map doubles its side

@@ -1162,15 +1162,16 @@ class PgWatch:
     def rows(self, sql: str) -> list[tuple]:
         import psycopg
 
-        try:
-            if self.con is None or self.con.closed:
-                self.con = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
-            return self.con.execute(sql).fetchall()
-        except psycopg.Error:  # the server is away, or the table is not there yet
-            if self.con is not None:
-                self.con.close()
-            self.con = None
-            return []
+        for _ in range(2):  # a connection a restart cut fails once, then a new one answers
+            try:
+                if self.con is None or self.con.closed:
+                    self.con = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+                return self.con.execute(sql).fetchall()
+            except psycopg.Error:  # the server is away, or the table is not there yet
+                if self.con is not None:
+                    self.con.close()
+                self.con = None
+        return []
 
     def trials(self) -> list[tuple[str, str]]:
         """(unit, state) of every trial of the study, in trial order."""
@@ -1326,3 +1327,53 @@ def test_full_or_read_only_disk_while_writing_the_report_is_one_line(tmp_path, s
     rc, out, err = cli(capsys, "report", run)
     assert rc == 0 and err == "", err
     assert (run / "trials.csv").read_bytes() == before["trials.csv"]
+
+
+TERM_GRACE = 60  # seconds the tests give a stopped run to exit (README: a grace period of 30 s on a quiet machine)
+
+
+def sigterm_mid_trial(args: list[str], env: dict, ready: Callable[[], bool], log: Path) -> tuple[int, float]:
+    """Start ``args`` in a session of its own, send SIGTERM to the whole session (as a batch scheduler
+    does to a job's processes) once ``ready``; its exit status and the seconds it took to exit."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for(ready, 300, "a trial under way after a finished one", proc, poll=0.05)
+            sent = time.monotonic()
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=TERM_GRACE)
+            return proc.returncode, time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_sigterm_with_two_jobs_abandons_the_trials_reports_and_exits_143(tmp_path, data_env):
+    """SIGTERM to the parent and its two workers mid-trial: the trials under way are abandoned and
+    queued again at once, the report of what is finished is written, exit 143 within the grace period;
+    the same command resumes and trains each unit to completion once."""
+    run = tmp_path / "run"
+    args = run_command(tiny_space(tmp_path, seeds=(0, 1), train=512), run, "--jobs", "2")
+    env = clean_env(data_env)
+    rc, took = sigterm_mid_trial(
+        args, env, lambda: "COMPLETE" in (s := trial_states(run)) and "RUNNING" in s, tmp_path / "out.txt"
+    )
+    printed = (tmp_path / "out.txt").read_text()
+    assert rc == 143, (rc, printed[-3000:])
+    assert "terminating (SIGTERM)" in printed and "stopped early: run the same command again" in printed
+    assert "Traceback" not in printed and "worker failed" not in printed, printed[-3000:]
+    states = trial_states(run)
+    assert "RUNNING" not in states  # nothing left for a heartbeat to time out: abandoned trials are queued again
+    attempts = unit_attempts(run)
+    abandoned = [k for k, s in attempts.items() if s[0] == "FAIL"]
+    assert 1 <= len(abandoned) <= 2 and all(attempts[k] == ["FAIL", "WAITING"] for k in abandoned), attempts
+    done = states.count("COMPLETE")
+    best = json.loads((run / "best.json").read_text())
+    assert best["units_finished"] == done >= 1 and not best["complete"]
+    assert sorted(r["state"] for r in read_csv(run / "trials.csv")).count("COMPLETE") == done
+    resumed = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    final = unit_attempts(run)
+    assert all(s.count("COMPLETE") == 1 for s in final.values()) and len(final) == 2 * SAMPLE_UNITS, final
+    assert all(final[k] == ["FAIL", "COMPLETE"] for k in abandoned), final  # trained again, once
+    print(f"SIGTERM with --jobs 2: exit 143 {took:.1f} s after the signal")

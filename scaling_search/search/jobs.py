@@ -24,6 +24,7 @@ from ..errors import UsageError
 from ..records import TrialRecord
 from ..space import SearchSpace
 from ..train.recipe import Runtime
+from . import stopping
 from .backend import Backend, Hooks
 from .storage_retry import StorageLost
 
@@ -100,6 +101,7 @@ class WorkerTask:
 def _worker(task: WorkerTask, stop, results) -> None:
     """A worker's whole life: data, storage, the backend's work loop; every outcome goes to ``results``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards Ctrl-C through ``stop``
+    stopping.install_worker_handler()  # SIGTERM (from a scheduler or the parent): abandon the unit under way
     try:
         import torch
 
@@ -120,6 +122,8 @@ def _worker(task: WorkerTask, stop, results) -> None:
             on_wait=lambda running: results.put(("wait", task.index, running)),
         )
         backend.execute(list(task.plan), train, hooks)
+    except stopping.Abandoned:  # its trial is queued again already
+        results.put(("exit", task.index, None))
     except StorageLost as exc:
         results.put(("lost", task.index, (exc.url, exc.waited, exc.reason)))
     except UsageError as exc:
@@ -166,10 +170,16 @@ def execute_jobs(
     ended: set[int] = set()
     problems: list[tuple[str, int, str]] = []
     dead_since: dict[int, float] = {}
+    terminated = False
     try:
         while len(ended) < jobs:
             if hooks.stop.is_set() and not stop.is_set():
                 stop.set()
+            if stopping.requested() and not terminated:
+                terminated = True  # a scheduler may have signalled this process alone: pass it on
+                for i, p in enumerate(procs):
+                    if i not in ended and p.is_alive():
+                        p.terminate()
             try:
                 kind, index, payload = results.get(timeout=0.2)
             except queue_module.Empty:

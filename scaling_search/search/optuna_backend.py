@@ -42,6 +42,7 @@ from optuna.trial import TrialState
 from ..errors import UsageError
 from ..records import TrialRecord, stored_fields, updated
 from ..records import TrialState as State
+from . import stopping
 from .backend import Hooks, Train, merge
 from .storage_retry import DEFAULT_STORAGE_RETRY, StorageRetry, is_transient
 from .trials import OutputNotSaved, Unit, unit_of
@@ -521,9 +522,14 @@ class OptunaStudy:
 
         unsaved = None
         try:
-            record = train(planned, report)
+            with stopping.abandonable():
+                record = train(planned, report)
         except OutputNotSaved as exc:  # the result is whole, a file of it was refused: keep the result
             record, unsaved = exc.record, exc
+        except stopping.Abandoned:  # SIGTERM: back to the queue now, not after its heartbeat goes stale
+            beating.set()
+            self.retry(lambda: self._release(frozen._trial_id))
+            raise
         finally:
             beating.set()
             beat.join()
@@ -532,6 +538,12 @@ class OptunaStudy:
         hooks.on_done(record)
         if unsaved is not None:
             raise unsaved
+
+    def _release(self, trial_id: int) -> None:
+        """An abandoned unit's trial: ended as interrupted (a FAIL without a reason) and queued again."""
+        with self.lock():
+            if self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                _requeue_stale(self.study, self.storage.get_trial(trial_id))
 
     def _started(self, trial_id: int) -> optuna.trial.Trial:
         trial = optuna.trial.Trial(self.study, trial_id)

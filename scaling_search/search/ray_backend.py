@@ -12,14 +12,17 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UsageError
 from ..records import TrialRecord, TrialState, stored_fields, unit_key, updated
 from ..space import SearchSpace
+from . import stopping
 from .backend import Hooks, Train, merge
 
 
@@ -231,7 +234,11 @@ class RayBackend:
         # The runner owns Ctrl-C: Tune's own handler would abandon the trials under way.
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         check_ray_available(options.ray_address)
+        # ray.init takes SIGTERM over (it exits at once); the runner's handler abandons the trials and reports.
+        term = signal.getsignal(signal.SIGTERM)
         _init_ray(options.ray_address, self.device)
+        if term is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, term)
         cuda = self.device.startswith("cuda")
         gpus = options.gpus_per_trial if options.gpus_per_trial is not None else (1.0 if cuda else 0.0)
         cpus = options.cpus_per_trial if options.cpus_per_trial is not None else 1.0
@@ -280,6 +287,12 @@ def _collector(path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
             return {k: v for k, v in self.__dict__.items() if k != "hooks"}
 
         def on_step_begin(self, iteration, trials, **info) -> None:
+            if stopping.requested():
+                # SIGTERM abandons the trials under way at once (a scheduler may have stopped the cluster's
+                # own processes too, and its grace period does not wait for Tune to wind trials down); what
+                # is finished is in the file already. Raised here, in Tune's loop, not in a signal handler
+                # that may land inside Ray's C++ calls.
+                raise stopping.Abandoned
             if self.hooks.stop.is_set() and not self.flagged:
                 self.flag.set.remote()
                 self.flagged = True

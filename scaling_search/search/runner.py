@@ -31,6 +31,7 @@ from ..scaling import parse_budget
 from ..space import SearchSpace, dump_space
 from ..train.devices import device_name, resolve_device
 from ..train.recipe import Runtime
+from . import stopping
 from .backend import Backend, Hooks, Train, merge
 from .estimate import Calibration
 from .halving import rung_schedule
@@ -319,6 +320,8 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         rounds=rounds,
         classes=ctx.plan_of_space.classes,
     )
+    if status == stopping.INTERRUPTED and stopping.requested():
+        status = stopping.TERMINATED
     return status if not problems or status else 1
 
 
@@ -572,6 +575,8 @@ def _ray_backend(space: SearchSpace, out: Path, device: str, options: RunOptions
 
 
 def _install_stop_handlers(stop: threading.Event, console):
+    stopping.reset()
+
     def handler(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
@@ -581,7 +586,22 @@ def _install_stop_handlers(stop: threading.Event, console):
             "trial will re-run on resume)"
         )
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    def terminate(signum, frame):
+        # A scheduler's SIGTERM: its grace period may be shorter than a trial. Abandon the trials under way
+        # (queued again at once), write the report of what is finished, exit 143.
+        first = not stopping.requested()
+        stop.set()
+        if first:
+            console.print(
+                "terminating (SIGTERM): the trial(s) under way are abandoned and queued again, the report of what "
+                "is finished is written next; the same command resumes"
+            )
+        stopping.request()  # raises Abandoned inside a trial under way in this process
+
+    old = {
+        signal.SIGINT: signal.signal(signal.SIGINT, handler),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),
+    }
 
     def restore() -> None:
         for s, h in old.items():
@@ -646,7 +666,10 @@ def _execute(
                 )
 
         hooks = Hooks(stop=stop, on_done=on_done, on_wait=on_wait)
-        return run_with(hooks) if run_with is not None else backend.execute(plan, train, hooks)
+        try:
+            return run_with(hooks) if run_with is not None else backend.execute(plan, train, hooks)
+        except stopping.Abandoned:  # SIGTERM: what is finished is reported
+            return backend.records(plan)
 
 
 def finish(

@@ -17,7 +17,7 @@ import platform
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +29,13 @@ from ..records import TRIALS_CSV, TrialRecord, TrialState, read_trials, updated
 from ..scaling import parse_budget
 from ..space import SearchSpace, dump_space
 from ..train.devices import device_name, resolve_device
+from ..train.faults import DeviceFault
 from ..train.recipe import Runtime
 from .backend import Backend, Hooks, Train, merge
 from .estimate import Calibration
 from .halving import RungResult, run_rungs, rung_schedule
-from .jobs import execute_jobs
+from .jobs import execute_jobs, retry_alone
+from .outcome import outcome_of
 from .plan import space_plan
 from .trials import planned_record, run_unit, units_for
 
@@ -342,6 +344,8 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     restore = _install_stop_handlers(stop, console)
     weights_dir = out.resolve() if options.keep_weights != "none" else None  # absolute: Ray workers run elsewhere
     train = lambda p, report: run_unit(space, p, data, runtime, report, weights_dir=weights_dir)  # noqa: E731
+    alone = dataclasses.replace(runtime, jobs=1)
+    train_alone = lambda p, report: run_unit(space, p, data, alone, report, weights_dir=weights_dir)  # noqa: E731
     problems: list[str] = []
 
     def execute(rung_plan: list[TrialRecord]) -> list[TrialRecord]:
@@ -351,13 +355,19 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
 
             def in_workers(hooks: Hooks) -> list[TrialRecord]:
                 threads = _worker_threads(jobs)
-                problems.extend(
-                    execute_jobs(space, rung_plan, runtime, make_backend, jobs, hooks, threads, weights_dir=weights_dir)
+                ended = execute_jobs(
+                    space, rung_plan, runtime, make_backend, jobs, hooks, threads, weights_dir=weights_dir
                 )
+                problems.extend(ended.problems)
+                problems.extend(retry_alone(backend, rung_plan, ended, hooks, console.print, train_alone))
                 return backend.records(rung_plan)
 
             return _execute(backend, rung_plan, None, stop, console, run_with=in_workers)
-        return _execute(backend, rung_plan, train, stop, console)
+        try:
+            return _execute(backend, rung_plan, train, stop, console)
+        except DeviceFault as exc:  # the machine's failure: the unit waits for a resume, the run reports
+            problems.append(f"stopped by {exc.reason} in trial {exc.unit}, which a resume trains again")
+            return backend.records(rung_plan)
 
     try:
         records, rungs = run_rungs(
@@ -384,8 +394,8 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
             f"({wall / max(seconds, 1e-9):.2f}x) for {len(left)} trials at {jobs} job(s)"
         )
     for p in problems:
-        console.print(f"worker failed: {p}")
-    status = finish(
+        console.print(f"machine failure: {p}", highlight=False)
+    return finish(
         out,
         space,
         records,
@@ -395,8 +405,8 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         keep_weights=options.keep_weights,
         rungs=rungs,
         classes=plan_of_space.classes,
+        machine=problems,
     )
-    return status if not problems or status else 1
 
 
 def _worker_threads(jobs: int) -> int:
@@ -507,12 +517,17 @@ def finish(
     keep_weights: str | None = None,
     rungs: tuple[RungResult, ...] = (),
     classes: tuple = (),
+    machine: Sequence[str] = (),
 ) -> int:
-    """Write the report of ``records`` (every unit of every rung reached), print the verdict.
+    """Write the report of ``records`` (every unit of every rung reached), print the verdict and how the run
+    ended; returns the exit status (``outcome.py``).
 
-    ``classes`` are the plan's network classes (built once by the caller: the plan takes seconds)."""
+    ``classes`` are the plan's network classes (built once by the caller: the plan takes seconds);
+    ``machine`` the machine's failures this run met."""
     from ..analysis.report import write_report
 
+    ended = outcome_of(records, machine=machine, stopped=stopped)
+    info = {**info, "outcome": ended.to_json()}
     epochs_run = sum(r.epochs_run for r in records)
     # The full grid: every trained candidate x seed at the full schedule.
     full = len({r.candidate for r in records}) * len(space.seeds) * space.proxy.epochs
@@ -544,12 +559,12 @@ def finish(
             f"  pruning trained {info['epochs_trained']} of {info['epochs_full_grid']} epochs of the full grid "
             f"({info['pruning_saved_fraction']:.0%} saved)"
         )
-    finished = sum(r.state.finished for r in records)
-    console.print(f"{finished} of {len(records)} trials finished; outputs in {out}")
+    console.print(f"{ended.line()}; outputs in {out}", highlight=False)
     if stopped:
         console.print("stopped early: run the same command again to resume")
-        return 130
-    return 0
+    elif ended.waiting:
+        console.print("run the same command again to train the trials left waiting", highlight=False)
+    return ended.status
 
 
 def rebuild(out: Path, console) -> int:
@@ -606,7 +621,19 @@ def rebuild(out: Path, console) -> int:
                 "pruning and are not ranked; only trials that trained every epoch are"
             )
             console.print(f"note: {info['note']}", highlight=False)
-    return finish(out, space, records, console, stopped=False, info=info, rungs=rungs, classes=plan_of_space.classes)
+    machine = (prior.get("outcome") or {}).get("machine_failures") or ()
+    finish(
+        out,
+        space,
+        records,
+        console,
+        stopped=False,
+        info=info,
+        rungs=rungs,
+        classes=plan_of_space.classes,
+        machine=machine,
+    )
+    return 0  # the report is rebuilt; how the run ended is in its last line and in best.json
 
 
 # ------------------------------------------------------------ folders that move

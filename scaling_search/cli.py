@@ -595,6 +595,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument("--warmup", type=float, dest="warmup_epochs", help="warmup length in epochs")
+    p.add_argument(
+        "--zero-init-residual",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="every residual block starts as the identity (last BN scale at zero; default off)",
+    )
     _add_rows(
         p,
         (
@@ -639,6 +645,7 @@ _RECIPE_OPTIONS = (
     "label_smoothing",
     "dropout",
     "drop_path",
+    "zero_init_residual",
 )
 
 

@@ -121,6 +121,9 @@ class SearchSpace:
         # folders made before they joined the proxy recipe still resume.
         proxy = dict(plain["proxy"])
         plain["baseline"] = {**plain["baseline"], "dropout": proxy.pop("dropout"), "drop_path": proxy.pop("drop_path")}
+        # Hashed only when on, so folders made before the key existed (always off) still resume.
+        if not proxy.get("zero_init_residual"):
+            proxy.pop("zero_init_residual", None)
         plain["proxy"] = proxy
         # Hashed as the size used, so spaces that spell out the native size keep their hash.
         plain["data"] = {**plain["data"], "storage_size": self.data.effective_storage_size(), "data_dir": data_dir}

@@ -21,6 +21,7 @@ from .efficientnet_config import (
     scale_network,
     se_channels,
 )
+from .residual import zero_bn
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -73,6 +74,13 @@ class MBConv(nn.Module):
         layers.append(SqueezeExcite(spec.expanded, se_channels(spec.in_channels)))
         layers.append(ConvBNAct(spec.expanded, spec.out_channels, 1, act=False))
         self.body = nn.Sequential(*layers)
+
+    def zero_init_last(self) -> bool:
+        """A residual block starts as the identity: the projection's BN scale (and shift) at zero."""
+        if not self.spec.residual:
+            return False
+        zero_bn(self.body[-1][1])  # ConvBNAct(project): conv, BN
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)

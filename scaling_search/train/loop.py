@@ -52,6 +52,7 @@ from torch import nn
 from ..data.sources import Dataset, DataSpec, balanced_subset, load_dataset
 from ..errors import UsageError
 from ..models import EfficientNetConfig, build
+from ..models.residual import zero_init_residual
 from ..progress import progress_bar
 from .augment import channel_stats, crop_flip, to_input
 from .devices import device_name, resolve_device
@@ -346,6 +347,22 @@ def evaluate(
 # -------------------------------------------------------------------- trial
 
 
+def prepared_model(config: EfficientNetConfig, recipe: Recipe) -> nn.Module:
+    """The network as a trial starts it: built, with the proxy's BN momentum, the
+    recipe's residual initialisation and a zero classifier."""
+    model = build(config)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = BN_MOMENTUM
+    if recipe.zero_init_residual:
+        zero_init_residual(model)
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, nn.Linear):
+        nn.init.zeros_(classifier.weight)
+        nn.init.zeros_(classifier.bias)
+    return model
+
+
 def train_trial(
     spec: TrialSpec,
     runtime: Runtime | None = None,
@@ -445,14 +462,7 @@ def _run(
         from ..flops import count
 
         counted = count(spec.model)
-        model = build(spec.model)
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = BN_MOMENTUM
-        classifier = getattr(model, "classifier", None)
-        if isinstance(classifier, nn.Linear):
-            nn.init.zeros_(classifier.weight)
-            nn.init.zeros_(classifier.bias)
+        model = prepared_model(spec.model, recipe)
         channels_last = runtime.uses_channels_last(device.type)
         model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         autocast = runtime.autocast(device.type)

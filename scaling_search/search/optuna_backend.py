@@ -42,6 +42,7 @@ from optuna.trial import TrialState
 from ..errors import UsageError
 from ..records import TrialRecord, stored_fields, updated
 from ..records import TrialState as State
+from ..train.faults import DeviceFault
 from . import stopping
 from .backend import Hooks, Train, merge
 from .storage_retry import DEFAULT_STORAGE_RETRY, StorageRetry, is_transient
@@ -529,6 +530,13 @@ class OptunaStudy:
         except stopping.Abandoned:  # SIGTERM: back to the queue now, not after its heartbeat goes stale
             beating.set()
             self.retry(lambda: self._release(frozen._trial_id))
+            raise
+        except DeviceFault as exc:
+            beating.set()
+            beat.join()
+            # Not the candidate's result: a FAIL without a reason is an interrupted trial, queued again.
+            trial.set_user_attr("device_fault", exc.reason)
+            self.study.tell(trial, state=TrialState.FAIL)
             raise
         finally:
             beating.set()

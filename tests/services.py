@@ -227,9 +227,10 @@ class PostgresServer:
 
 
 class RayHead:
-    """``ray start --head --block`` on 127.0.0.1 with its own temp folder, ports and token."""
+    """``ray start --head --block`` on 127.0.0.1 with its own temp folder, ports and token; with ``join``
+    (a head's address), ``ray start --address`` instead: a second node of that cluster on this machine."""
 
-    def __init__(self, *, token: str | None = None, num_cpus: int = 1) -> None:
+    def __init__(self, *, token: str | None = None, num_cpus: int = 1, join: str | None = None) -> None:
         self.token = token if token is not None else secrets.token_hex(32)
         # Unix socket paths under the temp folder must stay short (108 bytes).
         self.temp = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
@@ -245,19 +246,20 @@ class RayHead:
             "--runtime-env-agent-port": free_port(),
             "--metrics-export-port": free_port(),
         }
+        role = ["--head", f"--port={self.port}", "--include-dashboard=false"] if join is None else [f"--address={join}"]
+        if join is not None:
+            self.address = join
         args = [
             sys.executable,
             "-m",
             "ray.scripts.scripts",
             "start",
-            "--head",
+            *role,
             "--block",
             "--node-ip-address=127.0.0.1",
-            f"--port={self.port}",
             f"--temp-dir={self.temp}",
             f"--num-cpus={num_cpus}",
             "--num-gpus=0",
-            "--include-dashboard=false",
             "--disable-usage-stats",
             f"--min-worker-port={low}",
             f"--max-worker-port={low + 40}",
@@ -271,7 +273,8 @@ class RayHead:
                 args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=self.temp
             )
         try:
-            _wait_port(self.port, self.proc, 120, "ray start --head", self.log)
+            if join is None:
+                _wait_port(self.port, self.proc, 120, "ray start --head", self.log)
             self._wait_raylet(started)
         except BaseException:
             self.stop()
@@ -291,6 +294,18 @@ class RayHead:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def pids(self) -> list[int]:
+        """Every process of this node: its ``ray start`` session (raylet, workers) and any that left it."""
+        out = set(_pids_mentioning(str(self.temp)))
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getsid(int(entry.name)) == self.proc.pid:
+                        out.add(int(entry.name))
+                except (ProcessLookupError, PermissionError):
+                    pass
+        return sorted(out)
 
     def stop(self) -> None:
         _stop_group(self.proc, timeout=30)

@@ -1378,3 +1378,119 @@ def test_sigterm_with_two_jobs_abandons_the_trials_reports_and_exits_143(tmp_pat
     assert all(s.count("COMPLETE") == 1 for s in final.values()) and len(final) == 2 * SAMPLE_UNITS, final
     assert all(final[k] == ["FAIL", "COMPLETE"] for k in abandoned), final  # trained again, once
     print(f"SIGTERM with --jobs 2: exit 143 {took:.1f} s after the signal")
+
+
+RAY_TOKEN = "7" * 64
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A real two-node Ray cluster on this machine: a head and a second ``ray start --address`` node, one
+    CPU each, with token authentication (Ray 2.60's default)."""
+    pytest.importorskip("ray", reason="the ray extra is part of the test install")
+    from services import RayHead
+
+    head = RayHead(token=RAY_TOKEN, num_cpus=1)
+    try:
+        node = RayHead(token=RAY_TOKEN, num_cpus=1, join=head.address)
+    except BaseException:
+        head.stop()
+        raise
+    yield head, node
+    node.stop()
+    head.stop()
+
+
+def ray_env(data_env: dict, tmp_path: Path) -> dict:
+    env = {**clean_env(data_env), "HOME": str(tmp_path), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": RAY_TOKEN}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def ray_finished(run: Path) -> list[str]:
+    """Units stored in the Ray backend's file of finished records, one line each."""
+    path = run / "ray" / "finished.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line)["unit"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def training_on(node) -> bool:
+    """Whether a Tune trial's actor (Ray titles it ``ray::ImplicitFunc``) runs on ``node``."""
+    for pid in node.pids():
+        try:
+            if "ImplicitFunc" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def test_sigterm_with_ray_abandons_the_trials_reports_and_exits_143(tmp_path, two_nodes, data_env):
+    """SIGTERM to a Ray run's driver (as Kubernetes sends it, to the main process) while trials train on
+    both nodes: exit 143 within the grace period, the report of what is finished, nothing half-stored;
+    the same command trains the rest."""
+    head, _ = two_nodes
+    run = tmp_path / "run"
+    args = run_command(tiny_space(tmp_path, seeds=(0, 1), train=512), run, "--backend", "ray")
+    args += ["--ray-address", head.address, "--cpus-per-trial", "1"]
+    env = ray_env(data_env, tmp_path)
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: len(ray_finished(run)) >= 1, 300, "a finished trial", proc, poll=0.1)
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=TERM_GRACE)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    printed = (tmp_path / "out.txt").read_text()
+    assert proc.returncode == 143, (proc.returncode, printed[-3000:])
+    assert "terminating (SIGTERM)" in printed and "Traceback" not in printed, printed[-3000:]
+    done = ray_finished(run)
+    assert len(done) == len(set(done)) < 2 * SAMPLE_UNITS
+    best = json.loads((run / "best.json").read_text())
+    assert best["units_finished"] == len(done) and not best["complete"]
+    resumed = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    again = ray_finished(run)
+    assert sorted(again) == sorted(set(again)) and len(again) == 2 * SAMPLE_UNITS and again[: len(done)] == done
+    print(f"SIGTERM with --backend ray: exit 143 {took:.1f} s after the signal")
+
+
+def test_a_lost_ray_node_has_its_trials_trained_on_the_other(tmp_path, two_nodes, data_env, inproc, capsys):
+    """The second node's processes are killed while it trains a trial: the trial is trained again on the
+    head's node, the round completes, every unit is stored once, and the results and the decision are
+    those of an undisturbed run of the same search."""
+    head, node = two_nodes
+    space = tiny_space(tmp_path, seeds=(0, 1), train=512)
+    rc, _, err = cli(capsys, *run_args(space, tmp_path / "undisturbed", "--keep-weights", "none"))
+    assert rc == 0, err
+    run = tmp_path / "run"
+    args = run_command(space, run, "--backend", "ray", "--ray-address", head.address, "--cpus-per-trial", "1")
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=ray_env(data_env, tmp_path), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: training_on(node), 300, "a trial on the second node", proc, poll=0.1)
+            killed = node.pids()
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    printed = (tmp_path / "out.txt").read_text()
+    assert proc.returncode == 0, printed[-3000:]
+    assert not node.alive() and killed
+    stored = ray_finished(run)
+    assert len(stored) == len(set(stored)) == 2 * SAMPLE_UNITS, stored  # each unit once
+    rows = {r["unit"]: r for r in read_csv(run / "trials.csv")}
+    reference = {r["unit"]: r for r in read_csv(tmp_path / "undisturbed" / "trials.csv")}
+    assert {u: r["state"] for u, r in rows.items()} == {u: "COMPLETE" for u in reference}
+    assert {u: r["accuracy"] for u, r in rows.items()} == {u: r["accuracy"] for u, r in reference.items()}
+    best = json.loads((run / "best.json").read_text())
+    same = json.loads((tmp_path / "undisturbed" / "best.json").read_text())
+    decision = ("alpha", "beta", "gamma", "verdict", "accuracy_mean", "confidence_set")
+    assert {k: best.get(k) for k in decision} == {k: same.get(k) for k in decision}

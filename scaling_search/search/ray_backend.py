@@ -153,6 +153,7 @@ def _init_ray(address: str | None, device: str) -> None:
 
 
 FINISHED = "finished.jsonl"  # one stored record per line, appended by the driver as trials end
+MAX_FAILURES = 3  # times Tune starts a trial again after its node or actor was lost
 
 
 def _trainable(config: dict, plan: dict[str, TrialRecord], train: Train, flag) -> None:
@@ -160,7 +161,11 @@ def _trainable(config: dict, plan: dict[str, TrialRecord], train: Train, flag) -
     import ray
     from ray import tune
 
-    if ray.get(flag.is_set.remote()):  # the run is stopping: start no new unit
+    try:
+        stopping = ray.get(flag.is_set.remote())
+    except Exception:  # the flag's node is gone (the driver's own): train; the driver decides what is kept
+        stopping = False
+    if stopping:  # the run is stopping: start no new unit
         tune.report({"epoch": 0, "accuracy": 0.0, "skipped": True})
         return
 
@@ -188,7 +193,11 @@ def _stop_flag():
         def is_set(self) -> bool:
             return self.value
 
-    return StopFlag.remote()
+    # On the driver's node: a lost worker node must not take the run's stop flag with it.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return StopFlag.options(scheduling_strategy=here).remote()
 
 
 class RayBackend:
@@ -258,6 +267,9 @@ class RayBackend:
                 storage_path=str(self.folder),
                 name=f"run-{len(runs) + 1}",
                 verbose=0,
+                # A trial whose node died (or whose actor was lost) is trained again from its start on a node
+                # that is up; a unit's result is stored once (the collector keeps the first).
+                failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                 callbacks=[_collector(self.folder / FINISHED, {p.unit: p for p in left}, hooks, flag)],
             ),
         )
@@ -280,6 +292,7 @@ def _collector(path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
         def __init__(self, path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
             self.path, self.planned, self.hooks, self.flag = path, planned, hooks, flag
             self.flagged = False
+            self.stored: set[str] = set()  # units stored by this run: a trial started again never adds one twice
 
         def __getstate__(self) -> dict:
             # Tune pickles its callbacks for a restore this backend never does; the
@@ -309,6 +322,9 @@ def _collector(path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
                 self._store(self.planned[key].replace(state=TrialState.FAIL, failure=f"ray trial error: {reason}"))
 
         def _store(self, record: TrialRecord) -> None:
+            if record.unit in self.stored:
+                return
+            self.stored.add(record.unit)
             record = record.replace(attempts=1)
             with open(self.path, "a") as f:  # one short line per trial, written by this one process
                 f.write(json.dumps(stored_fields(record)) + "\n")

@@ -311,7 +311,7 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         )
     for p in problems:
         console.print(f"machine failure: {p}", highlight=False)
-    status = finish(
+    return finish(
         ctx.out,
         ctx.space,
         records,
@@ -322,10 +322,8 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         rounds=rounds,
         classes=ctx.plan_of_space.classes,
         machine=problems,
+        terminated=stopping.requested(),
     )
-    if status == stopping.INTERRUPTED and stopping.requested():
-        status = stopping.TERMINATED  # a scheduler's SIGTERM, not Ctrl-C
-    return status
 
 
 def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
@@ -694,6 +692,7 @@ def finish(
     rounds: tuple[RoundResult, ...] = (),
     classes: tuple = (),
     machine: Sequence[str] = (),
+    terminated: bool = False,
 ) -> int:
     """Write the report of ``records`` (every unit of every round reached), print the decision and how the
     run ended; returns the exit status (``outcome.py``).
@@ -702,7 +701,7 @@ def finish(
     ``machine`` the machine's failures this run met."""
     from ..analysis.report import write_report
 
-    ended = outcome_of(records, machine=machine, stopped=stopped)
+    ended = outcome_of(records, machine=machine, stopped=stopped, terminated=terminated)
     info = {**info, "outcome": ended.to_json()}
     epochs_run = sum(r.epochs_run for r in records)
     # The full grid: every trained candidate x seed at the full schedule.

@@ -20,9 +20,6 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-TERMINATED = 143  # 128 + SIGTERM: the exit status of a run stopped by a scheduler
-INTERRUPTED = 130  # 128 + SIGINT: stopped by Ctrl-C
-
 _state = {"in_unit": False, "requested": False, "raised": False}
 
 

@@ -23,6 +23,7 @@ import functools
 import hashlib
 import os
 import re
+import secrets
 import threading
 import time
 import warnings
@@ -416,7 +417,6 @@ class OptunaStudy:
             space = self._space = {name: json_to_distribution(d) for name, d in stored.items()}
         return space
 
-    @_retried
     def _claim(self, units: set[str]) -> optuna.trial.FrozenTrial | None:
         """The next queued unit, now RUNNING with a heartbeat, or None when the queue is empty
         or its head is not one of ``units`` (a later halving rung's unit, queued by a worker ahead).
@@ -427,17 +427,20 @@ class OptunaStudy:
         (``test_ask_pops_the_first_waiting_trial`` fails if Optuna changes that).
         The heartbeat goes in before the claim, so a worker killed in between
         leaves a trial that can go stale, never one that runs forever. The claimed
-        trial carries this worker's tag before ask() pops it, so a claim whose
-        answer a server restart cut off is found again on the retry, not left
-        RUNNING for its heartbeat to go stale (and be trained twice).
+        trial carries a token of this claim before ask() pops it, so a claim whose
+        answer a server restart cut off is found again when it is retried, not
+        left RUNNING for its heartbeat to go stale (and be trained twice).
         Trial ids have no public accessor: ``_trial_id`` is read for the heartbeat.
         """
+        token = secrets.token_hex(8)
+        return self.retry(lambda: self._claim_once(units, token))
+
+    def _claim_once(self, units: set[str], token: str) -> optuna.trial.FrozenTrial | None:
         space = self.search_space()
-        tag = worker_tag()
         with self.lock():
             running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            lost = [t for t in running if t.user_attrs.get("worker") == tag and t.user_attrs.get("unit") in units]
-            if lost:  # claimed by this worker, but the answer was lost with the connection: it is ours
+            lost = [t for t in running if t.user_attrs.get("claim") == token]
+            if lost:  # this very claim went through, only its answer was lost with the connection
                 return self.storage.get_trial(lost[0]._trial_id)
             waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
             if not waiting:
@@ -446,7 +449,7 @@ class OptunaStudy:
             if first.user_attrs.get("unit") not in units:
                 return None
             self.storage.record_heartbeat(first._trial_id)
-            self.storage.set_trial_user_attr(first._trial_id, "worker", tag)  # finds a lost claim again (above)
+            self.storage.set_trial_user_attr(first._trial_id, "claim", token)  # finds a lost claim again (above)
             with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": _beat does it
                 warnings.simplefilter("ignore", UserWarning)
                 trial = self.study.ask(fixed_distributions=space)

@@ -6,7 +6,7 @@ from scipy import stats
 
 from scaling_search.errors import UsageError
 from scaling_search.search.allocation import promote, run_order, rung_epochs, simulate_halving
-from scaling_search.search.trials import Unit
+from scaling_search.search.plan import Unit
 
 
 def test_run_order_is_interleaved_by_seed_shuffled_and_reproducible():

@@ -120,6 +120,7 @@ def write_report(
     best.update(mark_upsampled(rank_rows, trials, info))
     b_rows: list[dict] = []
     d_rows: list[dict] = []
+    series_notes: list[str] = []
     if win is not None:
         best.update(
             alpha=float(win["alpha"]),
@@ -138,14 +139,17 @@ def write_report(
         best["paper_rank"] = None if paper.empty or pd.isna(paper.iloc[0]["rank"]) else int(paper.iloc[0]["rank"])
         best["class"] = _class_entry(win, classes, space)
         if extrapolate:
-            b_rows, d_rows = _extrapolate(Coefficients(best["alpha"], best["beta"], best["gamma"]), space, budget)
+            coeffs = Coefficients(best["alpha"], best["beta"], best["gamma"])
+            b_rows, d_rows, series_notes = _extrapolate(coeffs, space, budget)
+            if series_notes:
+                best["series_notes"] = series_notes
     atomic_write_text(run_dir / "best.json", json.dumps(best, indent=2) + "\n")
     if b_rows:
         atomic_write_text(run_dir / "b_series.csv", to_csv(b_rows))
     if d_rows:
         atomic_write_text(run_dir / "d_series.csv", to_csv(d_rows))
     atomic_write_text(run_dir / "coefficients.md", _coefficients_md(space, best, rank_rows, ranking, b_rows, d_rows))
-    atomic_write_text(run_dir / "COLUMNS.md", data_dictionary(b_rows, d_rows))
+    atomic_write_text(run_dir / "COLUMNS.md", data_dictionary(b_rows, d_rows, extrapolation_base(space)))
     title = f"{space.name}: {space.data.name}, budget {space.constraint.budget}"
     plots.accuracy_vs_macs(
         ranking.table, run_dir / "accuracy_vs_macs.png", title, budget=budget, tolerance=space.constraint.tolerance
@@ -213,18 +217,18 @@ def _statistics(ranking: Ranking) -> dict:
 
 def _class_entry(win: pd.Series, classes: Sequence[NetworkClassLike], space: SearchSpace) -> dict | None:
     """The winner's class: the coefficients it stands for and how their B-series differ at the largest phi."""
-    from ..models import EfficientNetConfig
+    from ..models.plugin import NotStored
 
     cls = next((c for c in classes if c.label == win["class"]), None)
     if cls is None:
         return None
     e = space.extrapolation
-    spread = class_spread(
-        [m.coefficients for m in cls.members],
-        e.max_phi,
-        EfficientNetConfig(resolution=e.base_resolution),
-        e.resolution_multiple,
-    )
+    try:
+        spread = class_spread(
+            [m.coefficients for m in cls.members], e.max_phi, extrapolation_base(space), e.resolution_multiple
+        )
+    except NotStored:  # a report over a user's network, whose code it never runs
+        spread = None
     return {
         "label": cls.label,
         "members": len(cls.members),
@@ -291,21 +295,46 @@ def _statistics_md(best: dict) -> list[str]:
     return lines
 
 
-def _extrapolate(coeffs: Coefficients, space: SearchSpace, budget: float) -> tuple[list[dict], list[dict]]:
-    from ..models import EfficientNetConfig
-    from .series import b_series
+def extrapolation_base(space: SearchSpace) -> Any:
+    """The network the series grows from: the baseline's family at width 1 and depth 1, at ImageNet scale."""
+    from ..models import family_root, get_config
+
+    return get_config(family_root(space.baseline.model), resolution=space.extrapolation.base_resolution)
+
+
+def _extrapolate(coeffs: Coefficients, space: SearchSpace, budget: float) -> tuple[list[dict], list[dict], list[str]]:
+    """B- and D-series rows of the winner, and why a series is not made where one is not."""
+    from ..models.plugin import NotStored
+    from .series import b_series, d_series_unavailable
 
     e = space.extrapolation
-    base = EfficientNetConfig(resolution=e.base_resolution)
-    b_rows = b_series(
-        coeffs, max_phi=e.max_phi, base=base, multiple=e.resolution_multiple, budget=budget, num_classes=e.num_classes
-    )
+    base = extrapolation_base(space)
+    notes: list[str] = []
+    try:
+        b_rows = b_series(
+            coeffs,
+            max_phi=e.max_phi,
+            base=base,
+            multiple=e.resolution_multiple,
+            budget=budget,
+            num_classes=e.num_classes,
+        )
+    except NotStored as exc:
+        b_rows = []
+        notes.append(
+            f"Series not made: {exc}; run the same 'scaling-search run' command on this folder to extrapolate this "
+            "winner."
+        )
     d_rows: list[dict] = []
     if e.detection:
-        from .series import d_series
+        why = d_series_unavailable(base)
+        if why:
+            notes.append(f"D-series not made: {why}.")
+        else:
+            from .series import d_series
 
-        d_rows = d_series(coeffs, max_phi=e.max_phi)
-    return b_rows, d_rows
+            d_rows = d_series(coeffs, max_phi=e.max_phi)
+    return b_rows, d_rows, notes
 
 
 def _coefficients_md(
@@ -358,17 +387,19 @@ def _coefficients_md(
     ]
     lines += _statistics_md(best)
     if b_rows:
+        from ..models import family_of
         from .series import b_series_columns
 
-        lines += [
-            render(
-                "md",
-                b_rows,
-                b_series_columns(),
-                title="B-series from the winner (ImageNet scale) beside the official table",
-            ),
-            "",
-        ]
+        base = extrapolation_base(space)
+        family = family_of(base)
+        title = (
+            "B-series from the winner (ImageNet scale) beside the official table"
+            if family.official(1)
+            else f"{space.baseline.model} series from the winner (ImageNet scale, phi 0-{space.extrapolation.max_phi})"
+        )
+        lines += [render("md", b_rows, b_series_columns(base), title=title), ""]
+    if best.get("series_notes"):
+        lines += ["## Series not made", "", *(f"- {n}" for n in best["series_notes"]), ""]
     if d_rows:
         from .series import d_series_columns
 
@@ -426,10 +457,12 @@ def run_notes(best: dict) -> list[str]:
     return notes
 
 
-def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict]) -> str:
-    """COLUMNS.md: every column of trials.csv, b_series.csv and d_series.csv, described."""
+def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict], base: Any = None) -> str:
+    """COLUMNS.md: every column of trials.csv, b_series.csv and d_series.csv, described (``base``: the
+    series' phi = 0 network, EfficientNet B0 by default)."""
+    from ..models import family_of
     from ..records import COLUMN_DESCRIPTIONS, COLUMNS
-    from .series import B_SERIES_DESCRIPTIONS, D_SERIES_DESCRIPTIONS
+    from .series import B_SERIES_DESCRIPTIONS, D_SERIES_DESCRIPTIONS, SERIES_DESCRIPTIONS
 
     def table(name: str, columns: Sequence[str], described: dict[str, str], intro: str) -> list[str]:
         rows = [f"| `{c}` | {described.get(c, '')} |" for c in columns]
@@ -448,13 +481,21 @@ def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict]) -> str:
     lines += table(
         "trials.csv", COLUMNS, COLUMN_DESCRIPTIONS, "One row per trial (candidate x seed), sorted by coefficients."
     )
-    if b_rows:
+    if b_rows and (base is None or family_of(base).official(1)):
         lines += table(
             "b_series.csv",
             keys(b_rows),
             B_SERIES_DESCRIPTIONS,
             "The winner extrapolated to B0-B7 at ImageNet scale, beside the official EfficientNets "
             "(`official_*`, same phi).",
+        )
+    elif b_rows:
+        lines += table(
+            "b_series.csv",
+            keys(b_rows),
+            B_SERIES_DESCRIPTIONS | SERIES_DESCRIPTIONS,
+            f"The winner extrapolated to phi = 0..{len(b_rows) - 1} at ImageNet scale ({family_of(base).name}; "
+            "no published series to set beside it).",
         )
     if d_rows:
         lines += table(

@@ -74,6 +74,15 @@ class MBConv(nn.Module):
         layers.append(ConvBNAct(spec.expanded, spec.out_channels, 1, act=False))
         self.body = nn.Sequential(*layers)
 
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The projection's BN: zeroed, a residual block starts as the identity."""
+        return self.body[-1][1]
+
+    def zero_init_last(self) -> None:
+        if self.spec.residual:
+            nn.init.zeros_(self.last_bn.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)
         if self.spec.residual:

@@ -18,8 +18,7 @@ from ..records import TrialRecord, TrialState, candidate_key
 from ..scaling import Candidate
 from ..space import SearchSpace
 from .allocation import Promotion, promote, rung_epochs
-from .plan import units_for
-from .trials import Unit
+from .plan import Unit, units_for
 
 
 def rung_schedule(space: SearchSpace) -> tuple[int, ...]:

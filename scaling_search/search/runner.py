@@ -34,8 +34,8 @@ from .backend import Backend, Hooks, Train, merge
 from .estimate import Calibration
 from .halving import RungResult, run_rungs, rung_schedule
 from .jobs import execute_jobs
-from .plan import space_plan
-from .trials import planned_record, run_unit, units_for
+from .plan import space_plan, units_for
+from .trials import planned_record, run_unit
 
 RUN_JSON = "run.json"
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from .errors import UsageError
 
 PROG = "scaling-search"

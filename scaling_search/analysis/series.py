@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..models import EfficientNetConfig, compound, family_of
+from ..models.family import base_label
 from ..models.efficientdet_config import NUM_CLASSES as DET_NUM_CLASSES
 from ..models.efficientdet_config import OFFICIAL_D, EfficientDetConfig, official_departures
 from ..scaling import Coefficients, implied_phi
@@ -112,7 +113,7 @@ def b_series_departures(coeffs: Coefficients, rows: list[dict], base: Any = None
         )
         notes.append(
             f"phi = 1 by the rule (d={one['depth']:g}, w={one['width']:g}, r={one['resolution']}) measures "
-            f"{one['macs_ratio']:.2f}x {family.base_label}'s MACs against the theoretical "
+            f"{one['macs_ratio']:.2f}x {base_label(base or EfficientNetConfig())}'s MACs against the theoretical "
             f"{coeffs.flops_ratio:.2f}x: {rounding}."
         )
     off = [r for r in rows if "official" in r and r["phi"] > 0]
@@ -164,7 +165,7 @@ def b_series_columns(base: Any = None) -> list[Column]:
     ]
     if family.official(1):
         return columns
-    label = f"MACs/{family.base_label}"
+    label = f"MACs/{base_label(base)}"
     return [
         Column(c.key, label if c.header == "MACs/B0" else c.header, c.fmt)
         for c in columns
@@ -244,7 +245,7 @@ def d_series_unavailable(base: Any) -> str | None:
         return None
     return (
         f"the EfficientDet D-series needs an EfficientNet backbone (its BiFPN takes the stride-8/16/32 stages of "
-        f"EfficientNet's stage table); {family_of(base).name} has none"
+        f"EfficientNet's stage table); {base.name} has none"
     )
 
 

@@ -44,7 +44,7 @@ class ScalableFamily:
     # The family's own columns of a series row (e.g. dropout, blocks), in table order.
     columns: Callable[[Any], dict]
     rounding: str  # how multipliers become channels and blocks, in words (series notes)
-    base_label: str = "base"  # the phi = 0 network's name in column headers, e.g. B0
+    base_label: str | None = None  # the phi = 0 network's name in column headers, e.g. B0; None: its config's name
     # Published members by phi (e.g. EfficientNet b0..b7), given the class count.
     official: Callable[[int], dict[int, Any]] = field(default=lambda num_classes: {})
     detection_backbone: bool = False  # an EfficientDet D-series can be built on it
@@ -92,6 +92,11 @@ def family_of(config: Any) -> ScalableFamily:
 
         raise UsageError(f"{getattr(config, 'name', type(config).__name__)} is not a network family that scales")
     return family
+
+
+def base_label(config: Any) -> str:
+    """How tables name ``config`` as the phi = 0 network (B0 for EfficientNet)."""
+    return family_of(config).base_label or config.name
 
 
 def compound(base: Any, coeffs: Coefficients, phi: float, multiple: int = 8) -> Any:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..atomic import atomic_write_text
 from ..errors import UsageError
 from ..progress import progress_bar
@@ -534,6 +534,7 @@ def finish(
             info["pruning_saved_fraction"] = round(1 - epochs_run / full, 4)
     console.print("writing the report ...")
     ranking = write_report(out, records, space, info, classes=classes)
+    _keep_function_numbers(out, space)
     verdict = "no verdict" if ranking.analysis is None else ("CONCLUSIVE" if ranking.conclusive else "INCONCLUSIVE")
     console.print(f"verdict: {verdict}", highlight=False)
     for s in ranking.statements:
@@ -566,6 +567,7 @@ def rebuild(out: Path, console) -> int:
             f"{meta_path} is not valid JSON: the run folder is damaged; run the search again with a new --out"
         ) from None
     space = load_space(out / "space.yaml")
+    _replay_function_numbers(out, space)
     plan_of_space = space_plan(space)
     candidates = list(plan_of_space.trained)
     prior = {}
@@ -607,6 +609,39 @@ def rebuild(out: Path, console) -> int:
             )
             console.print(f"note: {info['note']}", highlight=False)
     return finish(out, space, records, console, stopped=False, info=info, rungs=rungs, classes=plan_of_space.classes)
+
+
+# ------------------------------------------------------------ a user's network: numbers kept, code never re-run
+
+FUNCTION_NUMBERS = "function_numbers.json"
+
+
+def _keep_function_numbers(out: Path, space: SearchSpace) -> None:
+    """A run of a user's function keeps every count and signature it took, for ``report`` and ``export``."""
+    from ..models import is_target
+    from ..models.plugin import recorded
+
+    if is_target(space.baseline.model):
+        table = recorded(space.baseline.model)
+        atomic_write_text(out / FUNCTION_NUMBERS, json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
+def _replay_function_numbers(out: Path, space: SearchSpace) -> None:
+    """``report`` over a user's function answers from the folder's numbers: the function is never imported."""
+    from ..models import is_target
+    from ..models.plugin import replay
+
+    if not is_target(space.baseline.model):
+        return
+    path = out / FUNCTION_NUMBERS
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UsageError(
+            f"{out} searched the function {space.baseline.model} but holds no readable {FUNCTION_NUMBERS}: "
+            "'report' never runs that code; run the same 'scaling-search run' command to finish the folder"
+        ) from None
+    replay(space.baseline.model, table)
 
 
 # ------------------------------------------------------------ folders that move

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .version import __version__
 from .errors import UsageError
+from .version import __version__
 
 PROG = "scaling-search"
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from ..errors import UsageError
 from ..models import EfficientNetConfig, compound, family_of
-from ..models.family import base_label
 from ..models.efficientdet_config import NUM_CLASSES as DET_NUM_CLASSES
 from ..models.efficientdet_config import OFFICIAL_D, EfficientDetConfig, official_departures
+from ..models.family import base_label
 from ..scaling import Coefficients, implied_phi
 from .tables import Column, giga, millions, num, percent, ratio
 

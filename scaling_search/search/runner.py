@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..version import __version__
 from ..atomic import atomic_write_text
 from ..errors import UsageError
 from ..progress import progress_bar
@@ -30,6 +29,7 @@ from ..scaling import parse_budget
 from ..space import SearchSpace, dump_space
 from ..train.devices import device_name, resolve_device
 from ..train.recipe import Runtime
+from ..version import __version__
 from .backend import Backend, Hooks, Train, merge
 from .estimate import Calibration
 from .halving import RungResult, run_rungs, rung_schedule

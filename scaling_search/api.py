@@ -1,10 +1,10 @@
 """The search from Python: the same run as ``scaling-search run``, with the baseline given as a function.
 
-    from scaling_search import search, load_run
+    from scaling_search import load_run, run_search
 
     def build(width: float, depth: float, num_classes: int) -> torch.nn.Module: ...
 
-    run = search("smoke", model=build, out="runs/mine")   # trains, ranks, extrapolates, writes the run folder
+    run = run_search("smoke", model=build, out="runs/mine")   # trains, ranks, extrapolates, writes the run folder
     run.records()    # trials.csv as a DataFrame
     run.decision()   # best.json: the winner, the verdict and its statistics
     run.series()     # b_series.csv: the winner extrapolated to phi = 0..max_phi, params and MACs measured
@@ -64,7 +64,7 @@ def load_run(path: str | Path) -> RunFolder:
     return RunFolder(folder)
 
 
-def search(
+def run_search(
     space: Any = "smoke",
     *,
     model: str | Callable[..., Any] | None = None,

@@ -12,6 +12,7 @@ from scaling_search.analysis.series import b_series, d_series_unavailable
 from scaling_search.cli import main
 from scaling_search.flops import count_meta
 from scaling_search.models import build, compound, family_of, get_config, measured_ratio
+from scaling_search.models.residual import zero_init_residual
 from scaling_search.scaling import PAPER
 from scaling_search.search.plan import build_plan
 from scaling_search.space import GridSpec
@@ -109,8 +110,8 @@ def test_phi_0_to_7_table(name):
     assert "EfficientNet backbone" in d_series_unavailable(base)
 
 
-def _identity_test(block, x):
-    block.zero_init_last()
+def _started_as_identity(block, x):
+    assert block.zero_init_last() is True
     block.eval()
     with torch.no_grad():
         return block(x)
@@ -118,22 +119,21 @@ def _identity_test(block, x):
 
 def test_every_residual_block_can_start_as_the_identity():
     torch.manual_seed(0)
-    x = torch.randn(2, 16, 8, 8)
     mobile = build(get_config("mobilenetv2", width=0.5, num_classes=10))
     inverted = next(b for b in mobile.blocks if b.spec.residual)
     y = torch.randn(2, inverted.spec.in_channels, 8, 8)
     assert not torch.allclose(inverted.eval()(y), y)
-    assert torch.equal(_identity_test(inverted, y), y)
+    assert torch.equal(_started_as_identity(inverted, y), y)
+    assert next(b for b in mobile.blocks if not b.spec.residual).zero_init_last() is False
     resnet = build(get_config("resnet18", width=0.25, num_classes=10))
-    basic = resnet.stages[0][1]
-    assert torch.equal(_identity_test(basic, x), torch.relu(x))  # relu(0 + shortcut)
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.equal(_started_as_identity(resnet.stages[0][1], x), torch.relu(x))  # relu(0 + shortcut)
     projected = resnet.stages[1][0]  # the strided block: its shortcut is the 1x1 projection
     with torch.no_grad():
-        assert torch.equal(_identity_test(projected, x), torch.relu(projected.shortcut(x)))
-    effnet = build(get_config("efficientnet", width=0.25, depth=0.25, num_classes=10))
-    mbconv = next(b for s in effnet.stages for b in s if b.spec.residual)
-    z = torch.randn(2, mbconv.spec.in_channels, 8, 8)
-    assert torch.equal(_identity_test(mbconv, z), z)
+        assert torch.equal(_started_as_identity(projected, x), torch.relu(projected.shortcut(x)))
+    # The recipe's helper finds every family's blocks: all of ResNet-50's, MobileNetV2's residual ones.
+    assert zero_init_residual(build(get_config("resnet50", width=0.25, num_classes=10))) == 16
+    assert zero_init_residual(build(get_config("mobilenetv2", num_classes=10))) == 10
 
 
 def _cli(capsys, *args):

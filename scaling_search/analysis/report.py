@@ -67,6 +67,13 @@ RANKING_COLUMNS = [
 ]
 
 
+def init_description(recipe) -> str:
+    """How the proxy initialises residual blocks, in words (the depth-fair init decides what depth is worth)."""
+    if recipe.zero_init_residual:
+        return "zero-init residual: every residual block starts as the identity (last BN scale at zero)"
+    return "standard: residual branches start random (He normal convolutions, BN scale 1)"
+
+
 def _records(frame: pd.DataFrame) -> list[dict]:
     return [{k: _clean(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
 
@@ -111,6 +118,8 @@ def write_report(
         "complete": finished == len(trials),
         "statements": list(ranking.statements),
         "order_seed": space.order_seed,
+        "init": init_description(space.proxy),
+        "zero_init_residual": space.proxy.zero_init_residual,
         **_statistics(ranking),
         **info,
     }
@@ -369,6 +378,7 @@ def _coefficients_md(
         f"- proxy: {p.epochs} epochs (complete schedule), batch {p.batch_size}, {p.optimizer} lr {p.lr:g}, "
         f"{p.schedule} schedule, label smoothing {p.label_smoothing:g}, dropout {p.dropout:g}, drop path "
         f"{p.drop_path:g}, train subset {p.train_subset or 'all'}, test subset {p.test_subset or 'all'}",
+        f"- initialisation: {init_description(p)}",
         f"- seeds: {', '.join(str(s) for s in space.seeds)}; run order interleaved by seed, shuffled with order "
         f"seed {space.order_seed}",
         "- pruning: "

@@ -21,6 +21,7 @@ from .efficientnet_config import (
     scale_network,
     se_channels,
 )
+from .residual import zero_bn
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -74,14 +75,12 @@ class MBConv(nn.Module):
         layers.append(ConvBNAct(spec.expanded, spec.out_channels, 1, act=False))
         self.body = nn.Sequential(*layers)
 
-    @property
-    def last_bn(self) -> nn.BatchNorm2d:
-        """The projection's BN: zeroed, a residual block starts as the identity."""
-        return self.body[-1][1]
-
-    def zero_init_last(self) -> None:
-        if self.spec.residual:
-            nn.init.zeros_(self.last_bn.weight)
+    def zero_init_last(self) -> bool:
+        """A residual block starts as the identity: the projection's BN scale (and shift) at zero."""
+        if not self.spec.residual:
+            return False
+        zero_bn(self.body[-1][1])  # ConvBNAct(project): conv, BN
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)

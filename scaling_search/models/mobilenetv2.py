@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .efficientnet import drop_path, init_weights
+from .residual import zero_bn
 from .efficientnet_config import round_filters
 from .mobilenetv2_config import (
     BN_EPS,
@@ -41,14 +42,12 @@ class InvertedResidual(nn.Module):
         layers.append(_conv_bn(spec.hidden, spec.out_channels, 1, act=False))
         self.body = nn.Sequential(*layers)
 
-    @property
-    def last_bn(self) -> nn.BatchNorm2d:
-        """The projection's BN: zeroed, a residual block starts as the identity."""
-        return self.body[-1][1]
-
-    def zero_init_last(self) -> None:
-        if self.spec.residual:
-            nn.init.zeros_(self.last_bn.weight)
+    def zero_init_last(self) -> bool:
+        """A residual block starts as the identity: the projection's BN scale (and shift) at zero."""
+        if not self.spec.residual:
+            return False
+        zero_bn(self.body[-1][1])  # the projection: conv, BN
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .efficientnet import drop_path, init_weights
+from .residual import zero_bn
 from .resnet_config import BN_EPS, ResidualBlock, ResNetConfig, blocks, stem_channels
 
 
@@ -40,13 +41,10 @@ class Residual(nn.Module):
         )
         self.act = nn.ReLU(inplace=True)
 
-    @property
-    def last_bn(self) -> nn.BatchNorm2d:
-        """The residual branch's last BN: zeroed, the block starts as its shortcut."""
-        return self.body[-1]
-
-    def zero_init_last(self) -> None:
-        nn.init.zeros_(self.last_bn.weight)
+    def zero_init_last(self) -> bool:
+        """The block starts as its shortcut (then ReLU): the residual branch's last BN scale and shift at zero."""
+        zero_bn(self.body[-1])
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(drop_path(self.body(x), self.spec.drop_path, self.training) + self.shortcut(x))

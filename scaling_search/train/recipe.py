@@ -64,12 +64,21 @@ class Recipe:
     drop_path: float = 0.0  # stochastic depth of the last block
     train_subset: int | None = None  # first N of a seeded, class-balanced order
     test_subset: int | None = None  # the same, with a fixed seed
+    # Every residual block starts as the identity (its last BN scale at zero; Goyal et al. 2017).
+    # Off here for the record of earlier runs; the shipped spaces turn it on: without it a
+    # few-epoch proxy cannot train deep stacks and ranks depth below what it is worth
+    # (benchmarks/RESULTS.md, "Depth-fair initialisation").
+    zero_init_residual: bool = False
 
     def __post_init__(self) -> None:
         positive_int("epochs", self.epochs)
         positive_int("batch_size", self.batch_size)
         positive_int("train_subset", self.train_subset, allow_none=True)
         positive_int("test_subset", self.test_subset, allow_none=True)
+        if not isinstance(self.zero_init_residual, bool):
+            raise invalid(
+                "zero_init_residual", f"zero_init_residual must be true or false, got {self.zero_init_residual!r}"
+            )
         if self.batch_size < 2:
             raise invalid(
                 "batch_size", "batch size must be at least 2 (batch norm needs more than one image per batch)"

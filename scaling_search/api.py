@@ -81,8 +81,9 @@ def run_search(
 
     ``space``: a shipped preset's name, a YAML path or a ``SearchSpace``. ``model``: the baseline instead of
     the space's: a registered name, ``"module:build"``, ``"file.py:build"`` or the function
-    ``build(width, depth, num_classes) -> nn.Module`` itself (the space's width, depth and resolution are
-    kept). ``options``: further ``RunOptions`` (``keep_weights``, ``storage``, ``jobs``, ...).
+    ``build(width, depth, num_classes) -> nn.Module`` itself, at width 1 and depth 1 (the space's
+    resolution, data and recipe are kept). ``options``: further ``RunOptions`` (``keep_weights``, ``storage``,
+    ``jobs``, ...).
     """
     from rich.console import Console
 
@@ -111,8 +112,8 @@ def run_search(
                 )
         options["jobs"] = 1
     chosen = chosen.with_overrides(
-        baseline={"model": model}, constraint={"budget": budget}, data={"data_dir": data_dir}, proxy={"epochs": epochs}
-    )
+        constraint={"budget": budget}, data={"data_dir": data_dir}, proxy={"epochs": epochs}
+    ).with_model(model)
     if seeds:
         chosen = dataclasses.replace(chosen, seeds=tuple(range(seeds)))
     from .scaling import parse_budget

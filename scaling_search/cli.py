@@ -416,7 +416,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument("--data-dir", help="where the dataset is (default: the space's, or $SCALING_SEARCH_DATA)")
-    p.add_argument("--model", metavar="NAME", help="the baseline to scale, instead of the space's baseline.model")
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help="the baseline instead of the space's, at width 1 and depth 1 (its resolution, data and recipe kept): "
+        + _MODEL_HELP.removeprefix("the baseline: "),
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     _add_runtime_options(p)
     p.add_argument(
@@ -463,12 +468,11 @@ def _resolve_space(args: argparse.Namespace, console):
             console.print(f"no --space or --preset given: using preset '{name}' ({why})")
         space = load_space(preset_path(name))
     overrides = {
-        "baseline": {"model": args.model},
         "constraint": {"budget": args.budget},
         "data": {"data_dir": args.data_dir},
         "proxy": {"epochs": args.epochs},
     }
-    space = space.with_overrides(**overrides)
+    space = space.with_overrides(**overrides).with_model(args.model)
     if args.seeds:
         import dataclasses
 

@@ -148,6 +148,17 @@ class SearchSpace:
         blob = json.dumps(plain, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def with_model(self, model: str | None) -> SearchSpace:
+        """The same study of another baseline network (``--model``): at width 1 and depth 1, the space's
+        resolution, data and recipe kept. None: this space."""
+        if model is None:
+            return self
+        space = dataclasses.replace(
+            self, baseline=dataclasses.replace(self.baseline, model=model, width=None, depth=None)
+        )
+        _validate(space)
+        return space
+
     def with_overrides(self, **sections: dict) -> SearchSpace:
         """Replace fields of sections, e.g. with_overrides(constraint={"budget": "4x"})."""
         changes = {}

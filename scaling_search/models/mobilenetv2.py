@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from .efficientnet import drop_path, init_weights
-from .residual import zero_bn
 from .efficientnet_config import round_filters
 from .mobilenetv2_config import (
     BN_EPS,
@@ -17,6 +16,7 @@ from .mobilenetv2_config import (
     blocks,
     head_channels,
 )
+from .residual import zero_bn
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:

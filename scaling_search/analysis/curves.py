@@ -448,6 +448,9 @@ def _markdown(
     for c in comparisons:
         lines += [f"## s = {c.s:g}", ""]
         lines += _ranking_table(c, points, info.get("detail"))
+        decision = (info.get("decisions") or {}).get(f"{c.s:g}")
+        if decision:
+            lines += ["", decision_line(decision, c.labels)]
         if c.analysis is not None:
             lines += [""] + [f"- {s}" for s in c.analysis.verdict.statements]
         if c.versus_single:
@@ -457,6 +460,21 @@ def _markdown(
                 lines.append(f"| {name} | {d:+.4f} | [{lo:+.4f}, {hi:+.4f}] |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def decision_line(decision: dict, labels: dict[str, str]) -> str:
+    """The race's decision at one s in words, networks named by their strategies."""
+    named = [labels.get(k, k) for k in decision.get("alive", [])]
+    outcome = decision["outcome"]
+    if outcome == "best":
+        what = f"**best: {named[0]}**" if named else "**best**"
+    elif outcome == "equivalent":
+        what = f"**equivalent: {', '.join(named)}**"
+    else:
+        what = f"**undecided** ({len(named)} still in contention: {', '.join(named)})"
+    return (
+        f"Decision ({decision.get('rule', '')}, {decision.get('seeds')} seeds): {what}; {decision.get('reason', '')}."
+    )
 
 
 def _ranking_table(c: AtS, points: Sequence[PointInfo], detail: int | None) -> list[str]:

@@ -405,151 +405,201 @@ def point_infos(plan: CurvePlan, activations: dict[str, int]) -> list:
     return out
 
 
+class CurvesPolicy:
+    """The curves as a policy of the rounds driver: the baseline and every s in one first round; with racing on
+    in the space, a race of its own at each s (one more seed for the networks still in contention there), the
+    baseline kept at the first round's seeds. Its state is only what the records say, so a resumed run walks
+    the same rounds."""
+
+    name = "curves"
+
+    def __init__(self, plan: CurvePlan):
+        from ..scaling import Candidate
+
+        self.space = plan.space
+        self.baseline = Candidate(Coefficients(1.0, 1.0, 1.0), 1.0, 1.0)
+        self.at: dict[float, list[Candidate]] = {}
+        for p in plan.networks():
+            if p.target > 1:
+                self.at.setdefault(p.target, []).append(Candidate(p.coefficients, p.target, p.scaled.cost))
+        self.races: dict = {}
+        if self.space.racing.enabled:
+            from .racing import Racing
+
+            self.races = {s: Racing(self.space, cands) for s, cands in self.at.items()}
+        self.looks: dict[float, object] = {}  # s -> the race's last look
+
+    def first(self) -> list:
+        from .allocation import run_order
+        from .plan import units_for
+
+        units = units_for(self.space, [self.baseline])
+        for s, cands in self.at.items():
+            units += self.races[s].first() if s in self.races else units_for(self.space, cands)
+        return run_order(units, self.space.order_seed)
+
+    def after(self, index: int, records: Sequence) -> object:
+        from .rounds import Step
+
+        units: list = []
+        for s, race in self.races.items():
+            if s in self.looks and not _goes_on(self.looks[s]):
+                continue  # this race has decided (or run out); the others may go on
+            own = [r for r in records if r.candidate in set(race.keys)]
+            step = race.after(index, own)
+            self.looks[s] = step.decision
+            units += step.units
+        return Step(tuple(units), dict(self.looks))
+
+    def decisions(self, records: Sequence) -> dict[float, dict]:
+        """Per s: best, equivalent or undecided, by the race's rule (racing.decide) on the seeds trained; without
+        a race, one look at the first round's seeds, which cannot ask for more."""
+        from ..records import candidate_key
+        from ..space import RacingSpec
+        from .racing import decide, score_matrix
+
+        out = {}
+        for s, cands in self.at.items():
+            look = self.looks.get(s)
+            if look is None:
+                keys = [candidate_key(*c.coefficients.as_tuple()) for c in cands]
+                seeds = list(self.space.seeds)
+                spec = self.space.racing if self.space.racing.enabled else RacingSpec(max_seeds=max(2, len(seeds)))
+                own = [r for r in records if r.candidate in set(keys)]
+                look = decide(
+                    keys,
+                    score_matrix(own, keys, seeds),
+                    keys,
+                    spec=spec,
+                    first_seeds=len(seeds),
+                    seeds=seeds,
+                    trainings=sum(r.state.finished for r in own),
+                    round_index=0,
+                )
+            reason = look.reason
+            if not self.space.racing.enabled and look.outcome == "undecided":
+                reason = (
+                    f"the {len(look.seeds)} seeds trained do not separate them (with racing.enabled in the space, "
+                    "the curves give more seeds where the answer is open)"
+                )
+            out[s] = {
+                "outcome": look.outcome,
+                "reason": reason,
+                "alive": list(look.alive),
+                "leader": look.leader,
+                "seeds": len(look.seeds),
+                "rule": "racing" if self.space.racing.enabled else "one look at the first round's seeds",
+            }
+        return out
+
+
+def _goes_on(look) -> bool:
+    return look is not None and look.next_seed is not None
+
+
 def run_curves(plan: CurvePlan, options, console) -> int:
     """Train every network of ``plan`` x every seed into ``options.out`` (resumable), then write the curves' files.
 
-    ``options`` is the search's ``RunOptions`` (backend, storage, device, jobs, ...); weights are not kept.
+    ``options`` is the search's ``RunOptions`` (backend, storage, device, jobs, ...); weights are not kept. The
+    run context, estimate, executor and rounds driver are the search's own.
     """
     import threading
     import time
 
-    from ..atomic import atomic_write_text
+    from ..analysis.curves import write_curves
     from ..flops import count_activations
-    from ..space import dump_space
     from ..train.devices import device_name, resolve_device
     from ..train.recipe import Runtime
+    from .rounds import run_rounds
     from .runner import (
-        _data_bytes,
-        _execute,
+        RunContext,
+        _cores,
+        _estimate,
         _install_stop_handlers,
+        _load_data,
         _optuna_backend,
         _ray_backend,
-        _worker_threads,
-        choose_jobs,
         data_sizes,
-        estimate_seconds,
-        format_duration,
-        record_storage,
+        executor,
         resolve_storage,
-        scaled_estimate,
-        software_versions,
     )
-    from .trials import planned_record, run_unit, trial_model, unit_of
+    from .trials import trial_model, unit_of
 
     space, out = plan.space, options.out
     device = resolve_device(options.device)
-    runtime = Runtime(device=device, memory_format=options.memory_format, cudnn_benchmark=options.cudnn_benchmark)
+    runtime = Runtime(
+        device=device,
+        memory_format=options.memory_format,
+        cudnn_benchmark=options.cudnn_benchmark,
+        jobs=options.jobs or 1,
+    )
     earlier = _earlier(out, space)
-    name = (earlier or {}).get("study_name") or study_name(space)
     if options.backend == "ray":
         from .ray_backend import check_ray_available
 
         check_ray_available(options.ray_address)
-    data, n_train, n_test = _load(space, console)
-    num_classes = len(data.classes)
-    units = curve_units(plan)
-    planned = [planned_record(space, u, num_classes) for u in units]
-    networks = plan.networks()
-    console.print(
-        f"curves of {space.name}: {len(networks) - 1} networks at {', '.join(f'{t:g}x' for t in plan.targets)} and "
-        f"the baseline, {len(plan.points) - 1} strategy points, x {len(space.seeds)} seeds = {len(planned)} trials on "
-        f"{space.data.name} ({n_train} train / {n_test} held-out images), {space.proxy.epochs} epochs each, base "
-        f"{plan.base_resolution} px, device {device} ({device_name(device)})",
-        highlight=False,
-    )
+    data, n_train, n_test = _load_data(space, console)
     storage = None
-    backend = None
     if options.backend == "optuna":
         storage = options.storage or (resolve_storage(earlier["storage"], out) if earlier else None)
-        if storage is not None:
-            backend = _optuna_backend(options, storage, name, space)
-    else:
-        backend = _ray_backend(space, out, device, options)
-    finished = backend.finished(planned) if backend is not None else set()
-    left = [p for p in planned if p.unit not in finished]
-    seconds, cal = estimate_seconds(
-        space, left, n_train, n_test, runtime, num_classes=num_classes, image_size=data.image_size
+    ctx = RunContext(
+        space=space,
+        options=options,
+        out=out,
+        device=device,
+        runtime=runtime,
+        data=data,
+        n_train=n_train,
+        n_test=n_test,
+        num_classes=len(data.classes),
+        plan_of_space=None,
+        study_name=(earlier or {}).get("study_name") or study_name(space),
+        storage_url=storage,
+        earlier=earlier,
     )
-    jobs, why = choose_jobs(options.jobs, runtime, cal, _data_bytes(data, n_train, n_test))
-    jobs = min(jobs, max(1, len(left)))
-    runtime = dataclasses.replace(runtime, jobs=jobs)
-    console.print(f"jobs: {jobs} ({why})", highlight=False)
-    if cal is not None:
-        seconds = scaled_estimate(cal, space, left, n_train, n_test, device, jobs)
-        console.print(
-            f"estimate: about {format_duration(seconds)} for the {len(left)} trials left of {len(planned)} at {jobs} "
-            f"job(s) (the baseline-sized network trains at {1 / cal.train_seconds_per_image[0]:,.0f} img/s here, the "
-            f"dearest at {1 / cal.train_seconds_per_image[1]:,.0f})",
-            highlight=False,
-        )
+    policy = CurvesPolicy(plan)
+    first = policy.first()
+    race = " (racing seeds at each s, as the search)" if policy.races else ""
+    console.print(
+        f"curves of {space.name}: the baseline and {len(plan.networks()) - 1} networks for {len(plan.points) - 1} "
+        f"strategy points at {', '.join(f'{t:g}x' for t in plan.targets)}, x {len(space.seeds)} seeds = {len(first)} "
+        f"trials{race}, on {space.data.name} ({n_train} train / {n_test} held-out images), {space.proxy.epochs} "
+        f"epochs each, base {plan.base_resolution} px, device {device} ({device_name(device)})",
+        highlight=False,
+    )
+    if options.backend == "optuna" and (options.storage or earlier is not None):
+        ctx.backend = _optuna_backend(options, storage, ctx.study_name, space)
+    elif options.backend == "ray":
+        ctx.backend = _ray_backend(space, out, device, options)
+    _estimate(ctx, [ctx.plan_of(u) for u in first], console)
     if options.estimate_only:
         return 0
-    if options.backend == "ray" and (jobs > 1 or options.jobs is not None):
-        from .runner import _cores
-
-        if device.startswith("cuda"):
-            options = dataclasses.replace(options, gpus_per_trial=1 / jobs)
-        else:
-            options = dataclasses.replace(options, cpus_per_trial=max(0.01, _cores() / jobs))
-        backend = _ray_backend(space, out, device, options)
-
-    out.mkdir(parents=True, exist_ok=True)
-    if options.backend == "optuna" and storage is None:
-        from .optuna_backend import default_storage
-
-        storage = default_storage(out)
-    meta = {
-        "fingerprint": space.fingerprint(),
-        "study_name": name,
-        "backend": options.backend,
-        "storage": record_storage(storage, out),
-        "created": (earlier or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-        "software": software_versions(),
-        "base_resolution": plan.base_resolution,
-        "multiple": plan.multiple,
-        "num_classes": num_classes,
-        **data_sizes(data),
-    }
-    if earlier is None or any(earlier.get(k) != meta[k] for k in ("storage", "native_size", "stored_size")):
-        atomic_write_text(out / PLAN_JSON, json.dumps(meta, indent=2) + "\n")
-        atomic_write_text(out / "space.yaml", dump_space(space))
-    backend = backend or _optuna_backend(options, storage, name, space)
-
+    if options.backend == "ray" and (ctx.jobs > 1 or options.jobs is not None):
+        # Ray packs the trials itself: a fraction of the GPU each, or a share of the CPUs.
+        share = {"gpus_per_trial": 1 / ctx.jobs} if device.startswith("cuda") else {}
+        share = share or {"cpus_per_trial": max(0.01, _cores() / ctx.jobs)}
+        ctx.options = dataclasses.replace(options, **share)
+        ctx.backend = _ray_backend(space, out, device, ctx.options)
+    _open(ctx, plan)
     stop = threading.Event()
     restore = _install_stop_handlers(stop, console)
     problems: list[str] = []
     started = time.perf_counter()
     try:
-        if jobs > 1 and options.backend == "optuna":
-            import functools
-
-            from .backend import Hooks
-            from .jobs import execute_jobs
-
-            make_backend = functools.partial(_optuna_backend, options, storage, name, space)
-
-            def in_workers(hooks: Hooks) -> list:
-                problems.extend(execute_jobs(space, planned, runtime, make_backend, jobs, hooks, _worker_threads(jobs)))
-                return backend.records(planned)
-
-            records = _execute(backend, planned, None, stop, console, run_with=in_workers)
-        else:
-            train = lambda p, report: run_unit(space, p, data, runtime, report)  # noqa: E731
-            records = _execute(backend, planned, train, stop, console)
+        records, rounds = run_rounds(policy, ctx.plan_of, executor(ctx, stop, console, problems))
     finally:
         restore()
     wall = time.perf_counter() - started
     for p in problems:
         console.print(f"worker failed: {p}")
     console.print("writing the curves ...")
-    activations = {
-        p.candidate: count_activations(trial_model(space, unit_of(p), num_classes)) for p in planned if p.seed == space.seeds[0]
-    }
-    sizes = data_sizes(data)
-    info = _report_info(plan, sizes, device_name(device), jobs, wall, seconds if cal is not None else None, records)
-    from ..analysis.curves import write_curves
-
-    report = write_curves(out, point_infos(plan, activations), records, space.seeds, info)
+    networks = {r.candidate: r for r in records}
+    activations = {k: count_activations(trial_model(space, unit_of(r), ctx.num_classes)) for k, r in networks.items()}
+    info = _report_info(plan, data_sizes(data), device_name(device), ctx.jobs, wall, ctx.estimate, records)
+    info["decisions"] = {f"{s:g}": d for s, d in policy.decisions(records).items()}
+    info["rounds"] = len(rounds)
+    seeds = sorted({r.seed for r in records})
+    report = write_curves(out, point_infos(plan, activations), records, seeds, info)
     for statement in report.statements:
         console.print(f"  {statement}", highlight=False)
     done = sum(r.state.finished for r in records)
@@ -560,24 +610,42 @@ def run_curves(plan: CurvePlan, options, console) -> int:
     return 1 if problems else 0
 
 
-def _load(space: SearchSpace, console):
-    """The dataset and the train and held-out image counts a trial uses (a subset asked for must exist)."""
-    from ..data.sources import DataSpec, load_dataset
+def _open(ctx, plan: CurvePlan) -> None:
+    """Make the curves folder and record what it runs (plan.json, space.yaml); open a new study there."""
+    import time
 
-    d = space.data
-    data = load_dataset(
-        DataSpec(name=d.name, data_dir=d.data_dir, storage_size=d.storage_size), progress=console.is_terminal
-    )
-    for split, want, have in (
-        ("train", space.proxy.train_subset, len(data.train_y)),
-        ("test", space.proxy.test_subset, len(data.test_y)),
-    ):
-        if want is not None and want > have:
-            raise UsageError(f"proxy.{split}_subset is {want} but {d.name} has only {have} {split} images")
-    return data, space.proxy.train_subset or len(data.train_y), space.proxy.test_subset or len(data.test_y)
+    from ..atomic import atomic_write_text
+    from ..space import dump_space
+    from .runner import _optuna_backend, data_sizes, record_storage, software_versions
+
+    out, options, space = ctx.out, ctx.options, ctx.space
+    out.mkdir(parents=True, exist_ok=True)
+    if options.backend == "optuna" and ctx.storage_url is None:
+        from .optuna_backend import default_storage
+
+        ctx.storage_url = default_storage(out)
+    meta = {
+        "fingerprint": space.fingerprint(),
+        "study_name": ctx.study_name,
+        "backend": options.backend,
+        "storage": record_storage(ctx.storage_url, out),
+        "created": (ctx.earlier or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+        "software": software_versions(),
+        "base_resolution": plan.base_resolution,
+        "multiple": plan.multiple,
+        "num_classes": ctx.num_classes,
+        "source": str(plan.source.run_dir) if plan.source.run_dir is not None else None,
+        **data_sizes(ctx.data),
+    }
+    earlier = ctx.earlier
+    if earlier is None or any(earlier.get(k) != meta[k] for k in ("storage", "native_size", "stored_size")):
+        atomic_write_text(out / PLAN_JSON, json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(out / "space.yaml", dump_space(space))
+    ctx.backend = ctx.backend or _optuna_backend(options, ctx.storage_url, ctx.study_name, space)
 
 
 def _report_info(plan: CurvePlan, sizes: dict, device: str, jobs: int, wall: float, estimate, records) -> dict:
+    """What the curves' files say about how they were made."""
     from ..data.sources import resolution_statement
 
     space, p = plan.space, plan.space.proxy
@@ -607,6 +675,6 @@ def _report_info(plan: CurvePlan, sizes: dict, device: str, jobs: int, wall: flo
         "complete": all(r.state.finished for r in records),
         **sizes,
     }
-    if estimate is not None:
-        info["estimate_seconds_this_run"] = round(estimate, 1)
+    if estimate is not None and estimate.calibration is not None:
+        info["estimate_seconds_this_run"] = round(estimate.seconds, 1)
     return info

@@ -217,26 +217,26 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
 
 
 def grid_candidates(args: argparse.Namespace):
-    """The same plan a search builds: from a space (--space/--preset) or from the grid options."""
+    """The same plan a search builds, and its baseline network: from a space (--space/--preset) or from the
+    grid options."""
     from .models import EfficientNetConfig
-    from .search.plan import build_plan, space_plan
+    from .search.plan import baseline_config, build_plan, space_plan
     from .space import GridSpec, load_space, preset_path
 
     if args.space or args.preset:
-        return space_plan(load_space(args.space or preset_path(args.preset)))
+        space = load_space(args.space or preset_path(args.preset))
+        plan = space_plan(space)
+        return plan, baseline_config(space, 10)
     grid = GridSpec(args.grid, args.step, args.max_alpha, args.max_beta, args.max_gamma)
-    return build_plan(
-        args.budget,
-        EfficientNetConfig(resolution=args.base_resolution),
-        multiple=args.multiple,
-        grid=grid,
-        tolerance=args.tolerance,
-        constraint=args.constraint,
+    base = EfficientNetConfig(resolution=args.base_resolution)
+    plan = build_plan(
+        args.budget, base, multiple=args.multiple, grid=grid, tolerance=args.tolerance, constraint=args.constraint
     )
+    return plan, base
 
 
 def _cmd_candidates(args: argparse.Namespace) -> int:
-    plan = grid_candidates(args)
+    plan, base = grid_candidates(args)
     rows = plan.rows()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -257,6 +257,10 @@ def _cmd_candidates(args: argparse.Namespace) -> int:
         f"trained once ({plan.constraint} constraint, tolerance {plan.tolerance:g}){off}; measured ratios are MACs "
         f"of the rounded phi = 1 network over the baseline at {plan.base_resolution} px."
     )
+    from .search.coarseness import coarseness
+
+    coarse = coarseness(plan, base)
+    print("\n".join(["", *coarse.lines(), *coarse.warnings()]))
     return 0
 
 

@@ -95,6 +95,11 @@ class TrialRecord:
     # Synchronous halving: the index of a shorter rung (a complete schedule of ``epochs``);
     # None for the full schedule, which is what the ranking reads.
     rung: int | None = None
+    # The real multipliers of the built network over the baseline (rounding included): blocks,
+    # MACs-weighted channel ratio, input side. None in records of earlier releases.
+    effective_alpha: float | None = None
+    effective_beta: float | None = None
+    effective_gamma: float | None = None
 
     @property
     def candidate(self) -> str:
@@ -134,6 +139,9 @@ COLUMNS = (
     "macs",
     "theoretical_ratio",
     "measured_ratio",
+    "effective_alpha",
+    "effective_beta",
+    "effective_gamma",
     "images_per_second",
     "wall_seconds",
     "device",
@@ -163,6 +171,13 @@ COLUMN_DESCRIPTIONS = {
     "macs": "multiply-adds of one forward pass at resolution, conv + linear (int, every row)",
     "theoretical_ratio": "alpha * beta^2 * gamma^2: the FLOPs multiplier the compound rule promises",
     "measured_ratio": "MACs of the rounded phi = 1 network over the baseline's, at the proxy's resolution",
+    "effective_alpha": "the depth the network really has over the baseline: its MBConv blocks over the baseline's "
+    "(per-stage rounding makes it differ from alpha)",
+    "effective_beta": "the width it really has: each part's channel ratio over the baseline (stem, every stage's "
+    "output channels, head), weighted by the baseline's MACs in that part (channels round to multiples of 8, at "
+    "least 8)",
+    "effective_gamma": "the resolution it really has: its input side over the baseline's (rounded to "
+    "constraint.resolution_multiple); its real MACs over the baseline's are measured_ratio",
     "images_per_second": "training throughput of the trial, images per second",
     "wall_seconds": "wall-clock seconds of the trial (training and evaluation)",
     "device": "the device that trained it, e.g. cpu or cuda:0 (the card's name)",
@@ -185,6 +200,9 @@ _FLOATS = frozenset(
         "width",
         "theoretical_ratio",
         "measured_ratio",
+        "effective_alpha",
+        "effective_beta",
+        "effective_gamma",
         "images_per_second",
         "wall_seconds",
     }

@@ -176,6 +176,7 @@ def rank(
                 "resolution": first.resolution or None,
                 "theoretical_ratio": float(first.theoretical_ratio),
                 "measured_ratio": ratio_,
+                **{f"effective_{k}": _number(getattr(first, f"effective_{k}")) for k in ("alpha", "beta", "gamma")},
                 "off_budget": bool(off),
                 "paper": k == paper_key,
                 "_accs": accs,
@@ -193,6 +194,10 @@ def rank(
     rungs = _rung_agreement(trials)
     statements = _statements(frame, analysis, rungs)
     return Ranking(frame.drop(columns=["_accs"]), tuple(statements), analysis, rungs)
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _rung_agreement(trials: Sequence[TrialRecord]) -> tuple[RungAgreement, ...]:

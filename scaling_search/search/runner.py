@@ -269,6 +269,7 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         f"{space.data.name} ({n_train} train / {n_test} held-out images, {num_classes} classes), "
         f"{space.proxy.epochs} epochs each, device {device} ({device_name(device)})"
     )
+    _print_coarseness(plan_of_space, space, console)
 
     if options.backend == "ray" and options.jobs is not None:
         if options.gpus_per_trial is not None or options.cpus_per_trial is not None:
@@ -397,6 +398,16 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         classes=plan_of_space.classes,
     )
     return status if not problems or status else 1
+
+
+def _print_coarseness(plan, space: SearchSpace, console) -> None:
+    """How much the coefficients really move the network at this base (a reduced base compresses them)."""
+    from .coarseness import coarseness
+    from .plan import baseline_config
+
+    coarse = coarseness(plan, baseline_config(space, 10))
+    for line in [*coarse.lines(), *coarse.warnings()]:
+        console.print(line, highlight=False)
 
 
 def _worker_threads(jobs: int) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..analysis.series import compound_config
 from ..errors import UsageError
-from ..models import EfficientNetConfig
+from ..models import EfficientNetConfig, effective_multipliers
 from ..records import TrialRecord, TrialState, unit_key
 from ..scaling import Coefficients
 from ..space import SearchSpace
@@ -91,6 +91,7 @@ def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRec
 
     model = trial_model(space, unit, num_classes)
     counted = count(model)
+    effective = effective_multipliers(model, baseline_config(space, num_classes))
     return TrialRecord(
         alpha=unit.alpha,
         beta=unit.beta,
@@ -105,6 +106,9 @@ def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRec
         macs=counted.macs,
         theoretical_ratio=unit.theoretical_ratio,
         measured_ratio=unit.measured_ratio,
+        effective_alpha=round(effective.depth, 6),
+        effective_beta=round(effective.width, 6),
+        effective_gamma=round(effective.resolution, 6),
     )
 
 

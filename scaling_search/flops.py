@@ -132,3 +132,25 @@ def count_fvcore(config: Any, resolution: int | None = None) -> FvcoreCount:
         elementwise=elementwise,
         by_operator=by_op,
     )
+
+
+def count_activations(config: Any, resolution: int | None = None) -> int:
+    """Elements of every convolution's output for one image at ``resolution`` (Dollar et al.'s "activations",
+    which track memory traffic and so runtime better than FLOPs), counted on the meta device."""
+    res = int(config.resolution if resolution is None else resolution)
+    with torch.device("meta"):
+        model = build(config)
+    model.eval()
+    total = [0]
+
+    def add(module, inputs, output) -> None:
+        total[0] += output[0].numel()  # one image of the batch
+
+    hooks = [m.register_forward_hook(add) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(_example_input(res, "meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(total[0])

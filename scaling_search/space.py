@@ -82,6 +82,19 @@ class PruningSpec:
 
 
 @dataclass(frozen=True)
+class RacingSpec:
+    """Racing seeds: after the space's seeds, rounds of one more seed for the candidates still in contention,
+    until one is better than every other, the rest are equivalent within ``delta``, or the limits are spent
+    (``search/racing.py`` states the rule and its guarantee)."""
+
+    enabled: bool = False
+    delta: float = 0.01  # indifference zone, in top-1: differences below it are "equivalent"
+    alpha: float = 0.05  # the probability of a wrong decision, at most
+    max_seeds: int = 8  # seeds per candidate, at most (the space's seeds are the first round)
+    max_trainings: int | None = None  # trainings of the whole race, at most; None: only max_seeds bounds it
+
+
+@dataclass(frozen=True)
 class ExtrapolationSpec:
     max_phi: int = 7
     base_resolution: int = 224  # the B-series is reported at ImageNet scale
@@ -102,6 +115,7 @@ class SearchSpace:
     seeds: tuple[int, ...] = (0, 1)
     order_seed: int = 0  # shuffles the run order within each seed (recorded, so a run is reproducible)
     pruning: PruningSpec = field(default_factory=PruningSpec)
+    racing: RacingSpec = field(default_factory=RacingSpec)
     extrapolation: ExtrapolationSpec = field(default_factory=ExtrapolationSpec)
 
     def to_dict(self) -> dict:
@@ -117,6 +131,8 @@ class SearchSpace:
         """
         skip = ("description", "extrapolation", "order_seed")
         plain = {k: v for k, v in self.to_dict().items() if k not in skip}
+        if not self.racing.enabled:  # no race, no extra units: folders made before racing existed keep their hash
+            plain.pop("racing")
         # Hashed where dropout and drop_path used to live (baseline), so that run
         # folders made before they joined the proxy recipe still resume.
         proxy = dict(plain["proxy"])
@@ -279,6 +295,22 @@ def _validate(space: SearchSpace) -> None:
         not space.pruning.enabled or space.pruning.min_epochs < space.proxy.epochs,
         f"pruning.min_epochs {space.pruning.min_epochs} must be below proxy.epochs {space.proxy.epochs} for "
         "halving to have a rung before the last: lower it, or set pruning.enabled: false",
+    )
+    r = space.racing
+    _check(
+        not (r.enabled and space.pruning.enabled),
+        "racing.enabled and pruning.enabled: choose one allocation (racing seeds or successive halving)",
+    )
+    _check(0 < r.delta < 1, f"racing.delta {r.delta} must be in (0, 1) (top-1 accuracy)")
+    _check(0 < r.alpha < 0.5, f"racing.alpha {r.alpha} must be in (0, 0.5)")
+    _check(
+        not r.enabled or r.max_seeds >= max(2, len(space.seeds)),
+        f"racing.max_seeds {r.max_seeds} must be at least 2 and at least the {len(space.seeds)} seeds of the first "
+        "round",
+    )
+    _check(
+        r.max_trainings is None or r.max_trainings >= 1,
+        f"racing.max_trainings {r.max_trainings} must be a positive integer (or null: no cap)",
     )
     _check(
         space.data.storage_size is None or space.data.storage_size > 0,

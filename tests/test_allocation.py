@@ -124,7 +124,7 @@ def test_units_follow_the_recorded_order_seed():
 
 
 def _records_of(quality, noise, finish):
-    """An ``execute`` for run_rungs: each unit's score from its candidate and seed, returned in ``finish`` order."""
+    """An ``execute`` for run_rounds: each unit's score from its candidate and seed, returned in ``finish`` order."""
     from scaling_search.records import TrialRecord, TrialState
 
     def execute(plan):
@@ -151,8 +151,8 @@ def _records_of(quality, noise, finish):
 
 def test_rungs_decide_the_same_whatever_order_units_finish_in():
     from scaling_search.records import TrialRecord
-    from scaling_search.search.halving import run_rungs
     from scaling_search.search.plan import search_candidates, units_for
+    from scaling_search.search.rounds import policy_for, run_rounds
 
     space = _halving_space()
     cands = search_candidates(space)
@@ -165,12 +165,12 @@ def test_rungs_decide_the_same_whatever_order_units_finish_in():
     keys = [plan_of(u).candidate for u in units_for(space, cands)]
     quality = {k: rng.random() for k in keys}
     noise = {(k, s, e): rng.gauss(0, 0.1) for k in keys for s in (0, 1) for e in (1, 2, 4)}
-    base_records, base = run_rungs(space, cands, plan_of, _records_of(quality, noise, lambda d: d), reference=paper)
-    assert [r.epochs for r in base] == [1, 2, 4] and base[0].promotion is not None and base[-1].promotion is None
+    base_records, base = run_rounds(policy_for(space, cands), plan_of, _records_of(quality, noise, lambda d: d))
+    assert [r.epochs for r in base] == [1, 2, 4] and base[0].decision is not None and base[-1].decision is None
     assert paper.coefficients.as_tuple() in {(r.alpha, r.beta, r.gamma) for r in base_records if r.rung is None}
     assert all(r.unit.endswith(f"-r{r.rung}") for r in base_records if r.rung is not None)
     for trial in range(4):
         perm = random.Random(trial)
         shuffled = _records_of(quality, noise, lambda d, perm=perm: perm.sample(d, len(d)))
-        records, other = run_rungs(space, cands, plan_of, shuffled, reference=paper)
+        records, other = run_rounds(policy_for(space, cands), plan_of, shuffled)
         assert other == base and sorted(r.unit for r in records) == sorted(r.unit for r in base_records)

@@ -6,19 +6,20 @@ plan. The next rung starts only when every score of this one is in, and
 promotion reads seed means alone (``allocation.promote``), so neither the
 backend nor the order in which units finish can change a decision. A resumed
 run walks the rungs again: finished units are kept, decisions recomputed.
+The rounds driver (``rounds.run_rounds``) walks the rungs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from ..records import TrialRecord, TrialState, candidate_key
 from ..scaling import Candidate
 from ..space import SearchSpace
-from .allocation import Promotion, promote, rung_epochs
+from .allocation import promote, rung_epochs
 from .plan import units_for
+from .rounds import Step
 from .trials import Unit
 
 
@@ -28,14 +29,6 @@ def rung_schedule(space: SearchSpace) -> tuple[int, ...]:
     if not p.enabled:
         return (space.proxy.epochs,)
     return rung_epochs(space.proxy.epochs, p.reduction_factor, min_epochs=p.min_epochs)
-
-
-@dataclass(frozen=True)
-class RungResult:
-    epochs: int
-    candidates: tuple[str, ...]  # candidate keys trained at this rung
-    complete: bool  # every unit of the rung has a result
-    promotion: Promotion | None  # None at the last rung, or when the rung is not complete
 
 
 def rung_units(space: SearchSpace, candidates: Sequence[Candidate], index: int, epochs: Sequence[int]) -> list[Unit]:
@@ -58,37 +51,25 @@ def rung_scores(records: Sequence[TrialRecord], seeds: Sequence[int]) -> dict[st
     return out
 
 
-def run_rungs(
-    space: SearchSpace,
-    candidates: Sequence[Candidate],
-    plan_of: Callable[[Unit], TrialRecord],
-    execute: Callable[[list[TrialRecord]], list[TrialRecord]],
-    *,
-    reference: Candidate | None = None,
-) -> tuple[list[TrialRecord], tuple[RungResult, ...]]:
-    """Execute rung after rung; returns every record of every rung reached and each rung's decision.
+class Halving:
+    """Synchronous successive halving as a policy of the rounds driver: one round per rung."""
 
-    ``execute`` runs a rung's planned records and returns one record per
-    unit (WAITING where none is in: a stop, or units running elsewhere);
-    an incomplete rung ends the walk, nothing is promoted from part of a rung.
-    """
-    epochs = rung_schedule(space)
-    eta = space.pruning.reduction_factor
-    always = [candidate_key(*reference.coefficients.as_tuple())] if reference is not None else []
-    alive = list(candidates)
-    records: list[TrialRecord] = []
-    results = []
-    for i in range(len(epochs)):
-        plan = [plan_of(u) for u in rung_units(space, alive, i, epochs)]
-        got = execute(plan)
-        records.extend(got)
-        complete = all(r.state.finished for r in got)
-        keys = tuple(sorted({r.candidate for r in plan}))
-        if i == len(epochs) - 1 or not complete:
-            results.append(RungResult(epochs[i], keys, complete, None))
-            break
-        decision = promote(rung_scores(got, space.seeds), eta, always=always)
-        results.append(RungResult(epochs[i], keys, complete, decision))
+    name = "halving"
+
+    def __init__(self, space: SearchSpace, candidates: Sequence[Candidate], *, reference: Candidate | None = None):
+        self.space = space
+        self.epochs = rung_schedule(space)
+        self.always = [candidate_key(*reference.coefficients.as_tuple())] if reference is not None else []
+        self.alive = list(candidates)
+
+    def first(self) -> list[Unit]:
+        return rung_units(self.space, self.alive, 0, self.epochs)
+
+    def after(self, index: int, records: Sequence[TrialRecord]) -> Step:
+        if index == len(self.epochs) - 1:
+            return Step(())
+        rung = [r for r in records if r.rung == index]
+        decision = promote(rung_scores(rung, self.space.seeds), self.space.pruning.reduction_factor, always=self.always)
         kept = set(decision.promoted)
-        alive = [c for c in alive if candidate_key(*c.coefficients.as_tuple()) in kept]
-    return records, tuple(results)
+        self.alive = [c for c in self.alive if candidate_key(*c.coefficients.as_tuple()) in kept]
+        return Step(tuple(rung_units(self.space, self.alive, index + 1, self.epochs)), decision)

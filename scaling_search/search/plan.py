@@ -225,10 +225,12 @@ def units_for(
     rung: int | None = None,
     epochs: int | None = None,
     stage: int = 0,
+    seeds: Sequence[int] | None = None,
 ) -> list:
     """Every candidate x seed in run order: interleaved by seed (all candidates at a seed before the
     next seed), shuffled within a seed by the space's recorded ``order_seed`` (plus ``stage``, the
-    halving rung's index, so each rung has its own order). An interrupted run is then a fair sample of the grid."""
+    halving rung's or race round's index, so each round has its own order). An interrupted run is then a fair
+    sample of the grid. ``seeds``: the round's seeds (default: the space's)."""
     from .allocation import run_order
     from .trials import Unit  # trials re-exports this module's functions
 
@@ -243,7 +245,7 @@ def units_for(
             rung=rung,
             epochs=epochs,
         )
-        for seed in space.seeds
+        for seed in (space.seeds if seeds is None else seeds)
         for c in candidates
     ]
     return run_order(units, space.order_seed + stage)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..atomic import atomic_write_text
@@ -32,10 +33,11 @@ from ..train.devices import device_name, resolve_device
 from ..train.recipe import Runtime
 from .backend import Backend, Hooks, Train, merge
 from .estimate import Calibration
-from .halving import RungResult, run_rungs, rung_schedule
+from .halving import rung_schedule
 from .jobs import execute_jobs
 from .plan import space_plan
-from .trials import planned_record, run_unit, units_for
+from .rounds import RoundResult, policy_for, run_rounds
+from .trials import Unit, planned_record, run_unit, units_for
 
 RUN_JSON = "run.json"
 
@@ -224,10 +226,101 @@ def study_name_for(space: SearchSpace) -> str:
     return f"{space.name}-{parse_budget(space.constraint.budget):g}x-{space.fingerprint()}"
 
 
-def run(space: SearchSpace, options: RunOptions, console) -> int:
-    """Run (or resume) the study: plan -> backend.execute -> report; returns the process exit status."""
-    from ..data.sources import DataSpec, load_dataset
+@dataclass
+class RunContext:
+    """Everything ``run`` resolves once from the space and the options, before any folder is written."""
 
+    space: SearchSpace
+    options: RunOptions
+    out: Path
+    device: str
+    runtime: Runtime
+    data: Any
+    n_train: int
+    n_test: int
+    num_classes: int
+    plan_of_space: Any  # plan.SpacePlan: candidates and their network classes
+    study_name: str
+    storage_url: str | None
+    earlier: dict | None  # the folder's run.json when resuming
+    backend: Backend | None = None  # None until the folder exists (a new Optuna study is made there)
+    jobs: int = 1
+    estimate: Estimate | None = None
+    stale: list[str] = field(default_factory=list)
+
+    @property
+    def candidates(self) -> list:
+        return list(self.plan_of_space.trained)
+
+    def plan_of(self, unit: Unit) -> TrialRecord:
+        return planned_record(self.space, unit, self.num_classes)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The pre-run estimate: the first round's trials left (exactly) and a bound on the rounds after it."""
+
+    seconds: float  # the first round's trials left, at the chosen jobs
+    trials: int  # of the first round, left
+    first_round: int  # units of the first round
+    later_bound_seconds: float | None  # the rounds after the first, at most (racing); None: no later rounds known
+    later_bound_trials: int | None
+    calibration: Calibration | None
+
+
+def run(space: SearchSpace, options: RunOptions, console) -> int:
+    """Run (or resume) the study: resolve the run context, then plan -> rounds -> report; the exit status."""
+    ctx = prepare(space, options, console)
+    if options.estimate_only:
+        return 0
+    open_folder(ctx)
+    started = time.perf_counter()
+    stop = threading.Event()
+    restore = _install_stop_handlers(stop, console)
+    problems: list[str] = []
+    try:
+        records, rounds = run_rounds(
+            policy_for(ctx.space, ctx.candidates), ctx.plan_of, executor(ctx, stop, console, problems)
+        )
+    finally:
+        restore()
+    wall = time.perf_counter() - started
+    info = {
+        "wall_seconds_this_run": round(wall, 1),
+        "device": device_name(ctx.device),
+        "backend": ctx.options.backend,
+        "jobs": ctx.jobs,
+    }
+    info.update(data_sizes(ctx.data), stale_requeued=ctx.stale)
+    est = ctx.estimate
+    if est is not None and est.calibration is not None:
+        info["estimate_seconds_this_run"] = round(est.seconds, 1)
+        console.print(
+            f"wall time {format_duration(wall)} against the estimate of {format_duration(est.seconds)} for the first "
+            f"round ({wall / max(est.seconds, 1e-9):.2f}x; {sum(r.units for r in rounds)} trials in {len(rounds)} "
+            f"round(s) at {ctx.jobs} job(s))"
+        )
+    for p in problems:
+        console.print(f"worker failed: {p}")
+    status = finish(
+        ctx.out,
+        ctx.space,
+        records,
+        console,
+        stopped=stop.is_set(),
+        info=info,
+        keep_weights=ctx.options.keep_weights,
+        rounds=rounds,
+        classes=ctx.plan_of_space.classes,
+    )
+    return status if not problems or status else 1
+
+
+def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
+    """Check everything and resolve the run's context: device, data, storage, backend, jobs, estimate.
+
+    Nothing is written: every bad input is a UsageError before the run folder is touched.
+    """
     device = resolve_device(options.device)
     runtime = Runtime(
         device=device,
@@ -236,8 +329,6 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         jobs=options.jobs or 1,
     )
     plan_of_space = space_plan(space)
-    candidates = list(plan_of_space.trained)
-    units = units_for(space, candidates)
     out = options.out
     earlier = check_run_dir(out, space, study_name_for(space))
     # A resumed study keeps its name, whichever release hashed the space.
@@ -246,6 +337,66 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         from .ray_backend import check_ray_available
 
         check_ray_available(options.ray_address)
+        if options.jobs is not None and (options.gpus_per_trial is not None or options.cpus_per_trial is not None):
+            raise UsageError("--jobs sets the Ray trial resources: give --jobs or --gpus-per-trial/--cpus-per-trial")
+    data, n_train, n_test = _load_data(space, console)
+    storage_url = None
+    if options.backend == "optuna":
+        storage_url = options.storage or (resolve_storage(earlier["storage"], out) if earlier else None)
+    ctx = RunContext(
+        space=space,
+        options=options,
+        out=out,
+        device=device,
+        runtime=runtime,
+        data=data,
+        n_train=n_train,
+        n_test=n_test,
+        num_classes=len(data.classes),
+        plan_of_space=plan_of_space,
+        study_name=study_name,
+        storage_url=storage_url,
+        earlier=earlier,
+    )
+    first = list(policy_for(space, ctx.candidates).first())
+    policy_line = _policy_line(space, len(ctx.candidates), len(first))
+    console.print(
+        f"{space.name}: {len(ctx.candidates)} candidates, {policy_line}, on {space.data.name} ({n_train} train / "
+        f"{n_test} held-out images, {ctx.num_classes} classes), {space.proxy.epochs} epochs each, device {device} "
+        f"({device_name(device)})"
+    )
+    _print_coarseness(plan_of_space, space, console)
+    if options.backend == "optuna" and (options.storage or earlier is not None):
+        # A shared storage must answer before the folder exists; a resumed
+        # study says which trials are left to estimate.
+        ctx.backend = _optuna_backend(options, storage_url, study_name, space)
+    elif options.backend == "ray":
+        ctx.backend = _ray_backend(space, out, device, options)
+    ctx.stale = _report_stale(ctx.backend, console)
+    _estimate(ctx, [ctx.plan_of(u) for u in first], console)
+    if options.backend == "ray" and (ctx.jobs > 1 or options.jobs is not None):
+        # Ray packs the trials itself: a fraction of the GPU each, or a share of the CPUs.
+        if device.startswith("cuda"):
+            ctx.options = dataclasses.replace(options, gpus_per_trial=1 / ctx.jobs)
+        else:
+            ctx.options = dataclasses.replace(options, cpus_per_trial=max(0.01, _cores() / ctx.jobs))
+        ctx.backend = _ray_backend(space, out, device, ctx.options)
+    return ctx
+
+
+def _print_coarseness(plan, space: SearchSpace, console) -> None:
+    """How much the coefficients really move the network at this base (a reduced base compresses them)."""
+    from .coarseness import coarseness
+    from .plan import baseline_config
+
+    coarse = coarseness(plan, baseline_config(space, 10))
+    for line in [*coarse.lines(), *coarse.warnings()]:
+        console.print(line, highlight=False)
+
+
+def _load_data(space: SearchSpace, console):
+    """The dataset, and the train and held-out image counts a trial uses (a subset asked for must exist)."""
+    from ..data.sources import DataSpec, load_dataset
 
     data = load_dataset(
         DataSpec(name=space.data.name, data_dir=space.data.data_dir, storage_size=space.data.storage_size),
@@ -260,154 +411,138 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
                 f"proxy.{split}_subset is {want} but {space.data.name} has only {have} {split} images: lower it or "
                 "set it to null"
             )
-    n_train = space.proxy.train_subset or len(data.train_y)
-    n_test = space.proxy.test_subset or len(data.test_y)
-    num_classes = len(data.classes)
-    plan = [planned_record(space, u, num_classes) for u in units]
-    console.print(
-        f"{space.name}: {len(candidates)} candidates x {len(space.seeds)} seeds = {len(units)} trials on "
-        f"{space.data.name} ({n_train} train / {n_test} held-out images, {num_classes} classes), "
-        f"{space.proxy.epochs} epochs each, device {device} ({device_name(device)})"
-    )
-    _print_coarseness(plan_of_space, space, console)
+    return data, space.proxy.train_subset or len(data.train_y), space.proxy.test_subset or len(data.test_y)
 
-    if options.backend == "ray" and options.jobs is not None:
-        if options.gpus_per_trial is not None or options.cpus_per_trial is not None:
-            raise UsageError("--jobs sets the Ray trial resources: give --jobs or --gpus-per-trial/--cpus-per-trial")
-    storage_url = None
-    if options.backend == "optuna":
-        storage_url = options.storage or (resolve_storage(earlier["storage"], out) if earlier else None)
-    backend = None
-    if options.backend == "optuna" and (options.storage or earlier is not None):
-        # A shared storage must answer before the folder exists; a resumed
-        # study says which trials are left to estimate.
-        backend = _optuna_backend(options, storage_url, study_name, space)
-    elif options.backend == "ray":
-        backend = _ray_backend(space, out, device, options)
-    finished = backend.finished(plan) if backend is not None else set()
-    stale = _report_stale(backend, console)
-    left = [p for p in plan if p.unit not in finished]
-    # Calibrated once at one job (which also measures a job's memory), then scaled to the chosen count.
+
+def _policy_line(space: SearchSpace, candidates: int, first: int) -> str:
+    """How the trainings are allocated, in the run's first line."""
+    seeds = len(space.seeds)
+    if space.racing.enabled:
+        r = space.racing
+        cap = f", at most {r.max_trainings} trainings" if r.max_trainings is not None else ""
+        return (
+            f"racing seeds: a first round of {seeds} seeds = {first} trials, then one more seed per round for the "
+            f"candidates still in contention (up to {r.max_seeds} seeds{cap})"
+        )
+    if space.pruning.enabled:
+        return f"synchronous halving over rungs of {', '.join(map(str, rung_schedule(space)))} epochs, {seeds} seeds"
+    return f"x {seeds} seeds = {first} trials"
+
+
+def _estimate(ctx: RunContext, first: list[TrialRecord], console) -> None:
+    """Calibrate once at one job (which also measures a job's memory), choose the jobs, scale the estimate."""
+    space, options = ctx.space, ctx.options
+    finished = ctx.backend.finished(first) if ctx.backend is not None else set()
+    left = [p for p in first if p.unit not in finished]
     seconds, cal = estimate_seconds(
-        space, left, n_train, n_test, runtime, num_classes=num_classes, image_size=data.image_size
+        space, left, ctx.n_train, ctx.n_test, ctx.runtime, num_classes=ctx.num_classes, image_size=ctx.data.image_size
     )
-    data_bytes = _data_bytes(data, n_train, n_test)
-    jobs, why = choose_jobs(options.jobs, runtime, cal, data_bytes)
+    data_bytes = _data_bytes(ctx.data, ctx.n_train, ctx.n_test)
+    jobs, why = choose_jobs(options.jobs, ctx.runtime, cal, data_bytes)
     jobs = min(jobs, max(1, len(left)))
     console.print(f"jobs: {jobs} ({why})")
+    ctx.jobs = jobs
+    ctx.runtime = dataclasses.replace(ctx.runtime, jobs=jobs)
+    later_trials = later_seconds = None
     if cal is not None:
-        seconds = scaled_estimate(cal, space, left, n_train, n_test, device, jobs)
-    runtime = dataclasses.replace(runtime, jobs=jobs)
-    if cal is not None:
-        ips = 1 / cal.train_seconds_per_image[0]
+        seconds = scaled_estimate(cal, space, left, ctx.n_train, ctx.n_test, ctx.device, jobs)
+        later_trials = _later_bound(space, len(first))
+        if later_trials:
+            # Later rounds train the candidates still in contention: bounded at the dearest candidate's cost.
+            dear = max(first, key=lambda p: p.macs or 0)
+            one = scaled_estimate(cal, space, [dear], ctx.n_train, ctx.n_test, ctx.device, 1)
+            later_seconds = one * later_trials / max(1.0, _speedup(cal, ctx.device, jobs))
+    ctx.estimate = Estimate(seconds, len(left), len(first), later_seconds, later_trials, cal)
+    if cal is None:
+        return
+    ips = 1 / cal.train_seconds_per_image[0]
+    console.print(
+        f"estimate: about {format_duration(seconds)} for the {len(left)} trials left of the first round's "
+        f"{len(first)} at {jobs} job(s) (cheapest candidate trains at {ips:,.0f} img/s here, the dearest at "
+        f"{1 / cal.train_seconds_per_image[1]:,.0f})"
+    )
+    if later_trials:
         console.print(
-            f"estimate: about {format_duration(seconds)} for the {len(left)} trials left of {len(units)} at {jobs} "
-            f"job(s) (cheapest candidate trains at {ips:,.0f} img/s here, the dearest at "
-            f"{1 / cal.train_seconds_per_image[1]:,.0f})"
+            f"  the race's later rounds: at most {later_trials} more trials (racing.max_trainings, or max_seeds for "
+            f"every candidate), at most {format_duration(later_seconds)} more at the dearest candidate's cost; "
+            "it stops sooner once it has decided"
         )
-    if options.estimate_only:
-        return 0
-    if options.backend == "ray" and (jobs > 1 or options.jobs is not None):
-        # Ray packs the trials itself: a fraction of the GPU each, or a share of the CPUs.
-        if device.startswith("cuda"):
-            options = dataclasses.replace(options, gpus_per_trial=1 / jobs)
-        else:
-            options = dataclasses.replace(options, cpus_per_trial=max(0.01, _cores() / jobs))
-        backend = _ray_backend(space, out, device, options)
 
+
+def _later_bound(space: SearchSpace, first: int) -> int | None:
+    """Trainings after the first round, at most: the race's cap, else every candidate up to max_seeds."""
+    r = space.racing
+    if not r.enabled:
+        return None
+    per_seed = first // max(1, len(space.seeds))
+    bound = per_seed * (r.max_seeds - len(space.seeds))
+    if r.max_trainings is not None:
+        bound = min(bound, max(0, r.max_trainings - first))
+    return bound
+
+
+def _speedup(cal, device: str, jobs: int) -> float:
+    from .estimate import concurrency
+
+    return concurrency(device.split(":")[0], jobs, cal.threads, _cores())
+
+
+def open_folder(ctx: RunContext) -> None:
+    """Make the run folder and record what it runs (run.json, space.yaml); open a new study there."""
+    out, options, space = ctx.out, ctx.options, ctx.space
     out.mkdir(parents=True, exist_ok=True)
-    if options.backend == "optuna" and storage_url is None:
+    if options.backend == "optuna" and ctx.storage_url is None:
         from .optuna_backend import default_storage
 
-        storage_url = default_storage(out)
+        ctx.storage_url = default_storage(out)
     meta = {
         "fingerprint": space.fingerprint(),
         "space": space.name,
         "budget": space.constraint.budget,
         "backend": options.backend,
-        "study_name": study_name,
-        "storage": storage_url,
-        "created": (earlier or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+        "study_name": ctx.study_name,
+        "storage": ctx.storage_url,
+        "created": (ctx.earlier or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
         "software": software_versions(),
-        "device": device_name(device),
-        "num_classes": num_classes,
-        **data_sizes(data),
+        "device": device_name(ctx.device),
+        "num_classes": ctx.num_classes,
+        **data_sizes(ctx.data),
     }
-    meta["storage"] = record_storage(storage_url, out)
+    meta["storage"] = record_storage(ctx.storage_url, out)
+    earlier = ctx.earlier
     if earlier is None or any(earlier.get(k) != meta[k] for k in ("storage", "native_size", "stored_size")):
         atomic_write_text(out / RUN_JSON, json.dumps(meta, indent=2) + "\n")
         atomic_write_text(out / "space.yaml", dump_space(space))
-    backend = backend or _optuna_backend(options, storage_url, study_name, space)
-    started = time.perf_counter()
-    stop = threading.Event()
-    restore = _install_stop_handlers(stop, console)
-    weights_dir = out.resolve() if options.keep_weights != "none" else None  # absolute: Ray workers run elsewhere
-    train = lambda p, report: run_unit(space, p, data, runtime, report, weights_dir=weights_dir)  # noqa: E731
-    problems: list[str] = []
+    ctx.backend = ctx.backend or _optuna_backend(options, ctx.storage_url, ctx.study_name, space)
 
-    def execute(rung_plan: list[TrialRecord]) -> list[TrialRecord]:
+
+def executor(
+    ctx: RunContext, stop: threading.Event, console, problems: list[str]
+) -> Callable[[list[TrialRecord]], list[TrialRecord]]:
+    """What the rounds driver calls with each round's plan: the backend runs it (or --jobs worker processes do)."""
+    space, options, backend, jobs = ctx.space, ctx.options, ctx.backend, ctx.jobs
+    weights_dir = ctx.out.resolve() if options.keep_weights != "none" else None  # absolute: Ray workers run elsewhere
+    runtime, data = ctx.runtime, ctx.data
+
+    def train(p: TrialRecord, report) -> TrialRecord:
+        return run_unit(space, p, data, runtime, report, weights_dir=weights_dir)
+
+    def execute(plan: list[TrialRecord]) -> list[TrialRecord]:
         if jobs > 1 and options.backend == "optuna":
             # Each worker opens the study itself: partials pickle, a live storage connection does not.
-            make_backend = functools.partial(_optuna_backend, options, storage_url, study_name, space)
+            make_backend = functools.partial(_optuna_backend, options, ctx.storage_url, ctx.study_name, space)
 
             def in_workers(hooks: Hooks) -> list[TrialRecord]:
                 threads = _worker_threads(jobs)
                 problems.extend(
-                    execute_jobs(space, rung_plan, runtime, make_backend, jobs, hooks, threads, weights_dir=weights_dir)
+                    execute_jobs(space, plan, runtime, make_backend, jobs, hooks, threads, weights_dir=weights_dir)
                 )
-                return backend.records(rung_plan)
+                return backend.records(plan)
 
-            return _execute(backend, rung_plan, None, stop, console, run_with=in_workers)
-        return _execute(backend, rung_plan, train, stop, console)
+            return _execute(backend, plan, None, stop, console, run_with=in_workers)
+        return _execute(backend, plan, train, stop, console)
 
-    try:
-        records, rungs = run_rungs(
-            space,
-            candidates,
-            lambda u: planned_record(space, u, num_classes),
-            execute,
-            reference=_paper(candidates),
-        )
-    finally:
-        restore()
-    wall = time.perf_counter() - started
-    info = {
-        "wall_seconds_this_run": round(wall, 1),
-        "device": device_name(device),
-        "backend": options.backend,
-        "jobs": jobs,
-    }
-    info.update(data_sizes(data), stale_requeued=stale)
-    if cal is not None:
-        info["estimate_seconds_this_run"] = round(seconds, 1)
-        console.print(
-            f"wall time {format_duration(wall)} against the estimate of {format_duration(seconds)} "
-            f"({wall / max(seconds, 1e-9):.2f}x) for {len(left)} trials at {jobs} job(s)"
-        )
-    for p in problems:
-        console.print(f"worker failed: {p}")
-    status = finish(
-        out,
-        space,
-        records,
-        console,
-        stopped=stop.is_set(),
-        info=info,
-        keep_weights=options.keep_weights,
-        rungs=rungs,
-        classes=plan_of_space.classes,
-    )
-    return status if not problems or status else 1
-
-
-def _print_coarseness(plan, space: SearchSpace, console) -> None:
-    """How much the coefficients really move the network at this base (a reduced base compresses them)."""
-    from .coarseness import coarseness
-    from .plan import baseline_config
-
-    coarse = coarseness(plan, baseline_config(space, 10))
-    for line in [*coarse.lines(), *coarse.warnings()]:
-        console.print(line, highlight=False)
+    return execute
 
 
 def _worker_threads(jobs: int) -> int:
@@ -416,10 +551,6 @@ def _worker_threads(jobs: int) -> int:
     from .jobs import worker_threads
 
     return worker_threads(torch.get_num_threads(), jobs)
-
-
-def _paper(candidates):
-    return next((c for c in candidates if c.is_paper), None)
 
 
 def _optuna_backend(options: RunOptions, url: str, name: str, space: SearchSpace) -> Backend:
@@ -516,10 +647,10 @@ def finish(
     stopped: bool,
     info: dict,
     keep_weights: str | None = None,
-    rungs: tuple[RungResult, ...] = (),
+    rounds: tuple[RoundResult, ...] = (),
     classes: tuple = (),
 ) -> int:
-    """Write the report of ``records`` (every unit of every rung reached), print the verdict.
+    """Write the report of ``records`` (every unit of every round reached), print the decision.
 
     ``classes`` are the plan's network classes (built once by the caller: the plan takes seconds)."""
     from ..analysis.report import write_report
@@ -534,11 +665,11 @@ def finish(
                 "epochs": r.epochs,
                 "candidates": len(r.candidates),
                 "complete": r.complete,
-                "promoted": None if r.promotion is None else list(r.promotion.promoted),
-                "carried_as_reference": None if r.promotion is None else list(r.promotion.carried),
-                "threshold": None if r.promotion is None else r.promotion.threshold,
+                "promoted": None if r.decision is None else list(r.decision.promoted),
+                "carried_as_reference": None if r.decision is None else list(r.decision.carried),
+                "threshold": None if r.decision is None else r.decision.threshold,
             }
-            for r in rungs
+            for r in rounds
         ]
         info["rung_epochs"] = list(rung_schedule(space))
         if full:
@@ -604,20 +735,20 @@ def rebuild(out: Path, console) -> int:
         def fetch(plan: list[TrialRecord]) -> list[TrialRecord]:
             return merge(plan, {p.unit: updated(p, found[p.unit].row()) for p in plan if p.unit in found})
 
-    # The rungs walked again over the stored results: the same decisions, nothing trained.
+    # The rounds walked again over the stored results: the same decisions, nothing trained.
     plan_of = lambda u: planned_record(space, u, num_classes)  # noqa: E731
-    records, rungs = run_rungs(space, candidates, plan_of, fetch, reference=_paper(candidates))
+    records, rounds = run_rounds(policy_for(space, candidates), plan_of, fetch)
     if space.pruning.enabled and not any(r.state.finished for r in records):
         # A run made with asynchronous pruning (no rung units): its full-schedule trials, as stored.
         old = fetch([plan_of(u) for u in units_for(space, candidates)])
         if any(r.state.finished for r in old):
-            records, rungs = old, ()
+            records, rounds = old, ()
             info["note"] = (
                 "this run predates synchronous halving: its PRUNED trials were stopped early by asynchronous "
                 "pruning and are not ranked; only trials that trained every epoch are"
             )
             console.print(f"note: {info['note']}", highlight=False)
-    return finish(out, space, records, console, stopped=False, info=info, rungs=rungs, classes=plan_of_space.classes)
+    return finish(out, space, records, console, stopped=False, info=info, rounds=rounds, classes=plan_of_space.classes)
 
 
 # ------------------------------------------------------------ folders that move

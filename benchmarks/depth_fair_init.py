@@ -14,7 +14,7 @@ training, atomically) and ``OUT/results.md``; a re-run skips the rows already th
 stopped measurement resumes. Run it niced beside other work:
 
     nohup nice -n 10 python3 benchmarks/depth_fair_init.py --out benchmarks/depth_fair_init \\
-        --data-dir ../shared/data --train-subset 4000 > /tmp/depth_fair.log 2>&1 &
+        --data-dir ../shared/data --train-subset 2500 --test-subset 1000 > /tmp/depth_fair.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", default=None, help="network names to train (default: all)")
     ap.add_argument("--inits", nargs="+", default=["standard", "zero"], choices=("standard", "zero"))
     ap.add_argument("--list", action="store_true", help="print the networks and their real cost, train nothing")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     args = ap.parse_args(argv)
 
     nets = networks()
@@ -173,11 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         return 0
 
+    import torch
+
     from scaling_search.data.sources import DataSpec, load_dataset
     from scaling_search.models.efficientnet_config import block_specs
     from scaling_search.train.loop import TrialSpec, train_trial
     from scaling_search.train.recipe import Runtime
 
+    torch.set_num_threads(args.threads)
     print(f"machine     {machine()}")
     print(f"before      {load()}", flush=True)
     recipe = load_space(preset_path("cpu")).proxy
@@ -188,17 +192,27 @@ def main(argv: list[str] | None = None) -> int:
     csv_path, md_path = args.out / "results.csv", args.out / "results.md"
     rows = read_rows(csv_path)
     done = {(r["network"], r["init"], int(r["seed"])) for r in rows}
-    wanted = [n for n in nets if args.only is None or n in args.only]
-    # Seed by seed, so a measurement cut short still holds every network at the first seed.
-    for seed in args.seeds:
-        for name in wanted:
+    # The strategies that decide the question first (depth, then the baseline and the paper's mix), each
+    # over every seed and both inits, so a measurement cut short still answers the question.
+    priority = ("depth only", "baseline", "paper (1.2, 1.1, 1.15)", "width only", "cpu winner (1, 1.05, 1.25)")
+    wanted = sorted(
+        (n for n in nets if args.only is None or n in args.only),
+        key=lambda n: priority.index(n) if n in priority else len(priority),
+    )
+    for name in wanted:
+        for seed in args.seeds:
             for init in args.inits:
                 if (name, init, seed) in done:
                     continue
                 factor, config, ratio = nets[name]
                 r = dataclasses.replace(recipe, zero_init_residual=init == "zero")
                 started = time.strftime("%H:%M:%S")
-                result = train_trial(TrialSpec(config, data_spec, r, seed), Runtime(device="cpu"), dataset=dataset)
+
+                def epoch(i: int, loss: float, acc: float, name=name, init=init, seed=seed) -> None:
+                    print(f"  {name} / {init} / seed {seed}: epoch {i + 1} loss {loss:.3f} top-1 {acc:.3f}", flush=True)
+
+                spec = TrialSpec(config, data_spec, r, seed)
+                result = train_trial(spec, Runtime(device="cpu"), dataset=dataset, on_epoch=epoch)
                 blocks = [b for stage in block_specs(config) for b in stage]
                 row = {
                     "network": name,

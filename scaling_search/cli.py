@@ -387,6 +387,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=10,
         help="seconds between trial heartbeats; a trial silent for 4 is re-queued (default 10)",
     )
+    p.add_argument(
+        "--fidelity",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "once decided, train the decision set, the paper's triple and the best of each leaning again at "
+            "fidelity.epochs_factor times the epochs (default: the space's fidelity.enabled); on a finished run "
+            "folder, trains only those"
+        ),
+    )
     p.add_argument("--estimate", action="store_true", help="print the plan and the time estimate, then stop")
     p.add_argument(
         "--keep-weights",
@@ -431,6 +441,7 @@ def _resolve_space(args: argparse.Namespace, console):
         "constraint": {"budget": args.budget},
         "data": {"data_dir": args.data_dir},
         "proxy": {"epochs": args.epochs},
+        "fidelity": {"enabled": args.fidelity},
     }
     space = space.with_overrides(**overrides)
     if args.seeds:

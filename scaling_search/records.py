@@ -57,9 +57,16 @@ def candidate_key(alpha: float, beta: float, gamma: float) -> str:
     return f"a{alpha:g}-b{beta:g}-g{gamma:g}"
 
 
-def unit_key(alpha: float, beta: float, gamma: float, seed: int, rung: int | None = None) -> str:
-    """A unit's name; a shorter halving rung is its own unit (``-r0``), the full schedule has no suffix."""
-    return f"{candidate_key(alpha, beta, gamma)}-s{seed}" + ("" if rung is None else f"-r{rung}")
+def unit_key(
+    alpha: float, beta: float, gamma: float, seed: int, rung: int | None = None, fidelity: int | None = None
+) -> str:
+    """A unit's name; a shorter halving rung is its own unit (``-r0``), and so is the fidelity check's
+    longer schedule (``-f3``: 3x the epochs); the search's full schedule has no suffix."""
+    return (
+        f"{candidate_key(alpha, beta, gamma)}-s{seed}"
+        + ("" if rung is None else f"-r{rung}")
+        + ("" if fidelity is None else f"-f{fidelity}")
+    )
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,8 @@ class TrialRecord:
     effective_alpha: float | None = None
     effective_beta: float | None = None
     effective_gamma: float | None = None
+    # The fidelity check's longer schedule: its factor over the proxy's epochs; None for the search's units.
+    fidelity: int | None = None
 
     @property
     def candidate(self) -> str:
@@ -107,7 +116,7 @@ class TrialRecord:
 
     @property
     def unit(self) -> str:
-        return unit_key(self.alpha, self.beta, self.gamma, self.seed, self.rung)
+        return unit_key(self.alpha, self.beta, self.gamma, self.seed, self.rung, self.fidelity)
 
     def replace(self, **changes: Any) -> TrialRecord:
         return dataclasses.replace(self, **changes)
@@ -150,6 +159,7 @@ COLUMNS = (
     "epoch_losses",
     "attempts",
     "rung",
+    "fidelity",
 )
 # What each column of trials.csv means (written into every run folder's COLUMNS.md).
 COLUMN_DESCRIPTIONS = {
@@ -186,10 +196,12 @@ COLUMN_DESCRIPTIONS = {
     "epoch_losses": "mean training loss of each epoch run, a JSON list",
     "rung": "synchronous successive-halving rung of this trial (0 = shortest); empty for the full schedule without "
     "halving (int)",
+    "fidelity": "the fidelity check's units: the factor of their longer schedule over the proxy's epochs (int); "
+    "empty for the search's own units, the only ones the ranking reads",
     "attempts": "trainings started for this unit over every run of the study; above 1 after an interrupted "
     "trial was re-queued (int)",
 }
-_INTS = frozenset({"seed", "epochs", "epochs_run", "resolution", "params", "macs", "attempts", "rung"})
+_INTS = frozenset({"seed", "epochs", "epochs_run", "resolution", "params", "macs", "attempts", "rung", "fidelity"})
 _FLOATS = frozenset(
     {
         "alpha",
@@ -214,7 +226,8 @@ _REQUIRED = ("alpha", "beta", "gamma", "seed", "state")
 
 def sort_key(record: TrialRecord) -> tuple:
     rung = math.inf if record.rung is None else record.rung  # the full schedule after the shorter rungs
-    return (record.alpha, record.beta, record.gamma, rung, record.seed)
+    fidelity = 0 if record.fidelity is None else record.fidelity  # the fidelity check's longer one after both
+    return (record.alpha, record.beta, record.gamma, fidelity, rung, record.seed)
 
 
 # ------------------------------------------------------------------ writing

@@ -112,7 +112,10 @@ def rank(
     classes: Sequence[NetworkClassLike] = (),
     bootstrap_seed: int = 0,
 ) -> Ranking:
-    """Rank candidates by mean held-out accuracy over the seeds that trained the full schedule."""
+    """Rank candidates by mean held-out accuracy over the seeds that trained the full schedule.
+
+    The fidelity check's units (a longer schedule, after the decision) are not the search's: left out."""
+    trials = [r for r in trials if r.fidelity is None]
     groups: dict[str, list[TrialRecord]] = {}
     for r in trials:
         groups.setdefault(r.candidate, []).append(r)

@@ -33,6 +33,7 @@ from ..train.devices import device_name, resolve_device
 from ..train.recipe import Runtime
 from .backend import Backend, Hooks, Train, merge
 from .estimate import Calibration
+from .fidelity import run_fidelity
 from .halving import rung_schedule
 from .jobs import execute_jobs
 from .plan import space_plan
@@ -86,6 +87,13 @@ def check_run_dir(out: Path, space: SearchSpace, study_name: str) -> dict | None
             "use a new --out, or the same space and budget to resume"
         )
     return meta
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _stored_data_dir(out: Path) -> str | None:
@@ -278,10 +286,12 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     stop = threading.Event()
     restore = _install_stop_handlers(stop, console)
     problems: list[str] = []
+    execute = executor(ctx, stop, console, problems)
+    fidelity: list[TrialRecord] | None = None  # None: the check did not run
     try:
-        records, rounds = run_rounds(
-            policy_for(ctx.space, ctx.candidates), ctx.plan_of, executor(ctx, stop, console, problems)
-        )
+        records, rounds = run_rounds(policy_for(ctx.space, ctx.candidates), ctx.plan_of, execute)
+        if _decided(ctx.space, rounds) and not stop.is_set():
+            fidelity = run_fidelity(ctx.space, ctx.candidates, records, ctx.plan_of, execute, console)
     finally:
         restore()
     wall = time.perf_counter() - started
@@ -312,8 +322,14 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         keep_weights=ctx.options.keep_weights,
         rounds=rounds,
         classes=ctx.plan_of_space.classes,
+        fidelity=fidelity,
     )
     return status if not problems or status else 1
+
+
+def _decided(space: SearchSpace, rounds: tuple[RoundResult, ...]) -> bool:
+    """The fidelity check is on and the search has decided: every round it walked is complete."""
+    return space.fidelity.enabled and bool(rounds) and all(r.complete for r in rounds)
 
 
 def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
@@ -513,6 +529,9 @@ def open_folder(ctx: RunContext) -> None:
     if earlier is None or any(earlier.get(k) != meta[k] for k in ("storage", "native_size", "stored_size")):
         atomic_write_text(out / RUN_JSON, json.dumps(meta, indent=2) + "\n")
         atomic_write_text(out / "space.yaml", dump_space(space))
+    elif _read_text(out / "space.yaml") != dump_space(space):
+        # Same fingerprint, other settings outside it (the fidelity check turned on, say): `report` reads these.
+        atomic_write_text(out / "space.yaml", dump_space(space))
     ctx.backend = ctx.backend or _optuna_backend(options, ctx.storage_url, ctx.study_name, space)
 
 
@@ -596,7 +615,7 @@ def _execute(
     """The backend runs the plan (or ``run_with`` does, through worker processes); the runner prints
     one line per finished trial, whichever backend or worker finished it."""
     total = len(plan)
-    done = len(backend.finished(plan))
+    done = len(backend.finished(plan) & {p.unit for p in plan})  # a backend may name units of other rounds too
     if done:
         console.print(f"resuming: {done} of {total} trials already finished")
     best: list[TrialRecord] = []
@@ -649,6 +668,7 @@ def finish(
     keep_weights: str | None = None,
     rounds: tuple[RoundResult, ...] = (),
     classes: tuple = (),
+    fidelity: list[TrialRecord] | None = None,
 ) -> int:
     """Write the report of ``records`` (every unit of every round reached), print the decision.
 
@@ -675,7 +695,7 @@ def finish(
         if full:
             info["pruning_saved_fraction"] = round(1 - epochs_run / full, 4)
     console.print("writing the report ...")
-    ranking = write_report(out, records, space, info, classes=classes)
+    ranking = write_report(out, records, space, info, classes=classes, fidelity=fidelity)
     verdict = "no verdict" if ranking.analysis is None else ("CONCLUSIVE" if ranking.conclusive else "INCONCLUSIVE")
     console.print(f"verdict: {verdict}", highlight=False)
     for s in ranking.statements:
@@ -748,7 +768,18 @@ def rebuild(out: Path, console) -> int:
                 "pruning and are not ranked; only trials that trained every epoch are"
             )
             console.print(f"note: {info['note']}", highlight=False)
-    return finish(out, space, records, console, stopped=False, info=info, rounds=rounds, classes=plan_of_space.classes)
+    fidelity = run_fidelity(space, candidates, records, plan_of, fetch) if _decided(space, rounds) else None
+    return finish(
+        out,
+        space,
+        records,
+        console,
+        stopped=False,
+        info=info,
+        rounds=rounds,
+        classes=plan_of_space.classes,
+        fidelity=fidelity,
+    )
 
 
 # ------------------------------------------------------------ folders that move

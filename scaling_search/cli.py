@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .errors import UsageError
+from .errors import MachineError, UsageError
 
 PROG = "scaling-search"
 
@@ -217,26 +217,26 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
 
 
 def grid_candidates(args: argparse.Namespace):
-    """The same plan a search builds: from a space (--space/--preset) or from the grid options."""
+    """The same plan a search builds, and its baseline network: from a space (--space/--preset) or from the
+    grid options."""
     from .models import EfficientNetConfig
-    from .search.plan import build_plan, space_plan
+    from .search.plan import baseline_config, build_plan, space_plan
     from .space import GridSpec, load_space, preset_path
 
     if args.space or args.preset:
-        return space_plan(load_space(args.space or preset_path(args.preset)))
+        space = load_space(args.space or preset_path(args.preset))
+        plan = space_plan(space)
+        return plan, baseline_config(space, 10)
     grid = GridSpec(args.grid, args.step, args.max_alpha, args.max_beta, args.max_gamma)
-    return build_plan(
-        args.budget,
-        EfficientNetConfig(resolution=args.base_resolution),
-        multiple=args.multiple,
-        grid=grid,
-        tolerance=args.tolerance,
-        constraint=args.constraint,
+    base = EfficientNetConfig(resolution=args.base_resolution)
+    plan = build_plan(
+        args.budget, base, multiple=args.multiple, grid=grid, tolerance=args.tolerance, constraint=args.constraint
     )
+    return plan, base
 
 
 def _cmd_candidates(args: argparse.Namespace) -> int:
-    plan = grid_candidates(args)
+    plan, base = grid_candidates(args)
     rows = plan.rows()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -257,6 +257,10 @@ def _cmd_candidates(args: argparse.Namespace) -> int:
         f"trained once ({plan.constraint} constraint, tolerance {plan.tolerance:g}){off}; measured ratios are MACs "
         f"of the rounded phi = 1 network over the baseline at {plan.base_resolution} px."
     )
+    from .search.coarseness import coarseness
+
+    coarse = coarseness(plan, base)
+    print("\n".join(["", *coarse.lines(), *coarse.warnings()]))
     return 0
 
 
@@ -383,6 +387,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=10,
         help="seconds between trial heartbeats; a trial silent for 4 is re-queued (default 10)",
     )
+    p.add_argument(
+        "--fidelity",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "once decided, train the decision set, the paper's triple and the best of each leaning again at "
+            "fidelity.epochs_factor times the epochs (default: the space's fidelity.enabled); on a finished run "
+            "folder, trains only those"
+        ),
+    )
     p.add_argument("--estimate", action="store_true", help="print the plan and the time estimate, then stop")
     p.add_argument(
         "--keep-weights",
@@ -413,20 +427,14 @@ def _resolve_space(args: argparse.Namespace, console):
     else:
         name = args.preset
         if name is None:
-            import torch
-
-            name = "imagenette" if torch.cuda.is_available() else "cpu"
-            why = (
-                "a CUDA GPU is available"
-                if name == "imagenette"
-                else "no CUDA GPU found; use --preset imagenette to run the GPU-sized study anyway"
-            )
+            name, why = preset_for_device(args.device)
             console.print(f"no --space or --preset given: using preset '{name}' ({why})")
         space = load_space(preset_path(name))
     overrides = {
         "constraint": {"budget": args.budget},
         "data": {"data_dir": args.data_dir},
         "proxy": {"epochs": args.epochs},
+        "fidelity": {"enabled": args.fidelity},
     }
     space = space.with_overrides(**overrides)
     if args.seeds:
@@ -434,6 +442,18 @@ def _resolve_space(args: argparse.Namespace, console):
 
         space = dataclasses.replace(space, seeds=tuple(range(args.seeds)))
     return space
+
+
+def preset_for_device(asked: str) -> tuple[str, str]:
+    """The shipped study for the device the user asked for (checked: a missing GPU is a usage error), and why."""
+    from .train.devices import resolve_device
+
+    device = resolve_device(asked)
+    if device.startswith("cuda"):
+        return "imagenette", f"device {device}, a CUDA GPU"
+    if asked == "auto":
+        return "cpu", "no CUDA GPU found; use --preset imagenette to run the GPU-sized study anyway"
+    return "cpu", f"device {device} asked for"
 
 
 def _console():
@@ -734,6 +754,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .data.sources import DataSpec, load_dataset
     from .models import get_config
     from .progress import stderr_is_terminal
+    from .train.faults import DeviceFault
     from .train.loop import TrialFailed, TrialSpec, resolve_device, train_trial
     from .train.recipe import Recipe, Runtime
 
@@ -757,6 +778,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except TrialFailed as exc:
         print(f"{PROG}: trial failed: {exc.reason}", file=sys.stderr)
         return 1
+    except DeviceFault as exc:
+        print(f"{PROG}: error: {exc.reason}", file=sys.stderr)
+        return 3
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -852,6 +876,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except MachineError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -40,6 +40,7 @@ from optuna.trial import TrialState
 from ..errors import UsageError
 from ..records import TrialRecord, stored_fields, updated
 from ..records import TrialState as State
+from ..train.faults import DeviceFault
 from .backend import Hooks, Train, merge
 from .trials import Unit, unit_of
 
@@ -196,7 +197,9 @@ def _requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None
     study.enqueue_trial({k: attrs[k] for k in PARAMS if k in attrs}, user_attrs=attrs)
 
 
-_UNIT_ATTRS = ("unit", "alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs")
+_UNIT_ATTRS = (
+    "unit", "alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs", "fidelity"
+)  # fmt: skip
 
 
 def unit_search_space(units: list[Unit]) -> dict[str, BaseDistribution]:
@@ -437,6 +440,13 @@ class OptunaStudy:
 
         try:
             record = train(planned, report)
+        except DeviceFault as exc:
+            beating.set()
+            beat.join()
+            # Not the candidate's result: a FAIL without a reason is an interrupted trial, queued again.
+            trial.set_user_attr("device_fault", exc.reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
         finally:
             beating.set()
             beat.join()

@@ -17,7 +17,7 @@ import platform
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,14 @@ from ..records import TRIALS_CSV, TrialRecord, TrialState, read_trials, updated
 from ..scaling import parse_budget
 from ..space import SearchSpace, dump_space
 from ..train.devices import device_name, resolve_device
+from ..train.faults import DeviceFault
 from ..train.recipe import Runtime
 from .backend import Backend, Hooks, Train, merge
 from .estimate import Calibration
+from .fidelity import run_fidelity
 from .halving import rung_schedule
-from .jobs import execute_jobs
+from .jobs import execute_jobs, retry_alone
+from .outcome import outcome_of
 from .plan import space_plan
 from .rounds import RoundResult, policy_for, run_rounds
 from .trials import Unit, planned_record, run_unit, units_for
@@ -86,6 +89,13 @@ def check_run_dir(out: Path, space: SearchSpace, study_name: str) -> dict | None
             "use a new --out, or the same space and budget to resume"
         )
     return meta
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _stored_data_dir(out: Path) -> str | None:
@@ -278,10 +288,12 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     stop = threading.Event()
     restore = _install_stop_handlers(stop, console)
     problems: list[str] = []
+    execute = executor(ctx, stop, console, problems)
+    fidelity: list[TrialRecord] | None = None  # None: the check did not run
     try:
-        records, rounds = run_rounds(
-            policy_for(ctx.space, ctx.candidates), ctx.plan_of, executor(ctx, stop, console, problems)
-        )
+        records, rounds = run_rounds(policy_for(ctx.space, ctx.candidates), ctx.plan_of, execute)
+        if _decided(ctx.space, rounds) and not stop.is_set():
+            fidelity = run_fidelity(ctx.space, ctx.candidates, records, ctx.plan_of, execute, console)
     finally:
         restore()
     wall = time.perf_counter() - started
@@ -301,8 +313,8 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
             f"round(s) at {ctx.jobs} job(s))"
         )
     for p in problems:
-        console.print(f"worker failed: {p}")
-    status = finish(
+        console.print(f"machine failure: {p}", highlight=False)
+    return finish(
         ctx.out,
         ctx.space,
         records,
@@ -312,8 +324,14 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         keep_weights=ctx.options.keep_weights,
         rounds=rounds,
         classes=ctx.plan_of_space.classes,
+        fidelity=fidelity,
+        machine=problems,
     )
-    return status if not problems or status else 1
+
+
+def _decided(space: SearchSpace, rounds: tuple[RoundResult, ...]) -> bool:
+    """The fidelity check is on and the search has decided: every round it walked is complete."""
+    return space.fidelity.enabled and bool(rounds) and all(r.complete for r in rounds)
 
 
 def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
@@ -365,6 +383,7 @@ def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
         f"{n_test} held-out images, {ctx.num_classes} classes), {space.proxy.epochs} epochs each, device {device} "
         f"({device_name(device)})"
     )
+    _print_coarseness(plan_of_space, space, console)
     if options.backend == "optuna" and (options.storage or earlier is not None):
         # A shared storage must answer before the folder exists; a resumed
         # study says which trials are left to estimate.
@@ -381,6 +400,16 @@ def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
             ctx.options = dataclasses.replace(options, cpus_per_trial=max(0.01, _cores() / ctx.jobs))
         ctx.backend = _ray_backend(space, out, device, ctx.options)
     return ctx
+
+
+def _print_coarseness(plan, space: SearchSpace, console) -> None:
+    """How much the coefficients really move the network at this base (a reduced base compresses them)."""
+    from .coarseness import coarseness
+    from .plan import baseline_config
+
+    coarse = coarseness(plan, baseline_config(space, 10))
+    for line in [*coarse.lines(), *coarse.warnings()]:
+        console.print(line, highlight=False)
 
 
 def _load_data(space: SearchSpace, console):
@@ -502,6 +531,9 @@ def open_folder(ctx: RunContext) -> None:
     if earlier is None or any(earlier.get(k) != meta[k] for k in ("storage", "native_size", "stored_size")):
         atomic_write_text(out / RUN_JSON, json.dumps(meta, indent=2) + "\n")
         atomic_write_text(out / "space.yaml", dump_space(space))
+    elif _read_text(out / "space.yaml") != dump_space(space):
+        # Same fingerprint, other settings outside it (the fidelity check turned on, say): `report` reads these.
+        atomic_write_text(out / "space.yaml", dump_space(space))
     ctx.backend = ctx.backend or _optuna_backend(options, ctx.storage_url, ctx.study_name, space)
 
 
@@ -516,6 +548,9 @@ def executor(
     def train(p: TrialRecord, report) -> TrialRecord:
         return run_unit(space, p, data, runtime, report, weights_dir=weights_dir)
 
+    def train_alone(p: TrialRecord, report) -> TrialRecord:  # no other job shares the device
+        return run_unit(space, p, data, dataclasses.replace(runtime, jobs=1), report, weights_dir=weights_dir)
+
     def execute(plan: list[TrialRecord]) -> list[TrialRecord]:
         if jobs > 1 and options.backend == "optuna":
             # Each worker opens the study itself: partials pickle, a live storage connection does not.
@@ -523,13 +558,17 @@ def executor(
 
             def in_workers(hooks: Hooks) -> list[TrialRecord]:
                 threads = _worker_threads(jobs)
-                problems.extend(
-                    execute_jobs(space, plan, runtime, make_backend, jobs, hooks, threads, weights_dir=weights_dir)
-                )
+                ended = execute_jobs(space, plan, runtime, make_backend, jobs, hooks, threads, weights_dir=weights_dir)
+                problems.extend(ended.problems)
+                problems.extend(retry_alone(backend, plan, ended, hooks, console.print, train_alone))
                 return backend.records(plan)
 
             return _execute(backend, plan, None, stop, console, run_with=in_workers)
-        return _execute(backend, plan, train, stop, console)
+        try:
+            return _execute(backend, plan, train, stop, console)
+        except DeviceFault as exc:  # the machine's failure: the unit waits for a resume, the run reports
+            problems.append(f"stopped by {exc.reason} in trial {exc.unit}, which a resume trains again")
+            return backend.records(plan)
 
     return execute
 
@@ -585,7 +624,7 @@ def _execute(
     """The backend runs the plan (or ``run_with`` does, through worker processes); the runner prints
     one line per finished trial, whichever backend or worker finished it."""
     total = len(plan)
-    done = len(backend.finished(plan))
+    done = len(backend.finished(plan) & {p.unit for p in plan})  # a backend may name units of other rounds too
     if done:
         console.print(f"resuming: {done} of {total} trials already finished")
     best: list[TrialRecord] = []
@@ -638,12 +677,18 @@ def finish(
     keep_weights: str | None = None,
     rounds: tuple[RoundResult, ...] = (),
     classes: tuple = (),
+    fidelity: list[TrialRecord] | None = None,
+    machine: Sequence[str] = (),
 ) -> int:
-    """Write the report of ``records`` (every unit of every round reached), print the decision.
+    """Write the report of ``records`` (every unit of every round reached), print the decision and how the
+    run ended; returns the exit status (``outcome.py``).
 
-    ``classes`` are the plan's network classes (built once by the caller: the plan takes seconds)."""
+    ``classes`` are the plan's network classes (built once by the caller: the plan takes seconds);
+    ``machine`` the machine's failures this run met."""
     from ..analysis.report import write_report
 
+    ended = outcome_of(records, machine=machine, stopped=stopped)
+    info = {**info, "outcome": ended.to_json()}
     epochs_run = sum(r.epochs_run for r in records)
     # The full grid: every trained candidate x seed at the full schedule.
     full = len({r.candidate for r in records}) * len(space.seeds) * space.proxy.epochs
@@ -664,7 +709,7 @@ def finish(
         if full:
             info["pruning_saved_fraction"] = round(1 - epochs_run / full, 4)
     console.print("writing the report ...")
-    ranking = write_report(out, records, space, info, classes=classes)
+    ranking = write_report(out, records, space, info, classes=classes, fidelity=fidelity)
     verdict = "no verdict" if ranking.analysis is None else ("CONCLUSIVE" if ranking.conclusive else "INCONCLUSIVE")
     console.print(f"verdict: {verdict}", highlight=False)
     for s in ranking.statements:
@@ -675,12 +720,12 @@ def finish(
             f"  pruning trained {info['epochs_trained']} of {info['epochs_full_grid']} epochs of the full grid "
             f"({info['pruning_saved_fraction']:.0%} saved)"
         )
-    finished = sum(r.state.finished for r in records)
-    console.print(f"{finished} of {len(records)} trials finished; outputs in {out}")
+    console.print(f"{ended.line()}; outputs in {out}", highlight=False)
     if stopped:
         console.print("stopped early: run the same command again to resume")
-        return 130
-    return 0
+    elif ended.waiting:
+        console.print("run the same command again to train the trials left waiting", highlight=False)
+    return ended.status
 
 
 def rebuild(out: Path, console) -> int:
@@ -737,7 +782,21 @@ def rebuild(out: Path, console) -> int:
                 "pruning and are not ranked; only trials that trained every epoch are"
             )
             console.print(f"note: {info['note']}", highlight=False)
-    return finish(out, space, records, console, stopped=False, info=info, rounds=rounds, classes=plan_of_space.classes)
+    fidelity = run_fidelity(space, candidates, records, plan_of, fetch) if _decided(space, rounds) else None
+    machine = (prior.get("outcome") or {}).get("machine_failures") or ()
+    finish(
+        out,
+        space,
+        records,
+        console,
+        stopped=False,
+        info=info,
+        rounds=rounds,
+        classes=plan_of_space.classes,
+        fidelity=fidelity,
+        machine=machine,
+    )
+    return 0  # the report is rebuilt; how the run ended is in its last line and in best.json
 
 
 # ------------------------------------------------------------ folders that move

@@ -117,11 +117,10 @@ def test_curves_over_a_search_resume_after_kill_9_and_train_nothing_twice(tmp_pa
         best["gamma"],
     )
     md = (run / "curves" / "curves.md").read_text()
-    for fragment in ("## s = 2", "Fig. 3", "Table 7", "Rank agreement", "Decision (", "upsampled", "95% CI"):
+    for fragment in ("## s = 2", "Fig. 3", "Table 7", "Rank agreement", "upsampled", "95% CI", "P(best)"):
         assert fragment in md, fragment
     summary = json.loads((run / "curves" / "curves.json").read_text())
     assert summary["complete"] and summary["per_s"][0]["s"] == 2
-    assert summary["decisions"]["2"]["outcome"] in ("best", "equivalent", "undecided")
     from PIL import Image
 
     for png in ("curves.png", "speed.png"):

@@ -452,43 +452,19 @@ class CurvesPolicy:
         return Step(tuple(units), dict(self.looks))
 
     def decisions(self, records: Sequence) -> dict[float, dict]:
-        """Per s: best, equivalent or undecided, by the race's rule (racing.decide) on the seeds trained; without
-        a race, one look at the first round's seeds, which cannot ask for more."""
-        from ..records import candidate_key
-        from ..space import RacingSpec
-        from .racing import decide, score_matrix
-
+        """Per s, the race's decision (best, equivalent or undecided, by the racing rule) after its last round;
+        empty without a race (the report's statistics then say what the seeds can tell)."""
         out = {}
-        for s, cands in self.at.items():
-            look = self.looks.get(s)
+        for s, look in self.looks.items():
             if look is None:
-                keys = [candidate_key(*c.coefficients.as_tuple()) for c in cands]
-                seeds = list(self.space.seeds)
-                spec = self.space.racing if self.space.racing.enabled else RacingSpec(max_seeds=max(2, len(seeds)))
-                own = [r for r in records if r.candidate in set(keys)]
-                look = decide(
-                    keys,
-                    score_matrix(own, keys, seeds),
-                    keys,
-                    spec=spec,
-                    first_seeds=len(seeds),
-                    seeds=seeds,
-                    trainings=sum(r.state.finished for r in own),
-                    round_index=0,
-                )
-            reason = look.reason
-            if not self.space.racing.enabled and look.outcome == "undecided":
-                reason = (
-                    f"the {len(look.seeds)} seeds trained do not separate them (with racing.enabled in the space, "
-                    "the curves give more seeds where the answer is open)"
-                )
+                continue
             out[s] = {
                 "outcome": look.outcome,
-                "reason": reason,
+                "reason": look.reason,
                 "alive": list(look.alive),
                 "leader": look.leader,
                 "seeds": len(look.seeds),
-                "rule": "racing" if self.space.racing.enabled else "one look at the first round's seeds",
+                "rule": "racing",
             }
         return out
 

@@ -5,6 +5,7 @@ report that says when the longer schedule reverses the decision."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 from conftest import read_csv, run_args, run_cli, tiny_space, unit_attempts
 
@@ -12,6 +13,8 @@ from scaling_search.analysis.fidelity import select
 from scaling_search.analysis.ranking import rank
 from scaling_search.analysis.report import write_report
 from scaling_search.records import TrialRecord, TrialState
+from scaling_search.search.fidelity import decision_of
+from scaling_search.search.rounds import RoundResult
 from scaling_search.space import parse_space
 
 
@@ -85,6 +88,11 @@ def test_select_takes_the_decision_set_the_paper_and_the_best_of_each_leaning():
     assert chosen["a1-b1.4-g1"] == ("best width-heavy",)  # not a1-b1.3-g1.05, the weaker width-heavy one
     assert chosen["a1-b1-g1.25"] == ("best resolution-heavy",)
     assert chosen["a1.2-b1.1-g1.15"] == ("paper",) and "a1-b1.3-g1.05" not in chosen
+    # A race's decision (its candidates still in contention) replaces the confidence set.
+    rounds = (RoundResult(0, 2, (), (0, 1), 10, True, decision=SimpleNamespace(alive=("a1-b1.3-g1.05",))),)
+    raced = {s.candidate: s.reasons for s in select(rank(_search(), 2, seeds=(0, 1)), decision_of(rounds))}
+    assert raced["a1-b1.3-g1.05"] == ("decision set",) and "decision set" not in raced["a1.675-b1-g1"]
+    assert decision_of(()) is None and decision_of((RoundResult(0, 2, (), (0,), 1, True),)) is None
 
 
 def test_the_report_says_when_the_longer_schedule_reverses_the_decision(tmp_path):

@@ -53,22 +53,25 @@ def leaning(row: pd.Series | dict) -> str | None:
     return LEANINGS[shares.index(max(shares))]
 
 
-def decision_set(ranking: Ranking) -> list[str]:
-    """The candidates the search could not tell from the best: its confidence set (the winner alone without one)."""
+def decision_set(ranking: Ranking, decision: Sequence[str] | None = None) -> list[str]:
+    """The candidates the search could not tell from the best: ``decision`` when the allocation made one (a
+    race's candidates still in contention), else the ranking's confidence set (the winner alone without one)."""
+    if decision:
+        return list(decision)
     if ranking.analysis is not None and ranking.analysis.confidence_set:
         return list(ranking.analysis.confidence_set)
     win = ranking.winner
     return [] if win is None else [str(win["candidate"])]
 
 
-def select(ranking: Ranking) -> list[Selected]:
+def select(ranking: Ranking, decision: Sequence[str] | None = None) -> list[Selected]:
     """The decision set, the paper's triple and the best ranked candidate of each leaning, each once."""
     table = ranking.table
     if table.empty or ranking.winner is None:
         return []
     rows = {str(r["candidate"]): r for _, r in table.iterrows()}
     reasons: dict[str, list[str]] = {}
-    for key in decision_set(ranking):
+    for key in decision_set(ranking, decision):
         reasons.setdefault(key, []).append("decision set")
     paper = table[table["paper"]]
     if not paper.empty:
@@ -211,6 +214,7 @@ def compare(
     *,
     factor: int,
     short_epochs: int,
+    decision: Sequence[str] | None = None,
 ) -> FidelityCheck:
     """Both schedules' scores of the ``selected`` candidates, over the seeds that have both."""
     long_epochs = short_epochs * factor
@@ -249,7 +253,7 @@ def compare(
     agreement = rung_agreement([{k: v[1] for k, v in pairs.items()}, {k: v[2] for k, v in pairs.items()}])
     win = ranking.winner
     long_best = next((r.candidate for r in rows if r.long_rank == 1), None)
-    decided = decision_set(ranking)
+    decided = decision_set(ranking, decision)
     return FidelityCheck(
         factor=factor,
         short_epochs=short_epochs,

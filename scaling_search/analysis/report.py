@@ -92,11 +92,13 @@ def write_report(
     classes: Sequence[NetworkClassLike] = (),
     extrapolate: bool = True,
     fidelity: Sequence[TrialRecord] | None = None,
+    decision: Sequence[str] | None = None,
 ) -> Ranking:
     """Rank, extrapolate the winner and write every output file. Returns the ranking (its statements
     with the fidelity check's).
 
-    ``fidelity``: the fidelity check's records (a longer schedule, after the decision), None when it did not run.
+    ``fidelity``: the fidelity check's records (a longer schedule, after the decision), None when it did not run;
+    ``decision``: the allocation's decision set when it made one (a race's), else the confidence set stands for it.
     """
     from . import plots
 
@@ -115,11 +117,12 @@ def write_report(
     if fidelity is not None:
         check = compare(
             ranking,
-            select(ranking),
+            select(ranking, decision),
             trials,
             fidelity,
             factor=space.fidelity.epochs_factor,
             short_epochs=space.proxy.epochs,
+            decision=decision,
         )
         said = tuple(check.statements())
         # A decision that does not survive the longer schedule is the first thing the verdict says.

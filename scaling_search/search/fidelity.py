@@ -16,7 +16,7 @@ from ..records import TrialRecord, candidate_key
 from ..scaling import Candidate, parse_budget
 from ..space import SearchSpace
 from .plan import units_for
-from .rounds import Step, run_rounds
+from .rounds import RoundResult, Step, run_rounds
 from .trials import Unit
 
 # Its own shuffle of the run order, apart from every round of the search.
@@ -54,6 +54,14 @@ class FidelityStage:
         return Step(())
 
 
+def decision_of(rounds: Sequence[RoundResult]) -> list[str] | None:
+    """The allocation's own decision set, when it made one: a race's candidates still in contention at its
+    last look; None otherwise (uniform allocation or halving: the ranking's confidence set stands for it)."""
+    last = rounds[-1].decision if rounds else None
+    alive = getattr(last, "alive", None)
+    return list(alive) if alive else None
+
+
 def run_fidelity(
     space: SearchSpace,
     candidates: Sequence[Candidate],
@@ -61,9 +69,10 @@ def run_fidelity(
     plan_of: Callable[[Unit], TrialRecord],
     execute: Callable[[list[TrialRecord]], list[TrialRecord]],
     console=None,
+    decision: Sequence[str] | None = None,
 ) -> list[TrialRecord]:
     """Train (or, with a fetch as ``execute``, read back) the fidelity units of a decided search."""
-    selected = select(search_ranking(space, search))
+    selected = select(search_ranking(space, search), decision)
     stage = FidelityStage(space, candidates, selected)
     if not stage.candidates:
         return []

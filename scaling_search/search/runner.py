@@ -34,7 +34,7 @@ from ..train.faults import DeviceFault
 from ..train.recipe import Runtime
 from .backend import Backend, Hooks, Train, merge
 from .estimate import Calibration
-from .fidelity import run_fidelity
+from .fidelity import decision_of, run_fidelity
 from .halving import rung_schedule
 from .jobs import execute_jobs, retry_alone
 from .outcome import outcome_of
@@ -293,7 +293,9 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     try:
         records, rounds = run_rounds(policy_for(ctx.space, ctx.candidates), ctx.plan_of, execute)
         if _decided(ctx.space, rounds) and not stop.is_set():
-            fidelity = run_fidelity(ctx.space, ctx.candidates, records, ctx.plan_of, execute, console)
+            fidelity = run_fidelity(
+                ctx.space, ctx.candidates, records, ctx.plan_of, execute, console, decision_of(rounds)
+            )
     finally:
         restore()
     wall = time.perf_counter() - started
@@ -709,7 +711,7 @@ def finish(
         if full:
             info["pruning_saved_fraction"] = round(1 - epochs_run / full, 4)
     console.print("writing the report ...")
-    ranking = write_report(out, records, space, info, classes=classes, fidelity=fidelity)
+    ranking = write_report(out, records, space, info, classes=classes, fidelity=fidelity, decision=decision_of(rounds))
     verdict = "no verdict" if ranking.analysis is None else ("CONCLUSIVE" if ranking.conclusive else "INCONCLUSIVE")
     console.print(f"verdict: {verdict}", highlight=False)
     for s in ranking.statements:
@@ -782,7 +784,9 @@ def rebuild(out: Path, console) -> int:
                 "pruning and are not ranked; only trials that trained every epoch are"
             )
             console.print(f"note: {info['note']}", highlight=False)
-    fidelity = run_fidelity(space, candidates, records, plan_of, fetch) if _decided(space, rounds) else None
+    fidelity = None
+    if _decided(space, rounds):
+        fidelity = run_fidelity(space, candidates, records, plan_of, fetch, decision=decision_of(rounds))
     machine = (prior.get("outcome") or {}).get("machine_failures") or ()
     finish(
         out,

@@ -48,6 +48,8 @@ class ScalableFamily:
     # Published members by phi (e.g. EfficientNet b0..b7), given the class count.
     official: Callable[[int], dict[int, Any]] = field(default=lambda num_classes: {})
     detection_backbone: bool = False  # an EfficientDet D-series can be built on it
+    # (config, baseline) -> its real depth, width, resolution multipliers after rounding; None: the family cannot say.
+    effective: Callable[[Any, Any], Any] = field(default=lambda config, base: None)
     # Refuses a baseline the search would be meaningless on (a user's function that does not build or grow).
     check: Callable[[Any], None] = field(default=lambda config: None)
 

@@ -23,7 +23,14 @@ from ..errors import UsageError
 from ..scaling import PAPER, Coefficients
 from .efficientdet_config import NUM_CLASSES as DET_NUM_CLASSES
 from .efficientdet_config import OFFICIAL_D, EfficientDetConfig
-from .efficientnet_config import OFFICIAL, EfficientNetConfig, analytic_counts, official_config, scale_network
+from .efficientnet_config import (
+    OFFICIAL,
+    EfficientNetConfig,
+    analytic_counts,
+    effective_multipliers,
+    official_config,
+    scale_network,
+)
 from .family import Counts, ScalableFamily, register_scalable
 from .mobilenetv2_config import MobileNetV2Config
 from .mobilenetv2_config import analytic_counts as mobilenetv2_counts
@@ -244,6 +251,7 @@ def _register_scalable() -> None:
             base_label="B0",
             official=_official_b,
             detection_backbone=True,
+            effective=effective_multipliers,
         )
     )
     register_scalable(

@@ -42,10 +42,11 @@ class Unit:
     measured_ratio: float
     rung: int | None = None  # a shorter halving rung; None: the full schedule
     epochs: int | None = None  # this unit's complete schedule; None: the proxy's epochs
+    fidelity: int | None = None  # the fidelity check's longer schedule (its factor); None: a search unit
 
     @property
     def key(self) -> str:
-        return unit_key(self.alpha, self.beta, self.gamma, self.seed, self.rung)
+        return unit_key(self.alpha, self.beta, self.gamma, self.seed, self.rung, self.fidelity)
 
     @property
     def coefficients(self) -> Coefficients:
@@ -62,11 +63,12 @@ class Unit:
             "measured_ratio": self.measured_ratio,
             "rung": self.rung,
             "epochs": self.epochs,
+            "fidelity": self.fidelity,
         }
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> Unit:
-        names = ("alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs")
+        names = ("alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs", "fidelity")
         return cls(**{k: attrs[k] for k in names if k in attrs})
 
 

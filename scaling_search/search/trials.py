@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..models import compound
+from ..models import compound, family_of
 from ..records import TrialRecord, TrialState
 from ..space import SearchSpace
 from ..train.recipe import Runtime
@@ -47,6 +47,7 @@ def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRec
 
     model = trial_model(space, unit, num_classes)
     counted = count(model)
+    effective = family_of(model).effective(model, baseline_config(space, num_classes))
     return TrialRecord(
         alpha=unit.alpha,
         beta=unit.beta,
@@ -54,6 +55,7 @@ def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRec
         seed=unit.seed,
         epochs=unit.epochs or space.proxy.epochs,
         rung=unit.rung,
+        fidelity=unit.fidelity,
         depth=round(model.depth, 6),
         width=round(model.width, 6),
         resolution=model.resolution,
@@ -61,6 +63,10 @@ def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRec
         macs=counted.macs,
         theoretical_ratio=unit.theoretical_ratio,
         measured_ratio=unit.measured_ratio,
+        # The family's real multipliers after rounding; None where it does not say (a user's function).
+        effective_alpha=None if effective is None else round(effective.depth, 6),
+        effective_beta=None if effective is None else round(effective.width, 6),
+        effective_gamma=None if effective is None else round(effective.resolution, 6),
     )
 
 
@@ -107,8 +113,9 @@ def run_unit(
         )
 
     config = trial_config(space, unit, len(data.classes))
-    # Only full schedules leave weights: a shorter halving rung is a screening score, not a model to keep.
-    keep = weights_dir is not None and unit.rung is None
+    # Only the search's full schedules leave weights: a shorter halving rung is a screening score, and the
+    # fidelity check's longer schedule would overwrite the searched model's file.
+    keep = weights_dir is not None and unit.rung is None and unit.fidelity is None
     try:
         result = train_trial(config, runtime, dataset=data, on_epoch=track, keep_state=keep)
     except TrialPruned:
@@ -148,4 +155,5 @@ def unit_of(record: TrialRecord) -> Unit:
         record.measured_ratio,
         rung=record.rung,
         epochs=record.epochs,
+        fidelity=record.fidelity,
     )

@@ -147,7 +147,9 @@ def test_candidates_and_table_commands_print_the_efficientnet_shapes(capsys):
     effnet = _cli(capsys, "candidates", "--budget", "2x").splitlines()
     mobile = _cli(capsys, "candidates", "--model", "mobilenetv2", "--budget", "2x").splitlines()
     assert mobile[0] == effnet[0] and len(mobile) == len(effnet)  # the same header and 108 candidates
-    assert mobile[-1].startswith("108 candidates for a 2x budget in ") and "at 224 px" in mobile[-1]
+    summary = next(line for line in mobile if "candidates for a" in line)
+    assert summary.startswith("108 candidates for a 2x budget in ") and "at 224 px" in summary
+    assert [line.split(":")[0] for line in mobile[-3:]] == [line.split(":")[0] for line in effnet[-3:]]  # coarseness
     assert sum("<- paper" in line for line in mobile) == 1
     table = _cli(capsys, "table", "--model", "resnet50", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15")
     lines = table.splitlines()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .efficientnet_config import round_filters, round_repeats
+from .efficientnet_config import Effective, round_filters, round_repeats
 from .family import Counts, check_common
 
 
@@ -113,22 +113,47 @@ def _out(size: int, kernel: int, stride: int) -> int:
     return (size + 2 * (kernel // 2) - kernel) // stride + 1
 
 
-def analytic_counts(config: MobileNetV2Config, resolution: int | None = None) -> Counts:
-    """Parameters and conv + linear multiply-adds in closed form (tests hold them to the built model)."""
+def _count_parts(config: MobileNetV2Config, resolution: int | None = None) -> tuple[int, list[tuple[int, int]]]:
+    """Parameters, and (channels, MACs) of each part: stem, every stage, head with classifier."""
     h = _out(config.resolution if resolution is None else resolution, 3, 2)
     c = round_filters(STEM_CHANNELS, config.width)
-    params, macs = 27 * c + 2 * c, 27 * c * h * h
-    for b in blocks(config):
-        if b.hidden != b.in_channels:
-            params += b.in_channels * b.hidden + 2 * b.hidden
-            macs += b.in_channels * b.hidden * h * h
-        h = _out(h, 3, b.stride)
-        params += 9 * b.hidden + 2 * b.hidden
-        macs += 9 * b.hidden * h * h
-        params += b.hidden * b.out_channels + 2 * b.out_channels
-        macs += b.hidden * b.out_channels * h * h
-        c = b.out_channels
+    params, parts = 27 * c + 2 * c, [(c, 27 * c * h * h)]
+    specs = iter(blocks(config))
+    for stage in config.stages:
+        macs = 0
+        for _ in range(round_repeats(stage.repeats, config.depth)):
+            b = next(specs)
+            if b.hidden != b.in_channels:
+                params += b.in_channels * b.hidden + 2 * b.hidden
+                macs += b.in_channels * b.hidden * h * h
+            h = _out(h, 3, b.stride)
+            params += 9 * b.hidden + 2 * b.hidden
+            macs += 9 * b.hidden * h * h
+            params += b.hidden * b.out_channels + 2 * b.out_channels
+            macs += b.hidden * b.out_channels * h * h
+            c = b.out_channels
+        parts.append((c, macs))
     head = head_channels(config.width)
     params += c * head + 2 * head + head * config.num_classes + config.num_classes
-    macs += c * head * h * h + head * config.num_classes
-    return Counts(params=params, macs=macs)
+    parts.append((head, c * head * h * h + head * config.num_classes))
+    return params, parts
+
+
+def analytic_counts(config: MobileNetV2Config, resolution: int | None = None) -> Counts:
+    """Parameters and conv + linear multiply-adds in closed form (tests hold them to the built model)."""
+    params, parts = _count_parts(config, resolution)
+    return Counts(params=params, macs=sum(m for _, m in parts))
+
+
+def effective_multipliers(config: MobileNetV2Config, base: MobileNetV2Config) -> Effective:
+    """Real depth (blocks), width (channel ratio of each part, weighted by the baseline's MACs in it), resolution
+    and MACs of ``config`` over ``base``."""
+    _, parts = _count_parts(config)
+    _, ref = _count_parts(base)
+    total = sum(m for _, m in ref)
+    return Effective(
+        depth=len(blocks(config)) / len(blocks(base)),
+        width=sum(m * c / rc for (c, _), (rc, m) in zip(parts, ref)) / total,
+        resolution=config.resolution / base.resolution,
+        macs=sum(m for _, m in parts) / total,
+    )

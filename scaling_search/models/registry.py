@@ -35,12 +35,14 @@ from .family import Counts, ScalableFamily, register_scalable
 from .mobilenetv2_config import MobileNetV2Config
 from .mobilenetv2_config import analytic_counts as mobilenetv2_counts
 from .mobilenetv2_config import blocks as mobilenetv2_blocks
+from .mobilenetv2_config import effective_multipliers as mobilenetv2_effective
 from .mobilenetv2_config import network as mobilenetv2_network
 from .plugin import FunctionConfig, build_function, check_baseline, is_target
 from .plugin import counts as function_counts
 from .plugin import signature as function_signature
 from .resnet_config import ARCHS, ResNetConfig, num_blocks
 from .resnet_config import analytic_counts as resnet_counts
+from .resnet_config import effective_multipliers as resnet_effective
 from .resnet_config import network as resnet_network
 
 
@@ -263,6 +265,7 @@ def _register_scalable() -> None:
             signature=mobilenetv2_network,
             columns=lambda c: {"dropout": c.dropout, "blocks": len(mobilenetv2_blocks(c))},
             rounding=channels + " (the 1,280-channel head only above width 1)",
+            effective=mobilenetv2_effective,
         )
     )
     register_scalable(
@@ -274,6 +277,7 @@ def _register_scalable() -> None:
             signature=resnet_network,
             columns=lambda c: {"blocks": num_blocks(c)},
             rounding=channels + " (the stem included)",
+            effective=resnet_effective,
         )
     )
     register_scalable(

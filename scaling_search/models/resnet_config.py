@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .efficientnet_config import round_filters, round_repeats
+from .efficientnet_config import Effective, round_filters, round_repeats
 from .family import Counts, check_common
 
 STEM_CHANNELS = 64
@@ -112,13 +112,14 @@ def _bn(c: int) -> int:
     return 2 * c
 
 
-def analytic_counts(config: ResNetConfig, resolution: int | None = None) -> Counts:
-    """Parameters and conv + linear multiply-adds in closed form (tests hold them to the built model)."""
+def _count_parts(config: ResNetConfig, resolution: int | None = None) -> tuple[int, list[tuple[int, int]]]:
+    """Parameters, and (channels, MACs) of each part: the stem, every stage (by its 3x3 width), the classifier."""
     h = _out(config.resolution if resolution is None else resolution, 7, 2, 3)
     c = stem_channels(config)
-    params, macs = 3 * 49 * c + _bn(c), 3 * 49 * c * h * h
+    params, parts = 3 * 49 * c + _bn(c), [(c, 3 * 49 * c * h * h)]
     h = _out(h, 3, 2, 1)  # max pooling
     for stage in blocks(config):
+        macs = 0
         for b in stage:
             ho = _out(h, 3, b.stride, 1)
             if b.kind == "basic":
@@ -136,6 +137,27 @@ def analytic_counts(config: ResNetConfig, resolution: int | None = None) -> Coun
                 macs += b.in_channels * b.out_channels * ho * ho
             h = ho
             c = b.out_channels
+        parts.append((stage[0].planes, macs))
     params += c * config.num_classes + config.num_classes
-    macs += c * config.num_classes
-    return Counts(params=params, macs=macs)
+    parts.append((c, c * config.num_classes))
+    return params, parts
+
+
+def analytic_counts(config: ResNetConfig, resolution: int | None = None) -> Counts:
+    """Parameters and conv + linear multiply-adds in closed form (tests hold them to the built model)."""
+    params, parts = _count_parts(config, resolution)
+    return Counts(params=params, macs=sum(m for _, m in parts))
+
+
+def effective_multipliers(config: ResNetConfig, base: ResNetConfig) -> Effective:
+    """Real depth (blocks), width (channel ratio of each part, weighted by the baseline's MACs in it), resolution
+    and MACs of ``config`` over ``base``."""
+    _, parts = _count_parts(config)
+    _, ref = _count_parts(base)
+    total = sum(m for _, m in ref)
+    return Effective(
+        depth=num_blocks(config) / num_blocks(base),
+        width=sum(m * c / rc for (c, _), (rc, m) in zip(parts, ref)) / total,
+        resolution=config.resolution / base.resolution,
+        macs=sum(m for _, m in parts) / total,
+    )

@@ -566,9 +566,10 @@ def _noise(ranking: Ranking, race: dict | None, held_out: int | None) -> dict:
     binomial = p * (1 - p) / held_out
     out.update(binomial_variance=binomial, binomial_share=round(min(1.0, binomial / var), 3))
     out["statement"] = (
-        f"Held-out set: {held_out} images; at the mean accuracy {p:.3f} their sampling noise alone (binomial) has "
-        f"standard deviation {math.sqrt(binomial):.4f}, {out['binomial_share']:.0%} of the pooled seed-to-seed "
-        f"variance ({math.sqrt(var):.4f} standard deviation)."
+        f"Held-out set: {held_out} images; at the mean accuracy {p:.3f} sampling them alone (binomial p(1-p)/n) "
+        f"has standard deviation {math.sqrt(binomial):.4f}, {out['binomial_share']:.0%} of the pooled seed-to-seed "
+        f"variance ({math.sqrt(var):.4f} standard deviation); an upper bound, as every candidate is scored on the "
+        "same images and their errors partly coincide."
     )
     return out
 
@@ -640,7 +641,12 @@ def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict]) -> str:
         "",
     ]
     lines += table(
-        "trials.csv", COLUMNS, COLUMN_DESCRIPTIONS, "One row per trial (candidate x seed), sorted by coefficients."
+        "trials.csv",
+        COLUMNS,
+        COLUMN_DESCRIPTIONS,
+        "One row per trial (candidate x seed), sorted by coefficients. A race trains every candidate at the first "
+        "seeds and later seeds only for the candidates still in contention, so candidates have different seed "
+        "counts; compare them on the seeds they share (best.json's `race.differences` are paired that way).",
     )
     if b_rows:
         lines += table(

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .errors import UsageError
+from .errors import MachineError, UsageError
 
 PROG = "scaling-search"
 
@@ -413,14 +413,7 @@ def _resolve_space(args: argparse.Namespace, console):
     else:
         name = args.preset
         if name is None:
-            import torch
-
-            name = "imagenette" if torch.cuda.is_available() else "cpu"
-            why = (
-                "a CUDA GPU is available"
-                if name == "imagenette"
-                else "no CUDA GPU found; use --preset imagenette to run the GPU-sized study anyway"
-            )
+            name, why = preset_for_device(args.device)
             console.print(f"no --space or --preset given: using preset '{name}' ({why})")
         space = load_space(preset_path(name))
     overrides = {
@@ -434,6 +427,18 @@ def _resolve_space(args: argparse.Namespace, console):
 
         space = dataclasses.replace(space, seeds=tuple(range(args.seeds)))
     return space
+
+
+def preset_for_device(asked: str) -> tuple[str, str]:
+    """The shipped study for the device the user asked for (checked: a missing GPU is a usage error), and why."""
+    from .train.devices import resolve_device
+
+    device = resolve_device(asked)
+    if device.startswith("cuda"):
+        return "imagenette", f"device {device}, a CUDA GPU"
+    if asked == "auto":
+        return "cpu", "no CUDA GPU found; use --preset imagenette to run the GPU-sized study anyway"
+    return "cpu", f"device {device} asked for"
 
 
 def _console():
@@ -648,6 +653,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .data.sources import DataSpec, load_dataset
     from .models import get_config
     from .progress import stderr_is_terminal
+    from .train.faults import DeviceFault
     from .train.loop import TrialFailed, TrialSpec, resolve_device, train_trial
     from .train.recipe import Recipe, Runtime
 
@@ -671,6 +677,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except TrialFailed as exc:
         print(f"{PROG}: trial failed: {exc.reason}", file=sys.stderr)
         return 1
+    except DeviceFault as exc:
+        print(f"{PROG}: error: {exc.reason}", file=sys.stderr)
+        return 3
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -760,6 +769,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except MachineError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

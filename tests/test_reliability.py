@@ -712,7 +712,8 @@ def test_diverging_trials_fail_with_the_reason_and_the_run_reports(tmp_path, inp
     rc, out, err = cli(
         capsys, "run", "--space", tiny_space(tmp_path, lr=1e30, train=256), "--out", run, "--heartbeat", "1"
     )
-    assert rc == 0, err
+    assert rc == 1, err  # no candidate completed
+    assert f"failed (diverged {SAMPLE_UNITS}), 0 waiting; exit status 1 (no candidate completed)" in out
     rows = read_csv(run / "trials.csv")
     assert len(rows) == SAMPLE_UNITS
     for row in rows:

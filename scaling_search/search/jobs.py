@@ -7,6 +7,13 @@ once whatever the number of workers. Finished records come back through a
 queue, so the parent prints one line per trial from any worker. The parent
 owns Ctrl-C: workers ignore SIGINT, and a stop request reaches them as an
 event they check between trials.
+
+A worker first opens its device; a worker whose device fails there, or whose
+trial meets a device error, stops with one line and leaves the unit to be
+trained again (``train/faults.py``); a trial that runs out of memory beside the
+other jobs ends its worker too (one job fewer) and is handed back to the
+parent to be trained alone. When no worker could open the device the run stops
+at once with the cause (``MachineError``).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import MachineError, UsageError
 from ..records import TrialRecord
 from ..space import SearchSpace
 from ..train.recipe import Runtime
@@ -30,6 +37,15 @@ MAX_JOBS = 8
 SMS_PER_JOB = 16  # a job of these small networks keeps about this many SMs busy (an H100 has 132)
 MEMORY_HEADROOM = 0.85  # of the free memory: the allocator's cache and fragmentation need the rest
 CUDA_CONTEXT_BYTES = 600 * 2**20  # each process's own CUDA context, outside the allocator's count
+
+
+@dataclass(frozen=True)
+class JobsOutcome:
+    """What the workers' ends say beyond their records."""
+
+    problems: tuple[str, ...] = ()  # the machine's failures, one line each: workers that stopped
+    interrupted: tuple[str, ...] = ()  # units a device error stopped: trained again on resume
+    retry_alone: tuple[str, ...] = ()  # units that ran out of memory beside other jobs: trained again alone
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,8 @@ class WorkerTask:
 def _worker(task: WorkerTask, stop, results) -> None:
     """A worker's whole life: data, storage, the backend's work loop; every outcome goes to ``results``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards Ctrl-C through ``stop``
+    from ..train.faults import DeviceFault, open_device
+
     try:
         import torch
 
@@ -106,6 +124,11 @@ def _worker(task: WorkerTask, stop, results) -> None:
         from .trials import run_unit
 
         torch.set_num_threads(task.threads)
+        try:
+            open_device(task.runtime.device)
+        except DeviceFault as exc:
+            results.put(("nodevice", task.index, exc.reason))
+            return
         d = task.space.data
         data = load_dataset(DataSpec(name=d.name, data_dir=d.data_dir, storage_size=d.storage_size), progress=False)
         backend = task.make_backend()
@@ -121,6 +144,8 @@ def _worker(task: WorkerTask, stop, results) -> None:
         backend.execute(list(task.plan), train, hooks)
     except UsageError as exc:
         results.put(("usage", task.index, str(exc)))
+    except DeviceFault as exc:  # the unit is left to be trained again; this worker stops
+        results.put(("fault", task.index, (exc.unit, exc.reason, exc.shared_oom)))
     except BaseException as exc:  # reported by the parent; the trial under way is queued again by its heartbeat
         results.put(("error", task.index, f"{type(exc).__name__}: {exc}"))
     else:
@@ -137,13 +162,14 @@ def execute_jobs(
     threads: int,
     *,
     weights_dir: Path | None = None,
-) -> list[str]:
+) -> JobsOutcome:
     """Run ``jobs`` workers on the study until the plan is done or ``hooks.stop`` is set.
 
-    Returns, once every worker has ended, what went wrong with any of them
-    (nothing: an empty list). A worker's UsageError is raised here once the
-    others have stopped; a second Ctrl-C (KeyboardInterrupt) ends them at
-    once, their trials queued again on resume.
+    Returns, once every worker has ended, what went wrong with any of them and
+    the units left to train again. A worker's UsageError is raised here once the
+    others have stopped, a device that no worker could open as ``MachineError``;
+    a second Ctrl-C (KeyboardInterrupt) ends them at once, their trials queued
+    again on resume.
     """
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
@@ -204,7 +230,62 @@ def execute_jobs(
     usage = [text for kind, _, text in problems if kind == "usage"]
     if usage:
         raise UsageError(usage[0])
-    return [f"job {i}: {text}" for _, i, text in problems]
+    return jobs_outcome(problems, jobs, runtime.device)
+
+
+def retry_alone(
+    backend: Backend,
+    plan: Sequence[TrialRecord],
+    ended: JobsOutcome,
+    hooks: Hooks,
+    say: Callable[..., None],
+    train_alone: Callable,
+) -> list[str]:
+    """Train again, alone in this process, the units that ran out of memory beside other jobs (and what
+    the workers left queued); an out-of-memory now is the candidate's. Returns the machine's failures met."""
+    from ..train.faults import DeviceFault
+
+    if not ended.retry_alone or hooks.stop.is_set():
+        return []
+    finished, interrupted = backend.finished(plan), set(ended.interrupted)
+    left = [p for p in plan if p.unit not in finished and p.unit not in interrupted]
+    say(
+        f"{len(ended.retry_alone)} trial(s) ran out of memory beside other jobs ({', '.join(ended.retry_alone)}): "
+        f"training the {len(left)} trial(s) left alone, one at a time",
+        highlight=False,
+    )
+    try:
+        backend.execute(left, train_alone, hooks)
+    except DeviceFault as exc:
+        return [f"stopped by {exc.reason} in trial {exc.unit}, which a resume trains again"]
+    return []
+
+
+def jobs_outcome(problems: Sequence[tuple[str, int, object]], jobs: int, device: str) -> JobsOutcome:
+    """The workers' ends, read: faults apart from the other problems; no worker on its device is the end."""
+    unstarted = [text for kind, _, text in problems if kind == "nodevice"]
+    if unstarted and len(unstarted) == jobs:
+        hint = (
+            " (a GPU in exclusive-process compute mode admits one process: set it to DEFAULT with nvidia-smi -c, "
+            "or run with --jobs 1)"
+            if device.startswith("cuda")
+            else ""
+        )
+        raise MachineError(f"none of the {jobs} workers could start its device: {unstarted[0]}{hint}")
+    lines, interrupted, retry = [], [], []
+    for kind, i, payload in problems:
+        if kind == "fault":
+            unit, reason, shared_oom = payload
+            if shared_oom:
+                retry.append(unit)
+                continue  # not a failure yet: trained again alone
+            interrupted.append(unit)
+            lines.append(f"job {i} stopped: {reason} in trial {unit}, which a resume trains again")
+        elif kind == "nodevice":
+            lines.append(f"job {i} stopped: {payload}")
+        else:
+            lines.append(f"job {i}: {payload}")
+    return JobsOutcome(tuple(lines), tuple(interrupted), tuple(retry))
 
 
 def cpu_cores() -> int:

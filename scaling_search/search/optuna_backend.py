@@ -40,6 +40,7 @@ from optuna.trial import TrialState
 from ..errors import UsageError
 from ..records import TrialRecord, stored_fields, updated
 from ..records import TrialState as State
+from ..train.faults import DeviceFault
 from .backend import Hooks, Train, merge
 from .trials import Unit, unit_of
 
@@ -442,6 +443,13 @@ class OptunaStudy:
 
         try:
             record = train(planned, report)
+        except DeviceFault as exc:
+            beating.set()
+            beat.join()
+            # Not the candidate's result: a FAIL without a reason is an interrupted trial, queued again.
+            trial.set_user_attr("device_fault", exc.reason)
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
         finally:
             beating.set()
             beat.join()

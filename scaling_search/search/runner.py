@@ -17,7 +17,7 @@ import platform
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,13 @@ from ..records import TRIALS_CSV, TrialRecord, TrialState, read_trials, updated
 from ..scaling import parse_budget
 from ..space import SearchSpace, dump_space
 from ..train.devices import device_name, resolve_device
+from ..train.faults import DeviceFault
 from ..train.recipe import Runtime
 from .backend import Backend, Hooks, Train, merge
 from .estimate import Calibration
 from .halving import rung_schedule
-from .jobs import execute_jobs
+from .jobs import execute_jobs, retry_alone
+from .outcome import outcome_of
 from .plan import space_plan
 from .rounds import RoundResult, policy_for, run_rounds
 from .trials import Unit, planned_record, run_unit, units_for
@@ -306,8 +308,8 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
             f"round(s) at {ctx.jobs} job(s))"
         )
     for p in problems:
-        console.print(f"worker failed: {p}")
-    status = finish(
+        console.print(f"machine failure: {p}", highlight=False)
+    return finish(
         ctx.out,
         ctx.space,
         records,
@@ -317,8 +319,8 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         keep_weights=ctx.options.keep_weights,
         rounds=rounds,
         classes=ctx.plan_of_space.classes,
+        machine=problems,
     )
-    return status if not problems or status else 1
 
 
 def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
@@ -528,6 +530,9 @@ def executor(
     def train(p: TrialRecord, report) -> TrialRecord:
         return run_unit(space, p, data, runtime, report, weights_dir=weights_dir)
 
+    def train_alone(p: TrialRecord, report) -> TrialRecord:  # no other job shares the device
+        return run_unit(space, p, data, dataclasses.replace(runtime, jobs=1), report, weights_dir=weights_dir)
+
     def execute(plan: list[TrialRecord]) -> list[TrialRecord]:
         if jobs > 1 and options.backend == "optuna":
             # Each worker opens the study itself: partials pickle, a live storage connection does not.
@@ -535,13 +540,17 @@ def executor(
 
             def in_workers(hooks: Hooks) -> list[TrialRecord]:
                 threads = _worker_threads(jobs)
-                problems.extend(
-                    execute_jobs(space, plan, runtime, make_backend, jobs, hooks, threads, weights_dir=weights_dir)
-                )
+                ended = execute_jobs(space, plan, runtime, make_backend, jobs, hooks, threads, weights_dir=weights_dir)
+                problems.extend(ended.problems)
+                problems.extend(retry_alone(backend, plan, ended, hooks, console.print, train_alone))
                 return backend.records(plan)
 
             return _execute(backend, plan, None, stop, console, run_with=in_workers)
-        return _execute(backend, plan, train, stop, console)
+        try:
+            return _execute(backend, plan, train, stop, console)
+        except DeviceFault as exc:  # the machine's failure: the unit waits for a resume, the run reports
+            problems.append(f"stopped by {exc.reason} in trial {exc.unit}, which a resume trains again")
+            return backend.records(plan)
 
     return execute
 
@@ -659,12 +668,17 @@ def finish(
     keep_weights: str | None = None,
     rounds: tuple[RoundResult, ...] = (),
     classes: tuple = (),
+    machine: Sequence[str] = (),
 ) -> int:
-    """Write the report of ``records`` (every unit of every round reached), print the decision.
+    """Write the report of ``records`` (every unit of every round reached), print the decision and how the
+    run ended; returns the exit status (``outcome.py``).
 
-    ``classes`` are the plan's network classes (built once by the caller: the plan takes seconds)."""
+    ``classes`` are the plan's network classes (built once by the caller: the plan takes seconds);
+    ``machine`` the machine's failures this run met."""
     from ..analysis.report import race_statements, write_report
 
+    ended = outcome_of(records, machine=machine, stopped=stopped)
+    info = {**info, "outcome": ended.to_json()}
     epochs_run = sum(r.epochs_run for r in records)
     # The full grid: every trained candidate x seed at the full schedule.
     full = len({r.candidate for r in records}) * len(space.seeds) * space.proxy.epochs
@@ -707,12 +721,12 @@ def finish(
             f"  pruning trained {info['epochs_trained']} of {info['epochs_full_grid']} epochs of the full grid "
             f"({info['pruning_saved_fraction']:.0%} saved)"
         )
-    finished = sum(r.state.finished for r in records)
-    console.print(f"{finished} of {len(records)} trials finished; outputs in {out}")
+    console.print(f"{ended.line()}; outputs in {out}", highlight=False)
     if stopped:
         console.print("stopped early: run the same command again to resume")
-        return 130
-    return 0
+    elif ended.waiting:
+        console.print("run the same command again to train the trials left waiting", highlight=False)
+    return ended.status
 
 
 def rebuild(out: Path, console) -> int:
@@ -777,7 +791,19 @@ def rebuild(out: Path, console) -> int:
                 "pruning and are not ranked; only trials that trained every epoch are"
             )
             console.print(f"note: {info['note']}", highlight=False)
-    return finish(out, space, records, console, stopped=False, info=info, rounds=rounds, classes=plan_of_space.classes)
+    machine = (prior.get("outcome") or {}).get("machine_failures") or ()
+    finish(
+        out,
+        space,
+        records,
+        console,
+        stopped=False,
+        info=info,
+        rounds=rounds,
+        classes=plan_of_space.classes,
+        machine=machine,
+    )
+    return 0  # the report is rebuilt; how the run ended is in its last line and in best.json
 
 
 # ------------------------------------------------------------ folders that move

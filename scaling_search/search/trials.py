@@ -120,12 +120,14 @@ def run_unit(
     *,
     weights_dir: Path | None = None,
 ) -> TrialRecord:
-    """Train one unit; returns its finished record. Failures are results, not crashes.
+    """Train one unit; returns its finished record. The candidate's failures are results, not crashes;
+    the machine's (``DeviceFault``) are raised with the unit's key, and nothing is recorded for it.
 
     With ``weights_dir`` (a run folder), a completed full-schedule trial's final weights are saved
     there as safetensors (``weights.trial_weights_path``), atomically, by the process
     that trained it.
     """
+    from ..train.faults import DeviceFault
     from ..train.loop import TrialFailed, TrialPruned, train_trial
 
     unit = unit_of(planned)
@@ -158,6 +160,9 @@ def run_unit(
     except TrialFailed as exc:
         return ended(TrialState.FAIL, failure=exc.reason)
     except UsageError:
+        raise
+    except DeviceFault as exc:  # the machine's failure: no result, the unit is trained again
+        exc.unit = planned.unit
         raise
     except Exception as exc:  # a broken trial must not end a long search
         return ended(TrialState.FAIL, failure=f"unexpected error: {type(exc).__name__}: {exc}")

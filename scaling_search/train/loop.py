@@ -24,6 +24,12 @@ Fault injection: a real out-of-memory error is hard to cause on purpose, so
 whole trial) of every trial whose settings match all the given keys (seed,
 width, depth, resolution), e.g. ``"3@seed=1"``. It exists to test how a search
 survives the failure; unset, it costs one environment lookup per trial.
+``SCALING_SEARCH_INJECT_DEVICE_ERROR`` does the same with a CUDA error (``faults.py``).
+
+An out-of-memory is the candidate's failure only when the trial has the device
+to itself (``Runtime.jobs`` 1); beside other jobs, and for any error of the
+device itself, ``DeviceFault`` is raised instead and nothing is concluded about
+the candidate (``faults.py``).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from ..models.residual import zero_init_residual
 from ..progress import progress_bar
 from .augment import channel_stats, crop_flip, to_input
 from .devices import device_name, resolve_device
+from .faults import ENV_INJECT_DEVICE_ERROR, DeviceFault, device_error, first_line, is_device_error
 from .recipe import Recipe, Runtime
 
 # The held-out subset is drawn with this seed whatever the trial's seed, so
@@ -192,7 +199,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def injected_oom_step(spec: TrialSpec) -> int | None:
     """The step at which ``SCALING_SEARCH_INJECT_OOM`` fails this trial, if it names it."""
-    text = os.environ.get(ENV_INJECT_OOM, "").strip()
+    return injected_step(ENV_INJECT_OOM, spec)
+
+
+def injected_step(variable: str, spec: TrialSpec) -> int | None:
+    """The step at which the fault switch ``variable`` fails this trial, if it names it."""
+    text = os.environ.get(variable, "").strip()
     if not text:
         return None
     step, _, where = text.partition("@")
@@ -208,7 +220,7 @@ def injected_oom_step(spec: TrialSpec) -> int | None:
         matches = all(math.isclose(float(v), values[k.strip()], rel_tol=1e-6) for k, v in wanted.items())
     except (ValueError, KeyError):
         raise UsageError(
-            f"{ENV_INJECT_OOM}={text!r}: expected STEP or STEP@key=value,... with keys {', '.join(values)}"
+            f"{variable}={text!r}: expected STEP or STEP@key=value,... with keys {', '.join(values)}"
         ) from None
     return at if matches else None
 
@@ -366,7 +378,8 @@ def train_trial(
     loaded, so that a search loads it once for many trials (and uploads it once
     per device); ``keep_state`` hands back the scored weights and input
     normalisation in ``result.state``. Raises
-    TrialFailed (diverged, out of memory), UsageError (a spec that cannot run
+    TrialFailed (diverged, out of memory alone), DeviceFault (a device error, or an
+    out-of-memory beside other jobs), UsageError (a spec that cannot run
     here), and whatever ``on_epoch`` raises (TrialPruned).
     """
     started = time.perf_counter()
@@ -382,25 +395,33 @@ def train_trial(
         )
     previous_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
-    failure = None
+    failure = fault = None
     try:
         return _run(spec, runtime, dataset, device, started, timings, on_epoch, progress, keep_state)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
-        if not is_out_of_memory(exc):
+        if is_out_of_memory(exc):
+            model, batch = spec.model, spec.recipe.batch_size
+            failure = (
+                f"out of memory on {device} at batch size {batch} "
+                f"({model.width:g}x width, {model.depth:g}x depth, {model.resolution} px): "
+                f"try a smaller batch size (--batch-size {max(2, batch // 2)} with 'train', "
+                "proxy.batch_size in a search space)"
+            )
+        elif is_device_error(exc):
+            fault = DeviceFault(f"device error on {device}: {first_line(exc)}")
+        else:
             raise
-        model, batch = spec.model, spec.recipe.batch_size
-        failure = (
-            f"out of memory on {device} at batch size {batch} "
-            f"({model.width:g}x width, {model.depth:g}x depth, {model.resolution} px): "
-            f"try a smaller batch size (--batch-size {max(2, batch // 2)} with 'train', "
-            "proxy.batch_size in a search space)"
-        )
     finally:
         torch.backends.cudnn.benchmark = previous_benchmark
     # Outside the except block the traceback, and the tensors its frames hold, are gone.
     gc.collect()
-    if device.type == "cuda":
+    if device.type == "cuda" and fault is None:
         torch.cuda.empty_cache()
+    if fault is not None:
+        raise fault
+    if runtime.jobs > 1:
+        # Beside other jobs the memory was theirs too: the candidate alone may well fit.
+        raise DeviceFault(f"{failure.split(':')[0]} while {runtime.jobs} jobs shared the device", shared_oom=True)
     raise TrialFailed(failure)
 
 
@@ -466,6 +487,7 @@ def _run(
         resolution=resolution, mean=mean, std=std, batch_size=batch, channels_last=channels_last, autocast=autocast
     )
     oom_at = injected_oom_step(spec)
+    fault_at = injected_step(ENV_INJECT_DEVICE_ERROR, spec)
     losses: list[float] = []
     accuracies: list[float] = []
     text = "loss {task.fields[loss]} acc {task.fields[acc]}"
@@ -483,6 +505,8 @@ def _run(
                         loss = criterion(model(x), train_y[index])
                     if oom_at == epoch * steps + step + 1:
                         raise torch.OutOfMemoryError(f"injected by {ENV_INJECT_OOM} at step {oom_at}")
+                    if fault_at == epoch * steps + step + 1:
+                        raise device_error(f"unspecified launch failure (injected by {ENV_INJECT_DEVICE_ERROR})")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()

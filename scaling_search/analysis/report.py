@@ -4,6 +4,7 @@ so a run killed while reporting leaves the previous files intact."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from ..atomic import atomic_write_text
 from ..records import TrialRecord, write_trials
 from ..scaling import Coefficients, parse_budget
 from ..space import SearchSpace
+from .fidelity import FidelityCheck, compare, select
 from .ranking import NetworkClassLike, Ranking, class_spread, rank
 from .tables import COEFFICIENT_COLUMNS, Column, millions, num, ratio, render, to_csv, to_markdown
 
@@ -58,6 +60,9 @@ RANKING_COLUMNS = [
     Column("resolution", "res", num),
     Column("theoretical_ratio", "a*b^2*g^2", ratio),
     Column("measured_ratio", "measured", ratio),
+    Column("effective_alpha", "eff. alpha", lambda v: "" if v is None else f"{v:.3f}"),
+    Column("effective_beta", "eff. beta", lambda v: "" if v is None else f"{v:.3f}"),
+    Column("effective_gamma", "eff. gamma", lambda v: "" if v is None else f"{v:.3f}"),
     Column("off_budget", "off budget", lambda v: "OFF" if v else ""),
     Column("stopped_rung", "stopped at rung", num),
     Column("pruned", "pruned", num),
@@ -86,11 +91,18 @@ def write_report(
     *,
     classes: Sequence[NetworkClassLike] = (),
     extrapolate: bool = True,
+    fidelity: Sequence[TrialRecord] | None = None,
+    decision: Sequence[str] | None = None,
 ) -> Ranking:
-    """Rank, extrapolate the winner and write every output file. Returns the ranking."""
+    """Rank, extrapolate the winner and write every output file. Returns the ranking (its statements
+    with the fidelity check's).
+
+    ``fidelity``: the fidelity check's records (a longer schedule, after the decision), None when it did not run;
+    ``decision``: the allocation's decision set when it made one (a race's), else the confidence set stands for it.
+    """
     from . import plots
 
-    write_trials(run_dir, trials)
+    write_trials(run_dir, [*trials, *(fidelity or ())])
     budget = parse_budget(space.constraint.budget)
     race = info.get("race")
     ranking = rank(
@@ -102,6 +114,21 @@ def write_report(
         classes=classes,
         bootstrap_seed=space.order_seed,
     )
+    check = None
+    if fidelity is not None:
+        check = compare(
+            ranking,
+            select(ranking, decision),
+            trials,
+            fidelity,
+            factor=space.fidelity.epochs_factor,
+            short_epochs=space.proxy.epochs,
+            decision=decision,
+        )
+        said = tuple(check.statements())
+        # A decision that does not survive the longer schedule is the first thing the verdict says.
+        statements = (*said, *ranking.statements) if check.decision_changes else (*ranking.statements, *said)
+        ranking = dataclasses.replace(ranking, statements=statements)
     finished = sum(r.state.finished for r in trials)
     win = ranking.winner
     if race is not None and race.get("winner") and not ranking.table.empty:
@@ -122,6 +149,8 @@ def write_report(
         "units_finished": finished,
         "complete": finished == len(trials),
         "statements": list(ranking.statements),
+        "fidelity": None if check is None else check.to_dict(),
+        "schedule_dependent": None if check is None else check.decision_changes,
         "order_seed": space.order_seed,
         "init": init_description(space.proxy),
         "zero_init_residual": space.proxy.zero_init_residual,
@@ -138,6 +167,7 @@ def write_report(
     best.update(mark_upsampled(rank_rows, trials, info))
     b_rows: list[dict] = []
     d_rows: list[dict] = []
+    b_effective: list[dict] = []
     if win is not None:
         best.update(
             alpha=float(win["alpha"]),
@@ -155,15 +185,32 @@ def write_report(
         paper = ranking.table[ranking.table["paper"]]
         best["paper_rank"] = None if paper.empty or pd.isna(paper.iloc[0]["rank"]) else int(paper.iloc[0]["rank"])
         best["class"] = _class_entry(win, classes, space)
+        best["effective"] = effective_entry(
+            Coefficients(best["alpha"], best["beta"], best["gamma"]),
+            tuple(_clean(win.get(f"effective_{k}")) for k in ("alpha", "beta", "gamma")),
+            space.extrapolation.max_phi,
+        )
+        _with_statement(best)
+        best["extrapolation_multipliers"] = "nominal"
         if extrapolate:
             b_rows, d_rows = _extrapolate(Coefficients(best["alpha"], best["beta"], best["gamma"]), space, budget)
+            effective = best["effective"]
+            if effective is not None and effective["differs"]:
+                b_effective = _extrapolate(Coefficients(*effective["coefficients"]), space, budget, detection=False)[0]
     atomic_write_text(run_dir / "best.json", json.dumps(best, indent=2) + "\n")
     if b_rows:
         atomic_write_text(run_dir / "b_series.csv", to_csv(b_rows))
+    if b_effective:
+        atomic_write_text(run_dir / EFFECTIVE_B_SERIES, to_csv(b_effective))
+    elif (run_dir / EFFECTIVE_B_SERIES).exists():
+        (run_dir / EFFECTIVE_B_SERIES).unlink()  # an earlier winner's: it no longer applies
     if d_rows:
         atomic_write_text(run_dir / "d_series.csv", to_csv(d_rows))
-    atomic_write_text(run_dir / "coefficients.md", _coefficients_md(space, best, rank_rows, ranking, b_rows, d_rows))
-    atomic_write_text(run_dir / "COLUMNS.md", data_dictionary(b_rows, d_rows))
+    atomic_write_text(
+        run_dir / "coefficients.md",
+        _coefficients_md(space, best, rank_rows, ranking, b_rows, d_rows, b_effective, check),
+    )
+    atomic_write_text(run_dir / "COLUMNS.md", data_dictionary(b_rows, d_rows, effective=bool(b_effective)))
     title = f"{space.name}: {space.data.name}, budget {space.constraint.budget}"
     plots.accuracy_vs_macs(
         ranking.table, run_dir / "accuracy_vs_macs.png", title, budget=budget, tolerance=space.constraint.tolerance
@@ -309,7 +356,93 @@ def _statistics_md(best: dict) -> list[str]:
     return lines
 
 
-def _extrapolate(coeffs: Coefficients, space: SearchSpace, budget: float) -> tuple[list[dict], list[dict]]:
+# The nominal coefficients of a winner "differ" from its effective multipliers when compounding
+# either to the largest phi gives a depth, width or resolution more than this far apart.
+EFFECTIVE_MARGIN = 0.10
+EFFECTIVE_B_SERIES = "b_series_effective.csv"
+
+
+def effective_entry(nominal: Coefficients, effective: tuple, max_phi: int) -> dict | None:
+    """best.json's ``effective``: the winner's real multipliers beside its nominal coefficients, and whether
+    extrapolating one or the other to ``max_phi`` parts by more than ``EFFECTIVE_MARGIN``; None when unknown."""
+    if any(v is None for v in effective):
+        return None
+    real = tuple(max(1.0, float(v)) for v in effective)  # a grown network never shrinks; float noise aside
+    apart = {
+        name: (eff / nom) ** max_phi - 1 for name, nom, eff in zip(("alpha", "beta", "gamma"), nominal.as_tuple(), real)
+    }
+    differs = [name for name, gap in apart.items() if abs(gap) > EFFECTIVE_MARGIN]
+    return {
+        "coefficients": [round(v, 4) for v in real],
+        "apart_at_max_phi": {k: round(v, 4) for k, v in apart.items()},
+        "max_phi": max_phi,
+        "margin": EFFECTIVE_MARGIN,
+        "differs": bool(differs),
+        "differing": differs,
+    }
+
+
+def _with_statement(best: dict) -> dict:
+    if best.get("effective"):
+        best["effective"]["statement"] = effective_statement(best)
+    return best
+
+
+def effective_statement(best: dict) -> str | None:
+    """The plain words for nominal against effective multipliers, or None when unknown."""
+    e = best.get("effective")
+    if not e:
+        return None
+    a, b, g = e["coefficients"]
+    real = f"effective alpha {a:.3f} (blocks), beta {b:.3f} (MACs-weighted channels), gamma {g:.3f} (input side)"
+    nominal = f"({best['alpha']:g}, {best['beta']:g}, {best['gamma']:g})"
+    if not e["differs"]:
+        return (
+            f"The winner's nominal coefficients {nominal} are what its network really multiplies over the baseline "
+            f"({real}): compounded to phi = {e['max_phi']} they stay within {e['margin']:.0%}. The B-series uses "
+            "the nominal coefficients."
+        )
+    gaps = ", ".join(f"{k} {100 * e['apart_at_max_phi'][k]:+.0f}%" for k in e["differing"])
+    return (
+        f"At the proxy's base the winner's coefficients {nominal} are labels more than multipliers: after rounding, "
+        f"its network has {real}. Compounded to phi = {e['max_phi']} they part by more than {e['margin']:.0%} "
+        f"({gaps}). The B-series below applies the nominal coefficients to B0, as the paper does; the second table "
+        f"applies the effective ones ({EFFECTIVE_B_SERIES})."
+    )
+
+
+FIDELITY_COLUMNS = [
+    Column("candidate", "candidate", str),
+    Column("reasons", "checked as", lambda v: ", ".join(v)),
+    Column("leaning", "leaning", lambda v: v or ""),
+    Column("seeds", "seeds", lambda v: ", ".join(str(s) for s in v)),
+    Column("short", "top-1 (search)", lambda v: "" if v is None else f"{v:.4f}"),
+    Column("long", "top-1 (longer)", lambda v: "" if v is None else f"{v:.4f}"),
+    Column("gain", "gain", lambda v: "" if v is None else f"{v:+.4f}"),
+    Column("short_rank", "rank (search)", num),
+    Column("long_rank", "rank (longer)", num),
+]
+
+
+def _fidelity_md(check: FidelityCheck) -> list[str]:
+    rows = [{**dataclasses.asdict(r), "gain": r.gain} for r in check.rows]
+    return [
+        f"## Fidelity check: {check.long_epochs} epochs against the search's {check.short_epochs}",
+        "",
+        "The decision set, the paper's triple and the best candidate of each leaning (the dimension that takes "
+        "the largest share of its real MACs growth), trained again with the same seeds at "
+        f"{check.factor}x the epochs; means over the seeds scored at both schedules.",
+        "",
+        *[f"- {s}" for s in check.statements()],
+        "",
+        to_markdown(rows, FIDELITY_COLUMNS),
+        "",
+    ]
+
+
+def _extrapolate(
+    coeffs: Coefficients, space: SearchSpace, budget: float, detection: bool = True
+) -> tuple[list[dict], list[dict]]:
     from ..models import EfficientNetConfig
     from .series import b_series
 
@@ -319,7 +452,7 @@ def _extrapolate(coeffs: Coefficients, space: SearchSpace, budget: float) -> tup
         coeffs, max_phi=e.max_phi, base=base, multiple=e.resolution_multiple, budget=budget, num_classes=e.num_classes
     )
     d_rows: list[dict] = []
-    if e.detection:
+    if e.detection and detection:
         from .series import d_series
 
         d_rows = d_series(coeffs, max_phi=e.max_phi)
@@ -327,7 +460,14 @@ def _extrapolate(coeffs: Coefficients, space: SearchSpace, budget: float) -> tup
 
 
 def _coefficients_md(
-    space: SearchSpace, best: dict, rank_rows: list[dict], ranking: Ranking, b_rows: list[dict], d_rows: list[dict]
+    space: SearchSpace,
+    best: dict,
+    rank_rows: list[dict],
+    ranking: Ranking,
+    b_rows: list[dict],
+    d_rows: list[dict],
+    b_effective: Sequence[dict] = (),
+    check: FidelityCheck | None = None,
 ) -> str:
     p, c = space.proxy, space.constraint
     lines = [f"# Compound-scaling coefficients: {space.name}", ""]
@@ -394,6 +534,11 @@ def _coefficients_md(
         "",
     ]
     lines += _statistics_md(best)
+    if check is not None:
+        lines += _fidelity_md(check)
+    statement = effective_statement(best)
+    if statement:
+        lines += ["## Nominal and effective multipliers", "", statement, ""]
     if b_rows:
         from .series import b_series_columns
 
@@ -402,7 +547,21 @@ def _coefficients_md(
                 "md",
                 b_rows,
                 b_series_columns(),
-                title="B-series from the winner (ImageNet scale) beside the official table",
+                title="B-series from the winner's nominal coefficients (ImageNet scale) beside the official table",
+            ),
+            "",
+        ]
+    if b_effective:
+        from .series import b_series_columns
+
+        a, b, g = best["effective"]["coefficients"]
+        lines += [
+            render(
+                "md",
+                b_effective,
+                b_series_columns(),
+                title=f"B-series from the winner's effective multipliers ({a:.3f}, {b:.3f}, {g:.3f}) beside the "
+                "official table",
             ),
             "",
         ]
@@ -621,7 +780,7 @@ def run_notes(best: dict) -> list[str]:
     return notes
 
 
-def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict]) -> str:
+def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict], effective: bool = False) -> str:
     """COLUMNS.md: every column of trials.csv, b_series.csv and d_series.csv, described."""
     from ..records import COLUMN_DESCRIPTIONS, COLUMNS
     from .series import B_SERIES_DESCRIPTIONS, D_SERIES_DESCRIPTIONS
@@ -654,7 +813,13 @@ def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict]) -> str:
             keys(b_rows),
             B_SERIES_DESCRIPTIONS,
             "The winner extrapolated to B0-B7 at ImageNet scale, beside the official EfficientNets "
-            "(`official_*`, same phi).",
+            "(`official_*`, same phi)."
+            + (
+                f" `{EFFECTIVE_B_SERIES}` has the same columns for the winner's effective multipliers (best.json "
+                "`effective`)."
+                if effective
+                else ""
+            ),
         )
     if d_rows:
         lines += table(

@@ -197,7 +197,9 @@ def _requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None
     study.enqueue_trial({k: attrs[k] for k in PARAMS if k in attrs}, user_attrs=attrs)
 
 
-_UNIT_ATTRS = ("unit", "alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs")
+_UNIT_ATTRS = (
+    "unit", "alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs", "fidelity"
+)  # fmt: skip
 
 
 def unit_search_space(units: list[Unit], seeds: Sequence[int] = ()) -> dict[str, BaseDistribution]:

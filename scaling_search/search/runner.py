@@ -34,6 +34,7 @@ from ..train.faults import DeviceFault
 from ..train.recipe import Runtime
 from .backend import Backend, Hooks, Train, merge
 from .estimate import Calibration
+from .fidelity import decision_of, run_fidelity
 from .halving import rung_schedule
 from .jobs import execute_jobs, retry_alone
 from .outcome import outcome_of
@@ -88,6 +89,13 @@ def check_run_dir(out: Path, space: SearchSpace, study_name: str) -> dict | None
             "use a new --out, or the same space and budget to resume"
         )
     return meta
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _stored_data_dir(out: Path) -> str | None:
@@ -280,13 +288,16 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     stop = threading.Event()
     restore = _install_stop_handlers(stop, console)
     problems: list[str] = []
+    execute = executor(ctx, stop, console, problems)
+    fidelity: list[TrialRecord] | None = None  # None: the check did not run
     try:
         records, rounds = run_rounds(
-            policy_for(ctx.space, ctx.candidates),
-            ctx.plan_of,
-            executor(ctx, stop, console, problems),
-            on_round=lambda r: _print_round(r, console),
+            policy_for(ctx.space, ctx.candidates), ctx.plan_of, execute, on_round=lambda r: _print_round(r, console)
         )
+        if _decided(ctx.space, rounds) and not stop.is_set():
+            fidelity = run_fidelity(
+                ctx.space, ctx.candidates, records, ctx.plan_of, execute, console, decision_of(rounds)
+            )
     finally:
         restore()
     wall = time.perf_counter() - started
@@ -319,8 +330,14 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         keep_weights=ctx.options.keep_weights,
         rounds=rounds,
         classes=ctx.plan_of_space.classes,
+        fidelity=fidelity,
         machine=problems,
     )
+
+
+def _decided(space: SearchSpace, rounds: tuple[RoundResult, ...]) -> bool:
+    """The fidelity check is on and the search has decided: every round it walked is complete."""
+    return space.fidelity.enabled and bool(rounds) and all(r.complete for r in rounds)
 
 
 def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
@@ -372,6 +389,7 @@ def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
         f"{n_test} held-out images, {ctx.num_classes} classes), {space.proxy.epochs} epochs each, device {device} "
         f"({device_name(device)})"
     )
+    _print_coarseness(plan_of_space, space, console)
     if options.backend == "optuna" and (options.storage or earlier is not None):
         # A shared storage must answer before the folder exists; a resumed
         # study says which trials are left to estimate.
@@ -395,6 +413,16 @@ def _print_round(result: RoundResult, console) -> None:
     line = getattr(result.decision, "line", None)
     if callable(line):
         console.print(line(), highlight=False)
+
+
+def _print_coarseness(plan, space: SearchSpace, console) -> None:
+    """How much the coefficients really move the network at this base (a reduced base compresses them)."""
+    from .coarseness import coarseness
+    from .plan import baseline_config
+
+    coarse = coarseness(plan, baseline_config(space, 10))
+    for line in [*coarse.lines(), *coarse.warnings()]:
+        console.print(line, highlight=False)
 
 
 def _load_data(space: SearchSpace, console):
@@ -516,6 +544,9 @@ def open_folder(ctx: RunContext) -> None:
     if earlier is None or any(earlier.get(k) != meta[k] for k in ("storage", "native_size", "stored_size")):
         atomic_write_text(out / RUN_JSON, json.dumps(meta, indent=2) + "\n")
         atomic_write_text(out / "space.yaml", dump_space(space))
+    elif _read_text(out / "space.yaml") != dump_space(space):
+        # Same fingerprint, other settings outside it (the fidelity check turned on, say): `report` reads these.
+        atomic_write_text(out / "space.yaml", dump_space(space))
     ctx.backend = ctx.backend or _optuna_backend(options, ctx.storage_url, ctx.study_name, space)
 
 
@@ -615,7 +646,7 @@ def _execute(
     """The backend runs the plan (or ``run_with`` does, through worker processes); the runner prints
     one line per finished trial, whichever backend or worker finished it."""
     total = len(plan)
-    done = len(backend.finished(plan) & {p.unit for p in plan})  # a study's other rounds are not this one
+    done = len(backend.finished(plan) & {p.unit for p in plan})  # a backend may name units of other rounds too
     if done:
         console.print(f"resuming: {done} of {total} trials already finished")
     best: list[TrialRecord] = []
@@ -668,6 +699,7 @@ def finish(
     keep_weights: str | None = None,
     rounds: tuple[RoundResult, ...] = (),
     classes: tuple = (),
+    fidelity: list[TrialRecord] | None = None,
     machine: Sequence[str] = (),
 ) -> int:
     """Write the report of ``records`` (every unit of every round reached), print the decision and how the
@@ -703,7 +735,7 @@ def finish(
 
         info["race"] = race_summary(rounds, records, space.racing)
     console.print("writing the report ...")
-    ranking = write_report(out, records, space, info, classes=classes)
+    ranking = write_report(out, records, space, info, classes=classes, fidelity=fidelity, decision=decision_of(rounds))
     race = info.get("race")
     if race is not None:
         console.print(f"decision: {(race['decision'] or 'not reached').upper()}", highlight=False)
@@ -791,6 +823,9 @@ def rebuild(out: Path, console) -> int:
                 "pruning and are not ranked; only trials that trained every epoch are"
             )
             console.print(f"note: {info['note']}", highlight=False)
+    fidelity = None
+    if _decided(space, rounds):
+        fidelity = run_fidelity(space, candidates, records, plan_of, fetch, decision=decision_of(rounds))
     machine = (prior.get("outcome") or {}).get("machine_failures") or ()
     finish(
         out,
@@ -801,6 +836,7 @@ def rebuild(out: Path, console) -> int:
         info=info,
         rounds=rounds,
         classes=plan_of_space.classes,
+        fidelity=fidelity,
         machine=machine,
     )
     return 0  # the report is rebuilt; how the run ended is in its last line and in best.json

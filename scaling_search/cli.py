@@ -498,6 +498,92 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return rebuild(Path(args.dir), _console())
 
 
+# ------------------------------------------------------------------ curves
+
+
+def _add_curves_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "dir",
+        metavar="DIR",
+        help="a finished run folder (its space, data, recipe, seeds, winner and set); with --space/--preset, the "
+        "folder to write into. The curves go to DIR/curves",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--space", help="scale this search space's baseline (no winner or set: no search needed)")
+    which.add_argument("--preset", help="a shipped search space by name")
+    p.add_argument(
+        "--s",
+        dest="targets",
+        nargs="+",
+        type=float,
+        metavar="S",
+        help="cost multiples over the baseline's real MACs (default 2 4); the baseline (s = 1) always trains",
+    )
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        metavar="NAME",
+        help="depth width resolution uniform dWr paper winner set, or compound:ALPHA,BETA,GAMMA (default: all that "
+        "apply; winner and set need a run folder)",
+    )
+    p.add_argument(
+        "--base-resolution",
+        type=_positive_int("base-resolution"),
+        help="the baseline's side in px (default: the search's, lowered so that resolution-only scaling to the "
+        "largest s stays within the images' native size)",
+    )
+    p.add_argument(
+        "--multiple", type=_positive_int("multiple"), help="round resolutions to this multiple (default: the space's)"
+    )
+    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
+    p.add_argument("--storage", help="Optuna storage URL shared by several workers (default: DIR/curves/study.db)")
+    p.add_argument("--data-dir", help="where the dataset is (default: the space's, or $SCALING_SEARCH_DATA)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    _add_runtime_options(p)
+    p.add_argument("--heartbeat", type=_positive_int("heartbeat"), default=10, help="seconds between heartbeats")
+    p.add_argument("--jobs", type=_positive_int("jobs"), help="trials at once on this machine (as for run)")
+    p.add_argument("--ray-address", help="join this Ray cluster (with --backend ray)")
+    p.add_argument("--estimate", action="store_true", help="print the networks and the time estimate, then stop")
+
+
+def _cmd_curves(args: argparse.Namespace) -> int:
+    from .search.curves import CURVES_DIR, DEFAULT_TARGETS, build_curve_plan, load_run, run_curves, space_source
+    from .search.runner import RunOptions
+    from .space import load_space, preset_path
+
+    console = _console()
+    folder = Path(args.dir)
+    if args.space or args.preset:
+        space = load_space(args.space or preset_path(args.preset))
+        source = space_source(space.with_overrides(data={"data_dir": args.data_dir}))
+    else:
+        source = load_run(folder)
+        source = replace(source, space=source.space.with_overrides(data={"data_dir": args.data_dir}))
+    plan = build_curve_plan(
+        source,
+        args.targets or DEFAULT_TARGETS,
+        args.strategies,
+        base_resolution=args.base_resolution,
+        multiple=args.multiple,
+    )
+    named = {k: getattr(args, k) for k in _CURVES_OPTIONS}
+    options = RunOptions(out=folder / CURVES_DIR, estimate_only=args.estimate, keep_weights="none", **named)
+    return run_curves(plan, options, console)
+
+
+# RunOptions fields that take the curves command's option of the same name.
+_CURVES_OPTIONS = (
+    "backend",
+    "storage",
+    "device",
+    "memory_format",
+    "cudnn_benchmark",
+    "heartbeat",
+    "ray_address",
+    "jobs",
+)
+
+
 # ------------------------------------------------------------------ export
 
 
@@ -754,6 +840,12 @@ _COMMANDS = (
     ("table", "extrapolate coefficients to a model family, beside the official table", _add_table_options, _cmd_table),
     ("run", "search the coefficients: train every candidate, rank, extrapolate, report", _add_run_options, _cmd_run),
     ("report", "rebuild a run folder's tables and plots from its stored study", _add_report_options, _cmd_report),
+    (
+        "curves",
+        "compound against single-dimension scaling at equal real cost, trained like the search",
+        _add_curves_options,
+        _cmd_curves,
+    ),
     (
         "export",
         "a table row, named model or run winner as a project config or for timm",

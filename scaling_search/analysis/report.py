@@ -124,6 +124,7 @@ def write_report(
             factor=space.fidelity.epochs_factor,
             short_epochs=space.proxy.epochs,
             decision=decision,
+            winner=(race or {}).get("winner"),
         )
         said = tuple(check.statements())
         # A decision that does not survive the longer schedule is the first thing the verdict says.
@@ -486,6 +487,9 @@ def _coefficients_md(
     if race is not None:
         lines += ["## Decision", "", f"**{race['decision'] or 'not reached yet'}**", ""]
         lines += [f"- {s}" for s in race_statements(race)]
+        fid = best.get("fidelity") or {}
+        if fid.get("decision_changes"):  # the race's decision did not survive the longer schedule: said here too
+            lines += [f"- {fid['statements'][0]}"]
         lines += ["", "## Supporting statistics", "", f"Over every score: {verdict or 'no verdict'}.", ""]
     else:
         lines += ["## Verdict", "", f"**{verdict or 'no verdict'}**", ""]

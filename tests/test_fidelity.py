@@ -19,7 +19,9 @@ from scaling_search.space import parse_space
 
 
 def test_a_finished_run_adds_the_fidelity_units_once_and_resumes(tmp_path, data_env):
-    space, out = tiny_space(tmp_path), tmp_path / "run"  # fidelity off in the space
+    space, out = tiny_space(tmp_path, train=64), tmp_path / "run"
+    with space.open("a") as f:
+        f.write("fidelity: {enabled: false, epochs_factor: 2}\n")  # off in the space; 2x keeps the test short
     first = run_cli(*run_args(space, out), env=data_env)
     assert first.returncode == 0, first.stderr + first.stdout
     searched = unit_attempts(out)
@@ -35,17 +37,17 @@ def test_a_finished_run_adds_the_fidelity_units_once_and_resumes(tmp_path, data_
     assert {k: attempts[k] for k in searched} == searched  # the search's units: untouched
     best = json.loads((out / "best.json").read_text())
     checked = {c["candidate"] for c in best["fidelity"]["candidates"]}
-    # every candidate the check selected, at the space's one seed, 3x the epochs, each trained once
-    assert sorted(added) == sorted(f"{c}-s0-f3" for c in checked) and all(v == ["COMPLETE"] for v in added.values())
+    # every candidate the check selected, at the space's one seed, 2x the epochs, each trained once
+    assert sorted(added) == sorted(f"{c}-s0-f2" for c in checked) and all(v == ["COMPLETE"] for v in added.values())
     assert "paper" in {r for c in best["fidelity"]["candidates"] for r in c["reasons"]}
     rows = read_csv(out / "trials.csv")
     longer = [r for r in rows if r["fidelity"]]
-    assert len(longer) == len(added) and {(r["epochs"], r["epochs_run"]) for r in longer} == {("3", "3")}
+    assert len(longer) == len(added) and {(r["epochs"], r["epochs_run"]) for r in longer} == {("2", "2")}
     search_rows = [r for r in rows if not r["fidelity"]]
     winner = max(search_rows, key=lambda r: float(r["accuracy"]))
     assert best["accuracy_mean"] == float(winner["accuracy"])  # the ranking reads the search's units only
-    assert best["fidelity"]["complete"] and "## Fidelity check: 3 epochs" in (out / "coefficients.md").read_text()
-    assert not list((out / "weights").glob("*f3*"))  # a longer schedule keeps no weights over the searched model's
+    assert best["fidelity"]["complete"] and "## Fidelity check: 2 epochs" in (out / "coefficients.md").read_text()
+    assert not list((out / "weights").glob("*f2*"))  # a longer schedule keeps no weights over the searched model's
     # `report` rebuilds the check from the stored study, training nothing.
     (out / "best.json").unlink()
     rebuilt = run_cli("report", str(out), env=data_env)

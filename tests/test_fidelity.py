@@ -24,10 +24,12 @@ def test_a_finished_run_adds_the_fidelity_units_once_and_resumes(tmp_path, data_
     assert first.returncode == 0, first.stderr + first.stdout
     searched = unit_attempts(out)
     assert len(searched) == 3 and "fidelity check" not in first.stdout
+    assert "at this base: 2 candidates build 2 distinct networks with 2 distinct depths (7, 8 blocks" in first.stdout
     assert json.loads((out / "best.json").read_text())["fidelity"] is None
     # The same finished folder with the check turned on: only the longer-schedule units train.
     second = run_cli(*run_args(space, out, "--fidelity"), env=data_env)
     assert second.returncode == 0, second.stderr + second.stdout
+    assert "fidelity check on: once decided" in second.stdout and "resuming: 3 of 3 trials" in second.stdout
     attempts = unit_attempts(out)
     added = {k: v for k, v in attempts.items() if k not in searched}
     assert {k: attempts[k] for k in searched} == searched  # the search's units: untouched

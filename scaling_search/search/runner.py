@@ -423,6 +423,14 @@ def _print_coarseness(plan, space: SearchSpace, console) -> None:
     coarse = coarseness(plan, baseline_config(space, 10))
     for line in [*coarse.lines(), *coarse.warnings()]:
         console.print(line, highlight=False)
+    if space.fidelity.enabled:
+        f = space.fidelity
+        console.print(
+            f"fidelity check on: once decided, the decision set, the paper's triple and the best of each leaning "
+            f"train again at {space.proxy.epochs * f.epochs_factor} epochs ({f.epochs_factor}x, same seeds), "
+            "after the estimate below (--no-fidelity to skip)",
+            highlight=False,
+        )
 
 
 def _load_data(space: SearchSpace, console):

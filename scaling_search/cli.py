@@ -595,6 +595,12 @@ def _add_curves_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heartbeat", type=_positive_int("heartbeat"), default=10, help="seconds between heartbeats")
     p.add_argument("--jobs", type=_positive_int("jobs"), help="trials at once on this machine (as for run)")
     p.add_argument("--ray-address", help="join this Ray cluster (with --backend ray)")
+    p.add_argument(
+        "--race",
+        action="store_true",
+        help="race the strategies at each s (the space's racing settings): more seeds where the answer is open; "
+        "default: the space's seeds for every network, then one look by the racing rule",
+    )
     p.add_argument("--estimate", action="store_true", help="print the networks and the time estimate, then stop")
 
 
@@ -617,6 +623,7 @@ def _cmd_curves(args: argparse.Namespace) -> int:
         args.strategies,
         base_resolution=args.base_resolution,
         multiple=args.multiple,
+        race=args.race,
     )
     named = {k: getattr(args, k) for k in _CURVES_OPTIONS}
     options = RunOptions(out=folder / CURVES_DIR, estimate_only=args.estimate, keep_weights="none", **named)

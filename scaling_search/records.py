@@ -168,7 +168,8 @@ COLUMN_DESCRIPTIONS = {
     "alpha": "depth coefficient of the candidate (phi = 1 multiplies the baseline's depth by alpha)",
     "beta": "width coefficient (channels times beta, rounded to multiples of 8)",
     "gamma": "resolution coefficient (input side times gamma, rounded to constraint.resolution_multiple)",
-    "seed": "training seed of this trial (int)",
+    "seed": "training seed of this trial (int); a race adds the next unused seeds round by round, for the candidates "
+    "still in contention only",
     "state": "COMPLETE, PRUNED (stopped early by the asynchronous pruning of earlier releases), FAIL (failure "
     "says why), RUNNING or WAITING (not trained yet)",
     "accuracy": "held-out top-1 accuracy (0..1) after the last epoch run; empty when the trial has not run",

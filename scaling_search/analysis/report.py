@@ -104,10 +104,11 @@ def write_report(
 
     write_trials(run_dir, [*trials, *(fidelity or ())])
     budget = parse_budget(space.constraint.budget)
+    race = info.get("race")
     ranking = rank(
         trials,
         space.proxy.epochs,
-        seeds=space.seeds,
+        seeds=sorted(set(space.seeds) | {r.seed for r in trials}),  # a race adds seeds round by round
         budget=budget,
         tolerance=space.constraint.tolerance,
         classes=classes,
@@ -123,6 +124,7 @@ def write_report(
             factor=space.fidelity.epochs_factor,
             short_epochs=space.proxy.epochs,
             decision=decision,
+            winner=(race or {}).get("winner"),
         )
         said = tuple(check.statements())
         # A decision that does not survive the longer schedule is the first thing the verdict says.
@@ -130,6 +132,10 @@ def write_report(
         ranking = dataclasses.replace(ranking, statements=statements)
     finished = sum(r.state.finished for r in trials)
     win = ranking.winner
+    if race is not None and race.get("winner") and not ranking.table.empty:
+        # The race's leader: the best mean among the candidates still in contention, all on the same seeds.
+        row = ranking.table[ranking.table["candidate"] == race["winner"]]
+        win = row.iloc[0] if not row.empty else win
     best: dict[str, Any] = {
         "alpha": None,
         "beta": None,
@@ -152,6 +158,10 @@ def write_report(
         **_statistics(ranking),
         **info,
     }
+    if race is not None:
+        best["decision"] = race["decision"]
+        race.update(_race_details(race, ranking, classes, space))
+    best["noise"] = _noise(ranking, race, info.get("held_out_images"))
     rank_rows = _records(ranking.table)
     for r in rank_rows:
         r["ci95"] = f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]" if r.get("ci_low") is not None else ""
@@ -503,8 +513,20 @@ def _coefficients_md(
             "",
         ]
     verdict = best.get("verdict")
-    lines += ["## Verdict", "", f"**{verdict or 'no verdict'}**", ""]
+    race = best.get("race")
+    if race is not None:
+        lines += ["## Decision", "", f"**{race['decision'] or 'not reached yet'}**", ""]
+        lines += [f"- {s}" for s in race_statements(race)]
+        fid = best.get("fidelity") or {}
+        if fid.get("decision_changes"):  # the race's decision did not survive the longer schedule: said here too
+            lines += [f"- {fid['statements'][0]}"]
+        lines += ["", "## Supporting statistics", "", f"Over every score: {verdict or 'no verdict'}.", ""]
+    else:
+        lines += ["## Verdict", "", f"**{verdict or 'no verdict'}**", ""]
     lines += [f"- {s}" for s in ranking.statements]
+    noise = best.get("noise")
+    if noise and noise.get("statement"):
+        lines += [f"- {noise['statement']}"]
     lines += [f"- {s}" for s in run_notes(best)]
     lines += [
         "",
@@ -522,6 +544,15 @@ def _coefficients_md(
         f"- initialisation: {init_description(p)}",
         f"- seeds: {', '.join(str(s) for s in space.seeds)}; run order interleaved by seed, shuffled with order "
         f"seed {space.order_seed}",
+        "- allocation: "
+        + (
+            f"racing seeds (one more seed per round for the candidates in contention, up to "
+            f"{space.racing.max_seeds} seeds"
+            + ("" if space.racing.max_trainings is None else f" and {space.racing.max_trainings} trainings")
+            + f"; delta {space.racing.delta:g}, alpha {space.racing.alpha:g}; {race['rule'] if race else ''})"
+            if space.racing.enabled
+            else ("synchronous successive halving" if space.pruning.enabled else "uniform: every candidate x seed")
+        ),
         "- pruning: "
         + (
             f"synchronous successive halving, rungs from {space.pruning.min_epochs} epoch(s) by factor "
@@ -578,6 +609,164 @@ def _coefficients_md(
             "",
         ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+# ------------------------------------------------------------ the race
+
+
+def _pct(x: float | None) -> str:
+    return "?" if x is None else f"{x:+.4f}"
+
+
+def race_statements(race: dict) -> list[str]:
+    """The race's decision in plain words, with the numbers behind it."""
+    out = []
+    d, winner = race["decision"], race.get("winner")
+    alive = race.get("in_contention") or []
+    if d == "best":
+        out.append(f"Best: {winner} is better than every other candidate ({race['rule']}).")
+    elif d == "equivalent":
+        out.append(
+            f"Equivalent: the {len(alive)} candidates left ({', '.join(alive)}) are within +-{race['delta']:g} top-1 "
+            "of one another; the answer is that set."
+        )
+        if race.get("shared"):
+            out.append(f"They share {race['shared']}.")
+        if race.get("series_spread"):
+            out.append(race["series_spread"])
+    elif d == "undecided":
+        more = race.get("more_seeds")
+        extra = (
+            f" The observed noise calls for about {more} seeds per remaining candidate (about "
+            f"{race.get('more_trainings')} more trainings) to separate the leader from its closest contender."
+            if more
+            else ""
+        )
+        out.append(
+            f"Undecided: {race['reason']}; {len(alive)} candidates remain in contention: {', '.join(alive)} "
+            f"(leader {winner}).{extra}"
+        )
+    else:
+        out.append(f"No decision yet: {race['reason']}.")
+    out.append(
+        f"Guarantee: {race['guarantee']} (delta {race['delta']:g}, alpha {race['alpha']:g}). Rounds: "
+        + "; ".join(
+            f"{r['round']}: {r['trainings']} trained, {len(r['in_contention'] or [])} in contention"
+            for r in race["rounds"]
+        )
+        + "."
+    )
+    saved = race.get("compute_saved")
+    if saved is not None:
+        out.append(
+            f"Trainings: {race['trainings']} against {race['uniform_trainings']} for uniform allocation at the same "
+            f"final seed count ({saved:.0%} saved)."
+        )
+    if race.get("sigma") is not None:
+        out.append(
+            f"Pooled seed-to-seed standard deviation {race['sigma']:.4f} ({race['df']} degrees of freedom); a "
+            f"candidate leaves when it trails the leader by more than {race['c_elim']:.2f} standard errors of the "
+            "paired difference."
+        )
+    diffs = [x for x in race.get("differences") or [] if x["candidate"] in alive or x.get("paper")]
+    if diffs:
+        out.append(
+            f"Paired differences to {winner} (simultaneous intervals): "
+            + "; ".join(
+                f"{x['candidate']} {_pct(x['difference'])} [{_pct(x['low'])}, {_pct(x['high'])}]" for x in diffs
+            )
+            + "."
+        )
+    paper = race.get("paper")
+    if paper:
+        out.append(f"The paper's triple {paper['candidate']}: {paper['status']}.")
+    return out
+
+
+def _race_details(race: dict, ranking: Ranking, classes: Sequence[NetworkClassLike], space: SearchSpace) -> dict:
+    """What the race's record needs from the ranking: the paper's row, and what an equivalent set shares."""
+    from ..records import candidate_key
+    from ..scaling import PAPER
+
+    out: dict[str, Any] = {}
+    paper_key = candidate_key(*PAPER.as_tuple())
+    diffs = {x["candidate"]: x for x in race.get("differences") or []}
+    for key, x in diffs.items():
+        x["paper"] = key == paper_key
+    if not ranking.table.empty and paper_key in set(ranking.table["candidate"]):
+        if paper_key == race.get("winner"):
+            status = "the race's leader"
+        elif paper_key in (race.get("in_contention") or []):
+            status = "still in contention"
+        else:
+            out_at = next((r["round"] for r in race["rounds"] if paper_key in (r.get("eliminated") or [])), None)
+            status = f"out of contention at round {out_at}, trained in every round as a reference" if out_at else "out"
+        d = diffs.get(paper_key)
+        if d is not None:
+            status += (
+                f"; {_pct(d['difference'])} from {race.get('winner')} over {d['seeds']} paired seeds "
+                f"[{_pct(d['low'])}, {_pct(d['high'])}]"
+            )
+        out["paper"] = {"candidate": paper_key, "status": status, **({} if d is None else d)}
+    if race.get("decision") == "equivalent":
+        members = [m for k in race["in_contention"] for m in _members(k, ranking, classes)]
+        names = ("alpha", "beta", "gamma")
+        out["shared"] = ", ".join(_span(name, [getattr(m, name) for m in members]) for name in names)
+        from ..models import EfficientNetConfig
+
+        e = space.extrapolation
+        spread = class_spread(
+            members, e.max_phi, EfficientNetConfig(resolution=e.base_resolution), e.resolution_multiple
+        )
+        if spread:
+            out["series_spread"] = (
+                f"Their B-series at phi = {spread['phi']} differ: {spread['macs'][0] / 1e9:.2f}-"
+                f"{spread['macs'][1] / 1e9:.2f} GMACs, {spread['resolution'][0]}-{spread['resolution'][1]} px, depth "
+                f"x{spread['depth'][0]:.2f}-{spread['depth'][1]:.2f}, width x{spread['width'][0]:.2f}-"
+                f"{spread['width'][1]:.2f}."
+            )
+    return out
+
+
+def _members(key: str, ranking: Ranking, classes: Sequence[NetworkClassLike]) -> list[Coefficients]:
+    """The coefficient triples a trained candidate stands for (its class's members, else itself)."""
+    row = ranking.table[ranking.table["candidate"] == key]
+    if row.empty:
+        return []
+    r = row.iloc[0]
+    cls = next((c for c in classes if c.label == r["class"]), None)
+    if cls is not None:
+        return [m.coefficients for m in cls.members]
+    return [Coefficients(float(r["alpha"]), float(r["beta"]), float(r["gamma"]))]
+
+
+def _span(name: str, values: Sequence[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{name} {lo:g}" if lo == hi else f"{name} {lo:g}-{hi:g}"
+
+
+def _noise(ranking: Ranking, race: dict | None, held_out: int | None) -> dict:
+    """The held-out size and the share of the seed-to-seed variance that sampling the held-out images explains
+    (binomial p(1-p)/n at the candidates' mean accuracy, against the pooled variance)."""
+    a = ranking.analysis
+    var = None
+    if race is not None and race.get("sigma") is not None:
+        var = race["sigma"] ** 2
+    elif a is not None and a.anova is not None:
+        var = a.anova.ms_within
+    out: dict[str, Any] = {"held_out_images": held_out, "pooled_variance": var}
+    if not held_out or not var or a is None:
+        return out
+    p = sum(c.mean for c in a.candidates) / len(a.candidates)
+    binomial = p * (1 - p) / held_out
+    out.update(binomial_variance=binomial, binomial_share=round(min(1.0, binomial / var), 3))
+    out["statement"] = (
+        f"Held-out set: {held_out} images; at the mean accuracy {p:.3f} sampling them alone (binomial p(1-p)/n) "
+        f"has standard deviation {math.sqrt(binomial):.4f}, {out['binomial_share']:.0%} of the pooled seed-to-seed "
+        f"variance ({math.sqrt(var):.4f} standard deviation); an upper bound, as every candidate is scored on the "
+        "same images and their errors partly coincide."
+    )
+    return out
 
 
 # ------------------------------------------------------------ data, stale trials, data dictionary
@@ -649,7 +838,12 @@ def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict], effective: b
         "",
     ]
     lines += table(
-        "trials.csv", COLUMNS, COLUMN_DESCRIPTIONS, "One row per trial (candidate x seed), sorted by coefficients."
+        "trials.csv",
+        COLUMNS,
+        COLUMN_DESCRIPTIONS,
+        "One row per trial (candidate x seed), sorted by coefficients. A race trains every candidate at the first "
+        "seeds and later seeds only for the candidates still in contention, so candidates have different seed "
+        "counts; compare them on the seeds they share (best.json's `race.differences` are paired that way).",
     )
     if b_rows and (base is None or family_of(base).official(1)):
         lines += table(

@@ -50,10 +50,10 @@ class Coarseness:
             f"has {self.base_blocks})"
         ]
         for a in self.axes:
-            frac = "" if a.fraction is None else f" ({a.fraction:.0%} of the nominal span)"
+            frac = "" if a.fraction is None else f", {a.fraction:.0%} of the nominal span"
             out.append(
                 f"  {a.name}: nominal {a.nominal[0]:g}-{a.nominal[1]:g}, effective {a.effective[0]:.3f}-"
-                f"{a.effective[1]:.3f}{frac} [{a.what}]"
+                f"{a.effective[1]:.3f} ({a.what}){frac}"
             )
         return out
 

@@ -28,7 +28,7 @@ def search_ranking(space: SearchSpace, records: Sequence[TrialRecord]) -> Rankin
     return rank(
         records,
         space.proxy.epochs,
-        seeds=space.seeds,
+        seeds=sorted(set(space.seeds) | {r.seed for r in records}),  # a race adds seeds round by round
         budget=parse_budget(space.constraint.budget),
         tolerance=space.constraint.tolerance,
         bootstrap_seed=space.order_seed,

@@ -292,7 +292,9 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     execute = executor(ctx, stop, console, problems)
     fidelity: list[TrialRecord] | None = None  # None: the check did not run
     try:
-        records, rounds = run_rounds(policy_for(ctx.space, ctx.candidates), ctx.plan_of, execute)
+        records, rounds = run_rounds(
+            policy_for(ctx.space, ctx.candidates), ctx.plan_of, execute, on_round=lambda r: _print_round(r, console)
+        )
         if _decided(ctx.space, rounds) and not stop.is_set():
             fidelity = run_fidelity(
                 ctx.space, ctx.candidates, records, ctx.plan_of, execute, console, decision_of(rounds)
@@ -306,10 +308,12 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         "backend": ctx.options.backend,
         "jobs": ctx.jobs,
     }
-    info.update(data_sizes(ctx.data), stale_requeued=ctx.stale)
+    info.update(data_sizes(ctx.data), stale_requeued=ctx.stale, held_out_images=ctx.n_test)
     est = ctx.estimate
     if est is not None and est.calibration is not None:
         info["estimate_seconds_this_run"] = round(est.seconds, 1)
+        if est.later_bound_seconds is not None:
+            info["estimate_later_rounds_at_most_seconds"] = round(est.later_bound_seconds, 1)
         console.print(
             f"wall time {format_duration(wall)} against the estimate of {format_duration(est.seconds)} for the first "
             f"round ({wall / max(est.seconds, 1e-9):.2f}x; {sum(r.units for r in rounds)} trials in {len(rounds)} "
@@ -405,6 +409,13 @@ def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
     return ctx
 
 
+def _print_round(result: RoundResult, console) -> None:
+    """A race's (or a halving run's) progress: one line per decided round."""
+    line = getattr(result.decision, "line", None)
+    if callable(line):
+        console.print(line(), highlight=False)
+
+
 def _print_coarseness(plan, space: SearchSpace, console) -> None:
     """How much the coefficients really move the network at this base (a reduced base compresses them)."""
     from .coarseness import coarseness
@@ -413,6 +424,14 @@ def _print_coarseness(plan, space: SearchSpace, console) -> None:
     coarse = coarseness(plan, baseline_config(space, 10))
     for line in [] if coarse is None else [*coarse.lines(), *coarse.warnings()]:
         console.print(line, highlight=False)
+    if space.fidelity.enabled:
+        f = space.fidelity
+        console.print(
+            f"fidelity check on: once decided, the decision set, the paper's triple and the best of each leaning "
+            f"train again at {space.proxy.epochs * f.epochs_factor} epochs ({f.epochs_factor}x, same seeds), "
+            "after the estimate below (--no-fidelity to skip)",
+            highlight=False,
+        )
 
 
 def _load_data(space: SearchSpace, console):
@@ -588,7 +607,16 @@ def _optuna_backend(options: RunOptions, url: str, name: str, space: SearchSpace
     from .optuna_backend import OptunaBackend, OptunaStudy
 
     # No Optuna pruner: halving is synchronous, rung by rung (halving.py), the same on every backend.
-    return OptunaBackend(OptunaStudy(url, name, heartbeat=options.heartbeat), url)
+    return OptunaBackend(OptunaStudy(url, name, heartbeat=options.heartbeat, seeds=study_seeds(space)), url)
+
+
+def study_seeds(space: SearchSpace) -> list[int]:
+    """Every seed a run of ``space`` may train: the space's, and a race's later seeds up to its max_seeds."""
+    if not space.racing.enabled:
+        return list(space.seeds)
+    from .racing import seed_sequence
+
+    return seed_sequence(space.seeds, space.racing.max_seeds)
 
 
 def _ray_backend(space: SearchSpace, out: Path, device: str, options: RunOptions) -> Backend:
@@ -688,7 +716,7 @@ def finish(
 
     ``classes`` are the plan's network classes (built once by the caller: the plan takes seconds);
     ``machine`` the machine's failures this run met."""
-    from ..analysis.report import write_report
+    from ..analysis.report import race_statements, write_report
 
     ended = outcome_of(records, machine=machine, stopped=stopped)
     info = {**info, "outcome": ended.to_json()}
@@ -711,11 +739,22 @@ def finish(
         info["rung_epochs"] = list(rung_schedule(space))
         if full:
             info["pruning_saved_fraction"] = round(1 - epochs_run / full, 4)
+    if space.racing.enabled:
+        from .racing import race_summary
+
+        info["race"] = race_summary(rounds, records, space.racing)
     console.print("writing the report ...")
     ranking = write_report(out, records, space, info, classes=classes, fidelity=fidelity, decision=decision_of(rounds))
     _keep_function_numbers(out, space)
-    verdict = "no verdict" if ranking.analysis is None else ("CONCLUSIVE" if ranking.conclusive else "INCONCLUSIVE")
-    console.print(f"verdict: {verdict}", highlight=False)
+    race = info.get("race")
+    if race is not None:
+        console.print(f"decision: {(race['decision'] or 'not reached').upper()}", highlight=False)
+        for s in race_statements(race):
+            console.print(f"  {s}", highlight=False)
+        console.print("supporting statistics:", highlight=False)
+    else:
+        verdict = "no verdict" if ranking.analysis is None else ("CONCLUSIVE" if ranking.conclusive else "INCONCLUSIVE")
+        console.print(f"verdict: {verdict}", highlight=False)
     for s in ranking.statements:
         console.print(f"  {s}", highlight=False)
     _keep_winner_weights(out, keep_weights, console)
@@ -755,7 +794,15 @@ def rebuild(out: Path, console) -> int:
             prior = json.loads((out / "best.json").read_text())
         except ValueError:
             prior = {}
-    kept = ("wall_seconds_this_run", "estimate_seconds_this_run", "jobs", "device", "backend")
+    kept = (
+        "wall_seconds_this_run",
+        "estimate_seconds_this_run",
+        "estimate_later_rounds_at_most_seconds",
+        "jobs",
+        "device",
+        "backend",
+        "held_out_images",
+    )
     info = {k: prior[k] for k in kept if k in prior}
     info.update(_sizes_of(meta, space))
     num_classes = int(meta.get("num_classes", 10))

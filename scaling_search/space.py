@@ -35,7 +35,9 @@ _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 @dataclass(frozen=True)
 class BaselineSpec:
-    model: str = "efficientnet-b0"  # a registered EfficientNet name, or "efficientnet" with width/depth
+    # efficientnet-b0 (a named EfficientNet), efficientnet, mobilenetv2, resnet18/34/50 (with width/depth), or a
+    # user's function "package.module:build" / "path/file.py:build" (run as the space asks; never by report)
+    model: str = "efficientnet-b0"
     width: float | None = None
     depth: float | None = None
     resolution: int = 64  # base resolution r0 of the proxy task
@@ -95,6 +97,17 @@ class RacingSpec:
 
 
 @dataclass(frozen=True)
+class FidelitySpec:
+    """Once the search has decided: the decision set, the paper's triple and the best candidate of each leaning
+    (depth-, width-, resolution-heavy) trained again at ``epochs_factor`` times the proxy's epochs, same seeds,
+    to see whether the decision survives a longer schedule. Its units have their own keys: the search's are
+    untouched, so it is not part of the fingerprint and a finished run folder can add it."""
+
+    enabled: bool = False
+    epochs_factor: int = 3
+
+
+@dataclass(frozen=True)
 class ExtrapolationSpec:
     max_phi: int = 7
     base_resolution: int = 224  # the B-series is reported at ImageNet scale
@@ -116,6 +129,7 @@ class SearchSpace:
     order_seed: int = 0  # shuffles the run order within each seed (recorded, so a run is reproducible)
     pruning: PruningSpec = field(default_factory=PruningSpec)
     racing: RacingSpec = field(default_factory=RacingSpec)
+    fidelity: FidelitySpec = field(default_factory=FidelitySpec)
     extrapolation: ExtrapolationSpec = field(default_factory=ExtrapolationSpec)
 
     def to_dict(self) -> dict:
@@ -127,9 +141,10 @@ class SearchSpace:
         Where the data lies is not part of it (hashed as ``data_dir: null``), so a
         run folder resumes on a machine that keeps the data elsewhere. Folders made
         by earlier releases hashed the space's ``data_dir``: pass it to recompute theirs.
-        The order seed changes when a unit runs, never which units exist or what they mean.
+        The order seed changes when a unit runs, never which units exist or what they mean; the
+        fidelity check adds units of its own, after the search, and leaves the search's alone.
         """
-        skip = ("description", "extrapolation", "order_seed")
+        skip = ("description", "extrapolation", "order_seed", "fidelity")
         plain = {k: v for k, v in self.to_dict().items() if k not in skip}
         if not self.racing.enabled:  # no race, no extra units: folders made before racing existed keep their hash
             plain.pop("racing")
@@ -145,6 +160,17 @@ class SearchSpace:
         plain["data"] = {**plain["data"], "storage_size": self.data.effective_storage_size(), "data_dir": data_dir}
         blob = json.dumps(plain, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def with_model(self, model: str | None) -> SearchSpace:
+        """The same study of another baseline network (``--model``): at width 1 and depth 1, the space's
+        resolution, data and recipe kept. None: this space."""
+        if model is None:
+            return self
+        space = dataclasses.replace(
+            self, baseline=dataclasses.replace(self.baseline, model=model, width=None, depth=None)
+        )
+        _validate(space)
+        return space
 
     def with_overrides(self, **sections: dict) -> SearchSpace:
         """Replace fields of sections, e.g. with_overrides(constraint={"budget": "4x"})."""
@@ -278,12 +304,13 @@ def _validate(space: SearchSpace) -> None:
         _check(getattr(g, key) >= 1, f"grid.{key} must be at least 1")
     _check(b.resolution > 0, f"baseline.resolution must be a positive integer, got {b.resolution}")
     _check(
-        b.model == "efficientnet" or b.model.startswith("efficientnet-"),
-        f"baseline.model {b.model!r}: only the efficientnet family can be searched",
+        not b.model.startswith("efficientdet"),
+        f"baseline.model {b.model!r}: only classifier families can be searched (efficientnet, mobilenetv2, resnet, "
+        "a function); search the detector's backbone and read the D-series",
     )
     _check(
-        b.model == "efficientnet" or (b.width is None and b.depth is None),
-        "baseline.width/depth apply only to model 'efficientnet'",
+        not b.model.startswith("efficientnet-") or (b.width is None and b.depth is None),
+        f"baseline.width/depth do not apply to {b.model}, whose width and depth are fixed: use model 'efficientnet'",
     )
     _check(len(space.seeds) >= 1, "seeds must list at least one seed")
     _check(len(set(space.seeds)) == len(space.seeds), "seeds must not repeat")
@@ -315,6 +342,10 @@ def _validate(space: SearchSpace) -> None:
     _check(
         space.data.storage_size is None or space.data.storage_size > 0,
         "data.storage_size must be a positive integer (or left out: the dataset's native size)",
+    )
+    _check(
+        space.fidelity.epochs_factor >= 2,
+        f"fidelity.epochs_factor {space.fidelity.epochs_factor} must be an integer of at least 2 (a longer schedule)",
     )
     e = space.extrapolation
     _check(

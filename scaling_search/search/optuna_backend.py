@@ -46,8 +46,9 @@ from ..records import TrialState as State
 from ..train.faults import DeviceFault
 from . import stopping
 from .backend import Hooks, Train, merge
+from .plan import Unit
 from .storage_retry import DEFAULT_STORAGE_RETRY, StorageRetry, is_transient
-from .trials import OutputNotSaved, Unit, unit_of
+from .trials import OutputNotSaved, unit_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -214,19 +215,24 @@ def _requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None
     study.enqueue_trial({k: attrs[k] for k in PARAMS if k in attrs}, user_attrs=attrs)
 
 
-_UNIT_ATTRS = ("unit", "alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs")
+_UNIT_ATTRS = (
+    "unit", "alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs", "fidelity"
+)  # fmt: skip
 
 
-def unit_search_space(units: list[Unit]) -> dict[str, BaseDistribution]:
+def unit_search_space(units: list[Unit], seeds: Sequence[int] = ()) -> dict[str, BaseDistribution]:
     """One fixed distribution per parameter for the whole study: Optuna's importances
-    and contour plots use only parameters whose distribution every trial shares."""
+    and contour plots use only parameters whose distribution every trial shares.
+
+    ``seeds``: every seed the study may train (a race adds seeds round by round, and Optuna
+    refuses a categorical parameter whose choices change within a study)."""
     if not units:
         raise ValueError("a study needs at least one unit")
     space: dict[str, BaseDistribution] = {
         name: FloatDistribution(min(1.0, *(getattr(u, name) for u in units)), max(getattr(u, name) for u in units))
         for name in ("alpha", "beta", "gamma")
     }
-    space["seed"] = CategoricalDistribution(sorted({u.seed for u in units}))
+    space["seed"] = CategoricalDistribution(sorted({u.seed for u in units} | set(seeds)))
     return space
 
 
@@ -344,9 +350,11 @@ class OptunaStudy:
         *,
         heartbeat: int = DEFAULT_HEARTBEAT,
         storage_retry: float = DEFAULT_STORAGE_RETRY,
+        seeds: Sequence[int] = (),
     ):
         self.url = url
         self.heartbeat = heartbeat
+        self.seeds = tuple(seeds)  # every seed the study may train: the seed parameter's choices
         _check_sqlite(url)
         db = sqlite_path(url)
         # A SQLite file is never waited for: its errors (a full disk) stay; its lock has its own wait.
@@ -390,7 +398,7 @@ class OptunaStudy:
         Under the queue lock: workers starting together would otherwise each
         find the same units missing and queue them twice.
         """
-        space = unit_search_space(units)
+        space = unit_search_space(units, self.seeds)
         stored = {name: distribution_to_json(d) for name, d in space.items()}
         with self.lock():
             if self.study.user_attrs.get(_SPACE_ATTR) != stored:

@@ -8,8 +8,8 @@ four ``scaling-search run`` workers share a second database; while they
 train, the server is restarted (fast shutdown: every connection cut) once a
 quarter of the units is finished, one worker is killed with SIGKILL in the
 middle of a trial at half (and started again), and the server is restarted
-again at three quarters. The space's own allocation is used (uniform; racing
-when the space races: ``--racing``).
+again at three quarters. The seeds are raced (rounds of one more seed for the
+candidates still in contention, up to ``--max-seeds``; 0: every seed at once).
 
 Checked, and the run fails (exit 1) otherwise: every worker ends with 0,
 every unit of the study has exactly one COMPLETE trial, each unit's accuracy
@@ -40,10 +40,11 @@ from protocol import load, machine  # noqa: E402
 from services import PostgresServer  # noqa: E402
 
 
-def space_file(folder: Path, seeds: int, train: int, epochs: int, racing: bool) -> Path:
+def space_file(folder: Path, seeds: int, train: int, epochs: int, max_seeds: int) -> Path:
+    """The tests' tiny space (3 networks); racing from ``seeds`` seeds up to ``max_seeds`` (0: uniform)."""
     text = TINY.format(epochs=epochs, train=train, seeds=list(range(seeds)), pruning="false", lr=0.05)
-    if racing:
-        text += "racing: {enabled: true}\n"
+    if max_seeds:
+        text += f"racing: {{enabled: true, max_seeds: {max_seeds}}}\n"
     path = folder / "soak.yaml"
     path.write_text(text)
     return path
@@ -74,16 +75,16 @@ def worker(args: list[str], env: dict, log: Path) -> subprocess.Popen:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=2, help="seeds of the first round")
     ap.add_argument("--train", type=int, default=512)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--racing", action="store_true", help="race the seeds (racing.enabled) instead of uniform")
+    ap.add_argument("--max-seeds", type=int, default=6, help="racing.max_seeds; 0: no race, every seed at once")
     opts = ap.parse_args()
 
     print(f"machine: {machine()}; load before: {load()}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
-    space = space_file(tmp, opts.seeds, opts.train, opts.epochs, opts.racing)
+    space = space_file(tmp, opts.seeds, opts.train, opts.epochs, opts.max_seeds)
     env = {
         **os.environ,
         "SCALING_SEARCH_DATA": str(SHARED_DATA),

@@ -71,6 +71,22 @@ MUTANTS = (
         ("tests/test_reliability.py::test_full_or_read_only_disk_while_writing_the_report_is_one_line",),
     ),
     Mutant(
+        "sigterm-abandons",
+        "SIGTERM abandons the trials under way (queued again at once), reports and exits 143",
+        "scaling_search/search/runner.py",
+        "signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),",
+        "signal.SIGTERM: signal.signal(signal.SIGTERM, handler),",
+        ("tests/test_reliability.py::test_sigterm_with_two_jobs_abandons_the_trials_reports_and_exits_143",),
+    ),
+    Mutant(
+        "ray-node-lost",
+        "a trial whose Ray node died is trained again on a node that is up",
+        "scaling_search/search/ray_backend.py",
+        "failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),",
+        "failure_config=tune.FailureConfig(max_failures=0),",
+        ("tests/test_reliability.py::test_a_lost_ray_node_has_its_trials_trained_on_the_other",),
+    ),
+    Mutant(
         "drop-path",
         "stochastic depth drops residual branches in training",
         "scaling_search/models/efficientnet.py",

@@ -202,7 +202,7 @@ def race_space(folder) -> str:
     return str(path)
 
 
-def test_a_race_killed_between_rounds_resumes_to_the_same_decision(tmp_path, data_env, straight_race):
+def test_a_race_killed_between_rounds_resumes_with_two_jobs_to_the_same_decision(tmp_path, data_env, straight_race):
     space = race_space(tmp_path)
     out = tmp_path / "killed"
     env = {**os.environ, **data_env, "PYTHONWARNINGS": "ignore"}
@@ -215,8 +215,10 @@ def test_a_race_killed_between_rounds_resumes_to_the_same_decision(tmp_path, dat
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "best.json").exists()
-    resumed = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    # Resumed with two worker processes (--jobs 2): the rounds left run through them, to the same decision.
+    resumed = subprocess.run([*args, "--jobs", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "jobs: 2" in resumed.stdout
     attempts = unit_attempts(out)
     assert all(states.count("COMPLETE") == 1 for states in attempts.values()), attempts  # none trained twice
     first_round = [k for k in attempts if k.endswith(("-s0", "-s1"))]

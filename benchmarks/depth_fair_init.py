@@ -160,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", default=None, help="network names to train (default: all)")
     ap.add_argument("--inits", nargs="+", default=["standard", "zero"], choices=("standard", "zero"))
     ap.add_argument("--list", action="store_true", help="print the networks and their real cost, train nothing")
+    ap.add_argument(
+        "--include",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="results.csv files of other runs of this script (e.g. one trained beside this one) to merge in",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     args = ap.parse_args(argv)
 
@@ -191,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = args.out / "results.csv", args.out / "results.md"
     rows = read_rows(csv_path)
+    for other in args.include:
+        rows += [r for r in read_rows(other) if (r["network"], r["init"], r["seed"]) not in
+                 {(x["network"], x["init"], x["seed"]) for x in rows}]  # fmt: skip
+    if args.include:
+        write_rows(csv_path, rows)
+        atomic_write_text(md_path, table(rows, nets, args.seeds))
     done = {(r["network"], r["init"], int(r["seed"])) for r in rows}
     # The strategies that decide the question first (depth, then the baseline and the paper's mix), each
     # over every seed and both inits, so a measurement cut short still answers the question.

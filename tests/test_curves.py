@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT, cli_command, read_csv, run_args, run_cli, tiny_space, unit_attempts
 
 from scaling_search.cli import main
+from scaling_search.errors import UsageError
 
 
 def usage_error(capsys, argv: list[str], *fragments: str) -> None:
@@ -117,12 +118,84 @@ def test_curves_over_a_search_resume_after_kill_9_and_train_nothing_twice(tmp_pa
         best["gamma"],
     )
     md = (run / "curves" / "curves.md").read_text()
-    for fragment in ("## s = 2", "Fig. 3", "Table 7", "Rank agreement", "upsampled", "95% CI", "P(best)"):
+    for fragment in ("## s = 2", "Fig. 3", "Table 7", "Rank agreement", "upsampled", "95% CI", "P(best)", "Decision ("):
         assert fragment in md, fragment
     summary = json.loads((run / "curves" / "curves.json").read_text())
     assert summary["complete"] and summary["per_s"][0]["s"] == 2
+    assert summary["decisions"]["2"]["outcome"] in ("best", "equivalent", "undecided")
     from PIL import Image
 
     for png in ("curves.png", "speed.png"):
         with Image.open(run / "curves" / png) as im:
             assert im.format == "PNG" and im.size[0] > 300
+
+
+def _finished(planned, accuracy):
+    from scaling_search.records import TrialState
+
+    return planned.replace(state=TrialState.COMPLETE, accuracy=accuracy, epochs_run=planned.epochs)
+
+
+def test_a_race_at_each_s_gives_more_seeds_only_where_its_answer_is_open(tmp_path):
+    from scaling_search.search.curves import CurvesPolicy, build_curve_plan, space_source
+    from scaling_search.search.trials import planned_record
+    from scaling_search.space import load_space
+
+    space = load_space(tiny_space(tmp_path, seeds=(0, 1)))
+    plan = build_curve_plan(space_source(space), (2, 4), ["depth", "width", "paper"], race=True)
+    policy = CurvesPolicy(plan)
+    first = policy.first()
+    records = [planned_record(plan.space, u, 10) for u in first]
+    keys = {s: {p.coefficients for p in plan.networks() if p.target == s} for s in (2.0, 4.0)}
+    assert len(first) == 2 * (1 + len(keys[2.0]) + len(keys[4.0]))  # baseline and every network, 2 seeds each
+    # At 2x one network is far ahead on both seeds (decided: best); at 4x all are within noise (open).
+    by = {}
+    for r in records:
+        c = (r.alpha, r.beta, r.gamma)
+        at2 = any(c == k.as_tuple() for k in keys[2.0])
+        lead = at2 and c == min(k.as_tuple() for k in keys[2.0])
+        by[r.unit] = _finished(
+            r, (0.9 if lead else 0.3) + 0.001 * r.seed if at2 else 0.5 + 0.01 * ((r.seed + hash(c)) % 3)
+        )
+    step = policy.after(0, list(by.values()))
+    again = {(u.alpha, u.beta, u.gamma) for u in step.units}
+    assert step.decision[2.0].outcome == "best" and not again & {k.as_tuple() for k in keys[2.0]}
+    assert step.decision[4.0].next_seed == 2 and again <= {k.as_tuple() for k in keys[4.0]} and again
+    assert {u.seed for u in step.units} == {2}  # one more seed, shared by every network still racing
+    decided = policy.decisions(list(by.values()))
+    assert decided[2.0]["outcome"] == "best" and decided[2.0]["rule"].startswith("racing rule")
+
+
+def test_one_look_without_a_race_and_the_runs_decision_set(tmp_path):
+    from scaling_search.search.curves import CurvesPolicy, build_curve_plan, load_run, space_source
+    from scaling_search.search.trials import planned_record
+    from scaling_search.space import load_space
+
+    space = load_space(tiny_space(tmp_path, seeds=(0, 1)))
+    plan = build_curve_plan(space_source(space), (2,), ["depth", "width"])
+    policy = CurvesPolicy(plan)
+    first = policy.first()
+    assert policy.after(0, []).units == ()  # one round: nothing more without a race
+    # Seed-to-seed noise as large as the differences: one look at two seeds cannot separate them.
+    noise = {0: [0.02, -0.03, 0.04], 1: [-0.04, 0.03, -0.02]}
+    networks = sorted({(u.alpha, u.beta, u.gamma) for u in first})
+    records = [
+        _finished(planned_record(plan.space, u, 10), 0.4 + noise[u.seed][networks.index((u.alpha, u.beta, u.gamma))])
+        for u in first
+    ]
+    decided = policy.decisions(records)[2.0]
+    assert decided["outcome"] == "undecided" and "--race" in decided["reason"] and decided["seeds"] == 2
+    # A run folder whose race decided: its candidates still in contention are the set the curves scale.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "space.yaml").write_text(tiny_space(tmp_path).read_text())
+    (run / "run.json").write_text(json.dumps({"native_size": 32, "stored_size": 32, "num_classes": 10}))
+    best = {"complete": True, "alpha": 1.0, "beta": 1.1, "gamma": 1.3, "confidence_set": ["a1-b1.1-g1.3"]}
+    race = {"decision": "equivalent", "in_contention": ["a1-b1.1-g1.3", "a1.1-b1.1-g1.2"]}
+    (run / "best.json").write_text(json.dumps({**best, "race": race}))
+    source = load_run(run)
+    assert source.winner.as_tuple() == (1.0, 1.1, 1.3) and [c.as_tuple() for c in source.others] == [(1.1, 1.1, 1.2)]
+    assert "race" in source.set_name and source.detail == 32
+    (run / "best.json").write_text(json.dumps({**best, "race": {**race, "decision": None}}))
+    with pytest.raises(UsageError, match="has not decided yet"):
+        load_run(run)

@@ -24,10 +24,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
-from ..models import EfficientNetConfig
-from ..models.efficientnet_config import analytic_counts, compound_config, scale_network
+from ..models import compound as compound_network
+from ..models import family_of, network_key
 from ..scaling import Coefficients
 from ..space import SearchSpace, load_space
 from ..strategies import (
@@ -99,10 +100,18 @@ def load_run(run_dir: Path) -> Source:
             f"{run_dir} holds no finished search{done}: run the same 'scaling-search run' to completion first"
         )
     space = load_space(run_dir / "space.yaml")
+    race = best.get("race") if isinstance(best.get("race"), dict) else None
+    if race is not None and race.get("decision") is None:
+        raise UsageError(
+            f"{run_dir} holds a race that has not decided yet: run the same 'scaling-search run' to completion first"
+        )
     winner = Coefficients(best["alpha"], best["beta"], best["gamma"])
-    decision = best.get("decision") if isinstance(best.get("decision"), dict) else None
-    keys = (decision or {}).get("set") or best.get("confidence_set") or []
-    set_name = "decision set" if decision and decision.get("set") else "90% confidence set of the best"
+    # The race's candidates still in contention when it stopped (its decision set), else the confidence set.
+    keys = (race or {}).get("in_contention") or best.get("confidence_set") or []
+    if race is not None and race.get("in_contention"):
+        set_name = f"the race's decision set ({race['decision']})"
+    else:
+        set_name = "the 90% confidence set of the best"
     others = tuple(c for c in (_coefficients_of(k) for k in keys) if c is not None and c != winner)
     return Source(
         space=space,
@@ -166,14 +175,17 @@ def select(names: Sequence[str] | None, source: Source) -> list[Entry]:
     return list(seen.values())
 
 
-def network_builder(base: EfficientNetConfig, multiple: int) -> Build:
+def network_builder(base: Any, multiple: int) -> Build:
     """(depth, width, resolution px) -> (the rounded network, its MACs over the baseline's), built the way a
-    unit's network is (``trials.trial_model``: the baseline scaled by (depth, width, resolution / base) at phi 1)."""
-    base_macs = analytic_counts(base).macs
+    unit's network is (``trials.trial_model``: the baseline scaled by (depth, width, resolution / base) at phi 1),
+    as ``base``'s family rounds and counts it."""
+    family = family_of(base)
+    base_macs = family.counts(base).macs
 
     def build(depth: float, width: float, resolution: int) -> tuple:
-        config = compound_config(Coefficients(depth, width, resolution / base.resolution), 1, base, multiple)
-        return (scale_network(config), config.resolution), analytic_counts(config).macs / base_macs
+        coeffs = Coefficients(depth, width, resolution / base.resolution)
+        config = compound_network(base, coeffs, 1, multiple)
+        return network_key(coeffs, base, multiple), family.counts(config).macs / base_macs
 
     return build
 
@@ -217,14 +229,21 @@ class CurvePlan:
         return [p for p in self.points if p.same_as is None]
 
 
-def curve_space(space: SearchSpace, base_resolution: int, multiple: int) -> SearchSpace:
+def curve_space(space: SearchSpace, base_resolution: int, multiple: int, race: bool = False) -> SearchSpace:
     """The space the curves' units train under: the search's data, recipe and seeds, the curves' base and rounding,
-    every unit a full schedule."""
+    every unit a full schedule; with ``race``, a race per s with the space's racing settings."""
     return space.with_overrides(
         baseline={"resolution": base_resolution},
         constraint={"resolution_multiple": multiple},
         pruning={"enabled": False},
+        racing={"enabled": race},
     )
+
+
+def folder_fingerprint(space: SearchSpace) -> str:
+    """What the curves folder's units mean: the curve space's fingerprint, racing aside (a race only adds seeds,
+    so --race on or off resumes the same study)."""
+    return space.with_overrides(racing={"enabled": False}).fingerprint()
 
 
 def default_base_resolution(space: SearchSpace, top: float, detail: int | None, multiple: int) -> tuple[int, str]:
@@ -253,6 +272,7 @@ def build_curve_plan(
     *,
     base_resolution: int | None = None,
     multiple: int | None = None,
+    race: bool = False,
 ) -> CurvePlan:
     """Every strategy solved at every s; refused (UsageError) when a strategy has no network within tolerance."""
     wanted = tuple(t for t in check_multiples(targets) if t > 1)
@@ -276,7 +296,7 @@ def build_curve_plan(
     # resolution-only one step past it, and then the base goes one rounding step lower.
     adjustable = automatic and detail is not None and base_resolution * math.sqrt(max(wanted)) <= detail
     while True:
-        plan = _solve_all(source, entries, wanted, base_resolution, step, tolerance, note)
+        plan = _solve_all(source, entries, wanted, base_resolution, step, tolerance, note, race)
         highest = max(p.scaled.resolution for p in plan.points)
         if not adjustable or highest <= detail or base_resolution - step < MIN_BASE_RESOLUTION:
             return plan
@@ -287,8 +307,8 @@ def build_curve_plan(
         )
 
 
-def _solve_all(source, entries, targets, base_resolution, multiple, tolerance, note) -> CurvePlan:
-    space = curve_space(source.space, base_resolution, multiple)
+def _solve_all(source, entries, targets, base_resolution, multiple, tolerance, note, race) -> CurvePlan:
+    space = curve_space(source.space, base_resolution, multiple, race)
     base = baseline_config(space, source.num_classes)
     build = network_builder(base, multiple)
     baseline = solve(BASELINE, 1.0, build, base_resolution=base_resolution, multiple=multiple, tolerance=tolerance)
@@ -350,7 +370,7 @@ PLAN_JSON = "plan.json"
 
 
 def study_name(space: SearchSpace) -> str:
-    return f"curves-{space.name}-{space.fingerprint()}"
+    return f"curves-{space.name}-{folder_fingerprint(space)}"
 
 
 def _earlier(out: Path, space: SearchSpace) -> dict | None:
@@ -369,7 +389,7 @@ def _earlier(out: Path, space: SearchSpace) -> dict | None:
         meta = json.loads(path.read_text())
     except (OSError, ValueError):
         raise UsageError(f"{path} is unreadable: move {out} away to start the curves again") from None
-    if meta.get("fingerprint") != space.fingerprint():
+    if meta.get("fingerprint") != folder_fingerprint(space):
         raise UsageError(
             f"{out} holds curves of another setup (base resolution {meta.get('base_resolution')} px, rounding "
             f"{meta.get('multiple')}): give the same --base-resolution and --multiple to resume, or move {out} away"
@@ -452,19 +472,46 @@ class CurvesPolicy:
         return Step(tuple(units), dict(self.looks))
 
     def decisions(self, records: Sequence) -> dict[float, dict]:
-        """Per s, the race's decision (best, equivalent or undecided, by the racing rule) after its last round;
-        empty without a race (the report's statistics then say what the seeds can tell)."""
+        """Per s: best, equivalent or undecided by the racing rule (``racing.decide``) - the race's last look, or
+        without a race one look at the seeds trained, which cannot ask for more."""
+        from ..records import candidate_key
+        from .racing import decide, score_matrix
+
         out = {}
-        for s, look in self.looks.items():
+        for s, cands in self.at.items():
+            look = self.looks.get(s)
+            reason = None
             if look is None:
-                continue
+                keys = [candidate_key(*c.coefficients.as_tuple()) for c in cands]
+                seeds = list(self.space.seeds)
+                own = [r for r in records if r.candidate in set(keys)]
+                if not any(r.state.finished for r in own):
+                    continue
+                spec = dataclasses.replace(self.space.racing, max_seeds=max(2, len(seeds)), max_trainings=None)
+                look = decide(
+                    keys,
+                    score_matrix(own, keys, seeds),
+                    keys,
+                    spec=spec,
+                    first_seeds=len(seeds),
+                    seeds=seeds,
+                    trainings=sum(r.state.finished for r in own),
+                    round_index=0,
+                )
+                if look.outcome in ("undecided", "continue"):
+                    look = dataclasses.replace(look, outcome="undecided")
+                    reason = (
+                        f"the {len(seeds)} seeds trained do not separate them (--race gives more seeds where the "
+                        "answer is open)"
+                    )
             out[s] = {
                 "outcome": look.outcome,
-                "reason": look.reason,
+                "reason": reason or look.reason,
                 "alive": list(look.alive),
                 "leader": look.leader,
                 "seeds": len(look.seeds),
-                "rule": "racing",
+                "rule": f"racing rule, delta {self.space.racing.delta:g}, alpha {self.space.racing.alpha:g}"
+                + ("" if s in self.races else ", one look"),
             }
         return out
 
@@ -535,7 +582,7 @@ def run_curves(plan: CurvePlan, options, console) -> int:
     )
     policy = CurvesPolicy(plan)
     first = policy.first()
-    race = " (racing seeds at each s, as the search)" if policy.races else ""
+    race = " (then a race at each s: more seeds where the answer is open)" if policy.races else ""
     console.print(
         f"curves of {space.name}: the baseline and {len(plan.networks()) - 1} networks for {len(plan.points) - 1} "
         f"strategy points at {', '.join(f'{t:g}x' for t in plan.targets)}, x {len(space.seeds)} seeds = {len(first)} "
@@ -601,7 +648,7 @@ def _open(ctx, plan: CurvePlan) -> None:
 
         ctx.storage_url = default_storage(out)
     meta = {
-        "fingerprint": space.fingerprint(),
+        "fingerprint": folder_fingerprint(space),
         "study_name": ctx.study_name,
         "backend": options.backend,
         "storage": record_storage(ctx.storage_url, out),

@@ -152,7 +152,8 @@ def _execute(quality, noise, finish):
 
 def test_a_race_decides_the_same_whatever_order_units_finish_in():
     from scaling_search.search.plan import search_candidates
-    from scaling_search.search.rounds import policy_for, run_rounds
+    from scaling_search.search.policies import policy_for
+    from scaling_search.search.rounds import run_rounds
 
     space = _racing_space()
     cands = search_candidates(space)

@@ -46,7 +46,7 @@ from .plan import baseline_config
 
 CURVES_DIR = "curves"
 DEFAULT_TARGETS = (2.0, 4.0)
-MIN_BASE_RESOLUTION = 32  # below it B0's five stride-2 stages leave less than one pixel
+MIN_BASE_RESOLUTION = 32  # B0's stride 32 leaves a 1x1 last feature map there: no lower base for the curves
 # What a strategy name on the command line may be; compound:A,B,G is any triple.
 RUN_STRATEGIES = ("winner", "set")  # need a finished run folder
 STRATEGY_NAMES = (*BUILT_IN, "paper", *RUN_STRATEGIES)

@@ -19,7 +19,9 @@ from scaling_search.space import parse_space
 
 
 def test_a_finished_run_adds_the_fidelity_units_once_and_resumes(tmp_path, data_env):
-    space, out = tiny_space(tmp_path), tmp_path / "run"  # fidelity off in the space
+    space, out = tiny_space(tmp_path, train=64), tmp_path / "run"
+    with space.open("a") as f:
+        f.write("fidelity: {enabled: false, epochs_factor: 2}\n")  # off in the space; 2x keeps the test short
     first = run_cli(*run_args(space, out), env=data_env)
     assert first.returncode == 0, first.stderr + first.stdout
     searched = unit_attempts(out)
@@ -35,17 +37,17 @@ def test_a_finished_run_adds_the_fidelity_units_once_and_resumes(tmp_path, data_
     assert {k: attempts[k] for k in searched} == searched  # the search's units: untouched
     best = json.loads((out / "best.json").read_text())
     checked = {c["candidate"] for c in best["fidelity"]["candidates"]}
-    # every candidate the check selected, at the space's one seed, 3x the epochs, each trained once
-    assert sorted(added) == sorted(f"{c}-s0-f3" for c in checked) and all(v == ["COMPLETE"] for v in added.values())
+    # every candidate the check selected, at the space's one seed, 2x the epochs, each trained once
+    assert sorted(added) == sorted(f"{c}-s0-f2" for c in checked) and all(v == ["COMPLETE"] for v in added.values())
     assert "paper" in {r for c in best["fidelity"]["candidates"] for r in c["reasons"]}
     rows = read_csv(out / "trials.csv")
     longer = [r for r in rows if r["fidelity"]]
-    assert len(longer) == len(added) and {(r["epochs"], r["epochs_run"]) for r in longer} == {("3", "3")}
+    assert len(longer) == len(added) and {(r["epochs"], r["epochs_run"]) for r in longer} == {("2", "2")}
     search_rows = [r for r in rows if not r["fidelity"]]
     winner = max(search_rows, key=lambda r: float(r["accuracy"]))
     assert best["accuracy_mean"] == float(winner["accuracy"])  # the ranking reads the search's units only
-    assert best["fidelity"]["complete"] and "## Fidelity check: 3 epochs" in (out / "coefficients.md").read_text()
-    assert not list((out / "weights").glob("*f3*"))  # a longer schedule keeps no weights over the searched model's
+    assert best["fidelity"]["complete"] and "## Fidelity check: 2 epochs" in (out / "coefficients.md").read_text()
+    assert not list((out / "weights").glob("*f2*"))  # a longer schedule keeps no weights over the searched model's
     # `report` rebuilds the check from the stored study, training nothing.
     (out / "best.json").unlink()
     rebuilt = run_cli("report", str(out), env=data_env)
@@ -115,8 +117,8 @@ def test_the_report_says_when_the_longer_schedule_reverses_the_decision(tmp_path
     assert best["schedule_dependent"] is False and f["kendall_tau_b"] == 1.0 and f["long_best"] == "a1.675-b1-g1"
     assert "the decision holds" in f["statements"][0] and "depends on the schedule" not in md
     gains = {c["candidate"]: c["gain"] for c in f["candidates"]}
-    assert abs(gains["a1.675-b1-g1"] - 0.105) < 1e-9 and set(gains) == {"a1.675-b1-g1", "a1-b1.4-g1", "a1-b1-g1.25",
-                                                                        "a1.2-b1.1-g1.15"}  # fmt: skip
+    assert abs(gains["a1.675-b1-g1"] - 0.105) < 1e-9
+    assert set(gains) == {"a1.675-b1-g1", "a1-b1.4-g1", "a1-b1-g1.25", "a1.2-b1.1-g1.15"}
     reversed_ = {DEEP: (0.70, 0.71), WIDE: (0.85, 0.86), SHARP: (0.60, 0.61), (1.2, 1.1, 1.15): (0.4, 0.41)}
     best, md = report(reversed_)
     f = best["fidelity"]
@@ -127,3 +129,29 @@ def test_the_report_says_when_the_longer_schedule_reverses_the_decision(tmp_path
     assert verdict.split("\n- ")[1].startswith("The answer depends on the schedule")
     assert "at 6 epochs a1-b1.4-g1 leads (0.8550 against 0.7050)" in verdict
     assert f["kendall_tau_b"] < 1.0
+
+
+def test_under_a_race_the_decision_checked_is_the_races_and_a_change_is_said_under_decision(tmp_path):
+    """A fixture of records and of a race's record: its leader (not the ranking's best mean) is the decision."""
+    space = parse_space(SPACE)
+    race = {
+        "decision": "best",
+        "winner": "a1-b1.4-g1",
+        "in_contention": ["a1-b1.4-g1"],
+        "rule": "a rule",
+        "guarantee": "a guarantee",
+        "delta": 0.01,
+        "alpha": 0.05,
+        "reason": "decided",
+        "rounds": [{"round": 1, "trainings": 10, "in_contention": ["a1-b1.4-g1"]}],
+    }
+    long = {DEEP: (0.80, 0.82), WIDE: (0.70, 0.71), SHARP: (0.60, 0.61), (1.2, 1.1, 1.15): (0.4, 0.41)}
+    fidelity = [_record(c, s, long[c][s], 6, fidelity=3) for c in long for s in (0, 1)]
+    write_report(tmp_path, _search(), space, {"race": race}, fidelity=fidelity, decision=["a1-b1.4-g1"])
+    best = json.loads((tmp_path / "best.json").read_text())
+    f = best["fidelity"]
+    assert f["winner"] == "a1-b1.4-g1" and f["long_best"] == "a1.675-b1-g1" and best["schedule_dependent"] is True
+    reasons = {c["candidate"]: c["reasons"] for c in f["candidates"]}
+    assert reasons["a1-b1.4-g1"] == ["decision set", "best width-heavy"]
+    decision = (tmp_path / "coefficients.md").read_text().split("## Decision")[1].split("## Supporting")[0]
+    assert "The answer depends on the schedule: at 2 epoch(s) the search's winner is a1-b1.4-g1" in decision

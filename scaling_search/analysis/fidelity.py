@@ -215,8 +215,10 @@ def compare(
     factor: int,
     short_epochs: int,
     decision: Sequence[str] | None = None,
+    winner: str | None = None,
 ) -> FidelityCheck:
-    """Both schedules' scores of the ``selected`` candidates, over the seeds that have both."""
+    """Both schedules' scores of the ``selected`` candidates, over the seeds that have both; ``winner`` is the
+    search's decision when its allocation named one (a race's leader), else the ranking's winner."""
     long_epochs = short_epochs * factor
     short = _scores([r for r in search if r.fidelity is None], short_epochs)
     long = _scores([r for r in checked if r.fidelity == factor], long_epochs)
@@ -252,6 +254,7 @@ def compare(
     rows.sort(key=lambda r: (r.long_rank is None, r.long_rank or 0, r.candidate))
     agreement = rung_agreement([{k: v[1] for k, v in pairs.items()}, {k: v[2] for k, v in pairs.items()}])
     win = ranking.winner
+    winner = winner or (None if win is None else str(win["candidate"]))
     long_best = next((r.candidate for r in rows if r.long_rank == 1), None)
     decided = decision_set(ranking, decision)
     return FidelityCheck(
@@ -262,7 +265,7 @@ def compare(
         units=len(checked),
         finished=sum(r.state.finished for r in checked),
         kendall_tau_b=agreement[0].kendall_tau_b if agreement else None,
-        winner=None if win is None else str(win["candidate"]),
+        winner=winner,
         long_best=long_best,
         in_decision_set=None if long_best is None else long_best in decided,
     )

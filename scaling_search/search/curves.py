@@ -24,10 +24,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
-from ..models import EfficientNetConfig
-from ..models.efficientnet_config import analytic_counts, compound_config, scale_network
+from ..models import compound as compound_network
+from ..models import family_of, network_key
 from ..scaling import Coefficients
 from ..space import SearchSpace, load_space
 from ..strategies import (
@@ -174,14 +175,17 @@ def select(names: Sequence[str] | None, source: Source) -> list[Entry]:
     return list(seen.values())
 
 
-def network_builder(base: EfficientNetConfig, multiple: int) -> Build:
+def network_builder(base: Any, multiple: int) -> Build:
     """(depth, width, resolution px) -> (the rounded network, its MACs over the baseline's), built the way a
-    unit's network is (``trials.trial_model``: the baseline scaled by (depth, width, resolution / base) at phi 1)."""
-    base_macs = analytic_counts(base).macs
+    unit's network is (``trials.trial_model``: the baseline scaled by (depth, width, resolution / base) at phi 1),
+    as ``base``'s family rounds and counts it."""
+    family = family_of(base)
+    base_macs = family.counts(base).macs
 
     def build(depth: float, width: float, resolution: int) -> tuple:
-        config = compound_config(Coefficients(depth, width, resolution / base.resolution), 1, base, multiple)
-        return (scale_network(config), config.resolution), analytic_counts(config).macs / base_macs
+        coeffs = Coefficients(depth, width, resolution / base.resolution)
+        config = compound_network(base, coeffs, 1, multiple)
+        return network_key(coeffs, base, multiple), family.counts(config).macs / base_macs
 
     return build
 

@@ -34,7 +34,7 @@ def test_bad_inputs_get_one_line_and_nothing_is_written(tmp_path, capsys):
     usage_error(capsys, ["curves", str(out), *space, "--strategies", "compound:1.2,1.1"], "compound:ALPHA,BETA,GAMMA")
     # Resolution in multiples of 32 from 32 px cannot cost 2x: refused, with the nearest network's real cost.
     usage_error(
-        capsys, ["curves", str(out), *space, "--s", "2", "--multiple", "32", "--strategies", "resolution"], "costs"
+        capsys, ["curves", str(out), *space, "--s", "2", "--multiple", "32", "--strategies", "resolution"], "nearest"
     )
     usage_error(capsys, ["curves", str(out)], "not a run folder")
     unfinished = tmp_path / "unfinished"

@@ -47,7 +47,7 @@ from .plan import baseline_config
 
 CURVES_DIR = "curves"
 DEFAULT_TARGETS = (2.0, 4.0)
-MIN_BASE_RESOLUTION = 32  # below it B0's five stride-2 stages leave less than one pixel
+MIN_BASE_RESOLUTION = 32  # B0's stride 32 leaves a 1x1 last feature map there: no lower base for the curves
 # What a strategy name on the command line may be; compound:A,B,G is any triple.
 RUN_STRATEGIES = ("winner", "set")  # need a finished run folder
 STRATEGY_NAMES = (*BUILT_IN, "paper", *RUN_STRATEGIES)
@@ -313,6 +313,7 @@ def _solve_all(source, entries, targets, base_resolution, multiple, tolerance, n
     build = network_builder(base, multiple)
     baseline = solve(BASELINE, 1.0, build, base_resolution=base_resolution, multiple=multiple, tolerance=tolerance)
     points = [Point(Entry(BASELINE, "baseline"), baseline)]
+    missed: list[str] = []
     for s in targets:
         first_of: dict = {}
         for entry in entries:
@@ -320,12 +321,11 @@ def _solve_all(source, entries, targets, base_resolution, multiple, tolerance, n
                 entry.strategy, s, build, base_resolution=base_resolution, multiple=multiple, tolerance=tolerance
             )
             if not scaled.within:
-                raise UsageError(
-                    f"strategy {entry.strategy.name} has no network within {tolerance:g} of {s:g}x the baseline's "
-                    f"MACs at {base_resolution} px: the nearest (depth x{scaled.depth:.3g}, width x{scaled.width:.3g}, "
-                    f"{scaled.resolution} px) costs {scaled.cost:.3f}x; try --multiple with a finer resolution "
-                    "rounding, another --base-resolution, or other --s"
+                missed.append(
+                    f"{entry.strategy.name} at {s:g}x (nearest: depth x{scaled.depth:.3g}, width x{scaled.width:.3g}, "
+                    f"{scaled.resolution} px, {scaled.cost:.3f}x)"
                 )
+                continue
             signature = build(scaled.depth, scaled.width, scaled.resolution)[0]
             same = first_of.get(signature)
             if same is not None:
@@ -338,6 +338,12 @@ def _solve_all(source, entries, targets, base_resolution, multiple, tolerance, n
                 point = Point(entry, scaled)
                 first_of[signature] = point
                 points.append(point)
+    if missed:
+        raise UsageError(
+            f"no rounded network within {tolerance:g} of s times the baseline's MACs at {base_resolution} px for "
+            f"{'; '.join(missed)}: leave them out (--strategies) or choose other --s; a finer --multiple helps "
+            "resolution, another --base-resolution all of them"
+        )
     return CurvePlan(
         space=space,
         source=source,

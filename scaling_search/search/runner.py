@@ -487,7 +487,9 @@ def _estimate(ctx: RunContext, first: list[TrialRecord], console) -> None:
     )
     data_bytes = _data_bytes(ctx.data, ctx.n_train, ctx.n_test)
     jobs, why = choose_jobs(options.jobs, ctx.runtime, cal, data_bytes)
-    jobs = min(jobs, max(1, len(left)))
+    # No more jobs than trials to run: the first round's left, and a race's later rounds (a resumed race may
+    # have nothing left of its first round and all of its later ones).
+    jobs = min(jobs, max(1, len(left) + (_later_bound(space, len(first)) or 0)))
     console.print(f"jobs: {jobs} ({why})")
     ctx.jobs = jobs
     ctx.runtime = dataclasses.replace(ctx.runtime, jobs=jobs)

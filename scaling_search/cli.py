@@ -217,26 +217,26 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
 
 
 def grid_candidates(args: argparse.Namespace):
-    """The same plan a search builds: from a space (--space/--preset) or from the grid options."""
+    """The same plan a search builds, and its baseline network: from a space (--space/--preset) or from the
+    grid options."""
     from .models import EfficientNetConfig
-    from .search.plan import build_plan, space_plan
+    from .search.plan import baseline_config, build_plan, space_plan
     from .space import GridSpec, load_space, preset_path
 
     if args.space or args.preset:
-        return space_plan(load_space(args.space or preset_path(args.preset)))
+        space = load_space(args.space or preset_path(args.preset))
+        plan = space_plan(space)
+        return plan, baseline_config(space, 10)
     grid = GridSpec(args.grid, args.step, args.max_alpha, args.max_beta, args.max_gamma)
-    return build_plan(
-        args.budget,
-        EfficientNetConfig(resolution=args.base_resolution),
-        multiple=args.multiple,
-        grid=grid,
-        tolerance=args.tolerance,
-        constraint=args.constraint,
+    base = EfficientNetConfig(resolution=args.base_resolution)
+    plan = build_plan(
+        args.budget, base, multiple=args.multiple, grid=grid, tolerance=args.tolerance, constraint=args.constraint
     )
+    return plan, base
 
 
 def _cmd_candidates(args: argparse.Namespace) -> int:
-    plan = grid_candidates(args)
+    plan, base = grid_candidates(args)
     rows = plan.rows()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -257,6 +257,10 @@ def _cmd_candidates(args: argparse.Namespace) -> int:
         f"trained once ({plan.constraint} constraint, tolerance {plan.tolerance:g}){off}; measured ratios are MACs "
         f"of the rounded phi = 1 network over the baseline at {plan.base_resolution} px."
     )
+    from .search.coarseness import coarseness
+
+    coarse = coarseness(plan, base)
+    print("\n".join(["", *coarse.lines(), *coarse.warnings()]))
     return 0
 
 
@@ -383,6 +387,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=10,
         help="seconds between trial heartbeats; a trial silent for 4 is re-queued (default 10)",
     )
+    p.add_argument(
+        "--fidelity",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "once decided, train the decision set, the paper's triple and the best of each leaning again at "
+            "fidelity.epochs_factor times the epochs (default: the space's fidelity.enabled); on a finished run "
+            "folder, trains only those"
+        ),
+    )
     p.add_argument("--estimate", action="store_true", help="print the plan and the time estimate, then stop")
     p.add_argument(
         "--keep-weights",
@@ -420,6 +434,7 @@ def _resolve_space(args: argparse.Namespace, console):
         "constraint": {"budget": args.budget},
         "data": {"data_dir": args.data_dir},
         "proxy": {"epochs": args.epochs},
+        "fidelity": {"enabled": args.fidelity},
     }
     space = space.with_overrides(**overrides)
     import dataclasses
@@ -483,6 +498,99 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .search.runner import rebuild
 
     return rebuild(Path(args.dir), _console())
+
+
+# ------------------------------------------------------------------ curves
+
+
+def _add_curves_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "dir",
+        metavar="DIR",
+        help="a finished run folder (its space, data, recipe, seeds, winner and set); with --space/--preset, the "
+        "folder to write into. The curves go to DIR/curves",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--space", help="scale this search space's baseline (no winner or set: no search needed)")
+    which.add_argument("--preset", help="a shipped search space by name")
+    p.add_argument(
+        "--s",
+        dest="targets",
+        nargs="+",
+        type=float,
+        metavar="S",
+        help="cost multiples over the baseline's real MACs (default 2 4); the baseline (s = 1) always trains",
+    )
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        metavar="NAME",
+        help="depth width resolution uniform dWr paper winner set, or compound:ALPHA,BETA,GAMMA (default: all that "
+        "apply; winner and set need a run folder)",
+    )
+    p.add_argument(
+        "--base-resolution",
+        type=_positive_int("base-resolution"),
+        help="the baseline's side in px (default: the search's, lowered so that resolution-only scaling to the "
+        "largest s stays within the images' native size)",
+    )
+    p.add_argument(
+        "--multiple", type=_positive_int("multiple"), help="round resolutions to this multiple (default: the space's)"
+    )
+    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna")
+    p.add_argument("--storage", help="Optuna storage URL shared by several workers (default: DIR/curves/study.db)")
+    p.add_argument("--data-dir", help="where the dataset is (default: the space's, or $SCALING_SEARCH_DATA)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    _add_runtime_options(p)
+    p.add_argument("--heartbeat", type=_positive_int("heartbeat"), default=10, help="seconds between heartbeats")
+    p.add_argument("--jobs", type=_positive_int("jobs"), help="trials at once on this machine (as for run)")
+    p.add_argument("--ray-address", help="join this Ray cluster (with --backend ray)")
+    p.add_argument(
+        "--race",
+        action="store_true",
+        help="race the strategies at each s (the space's racing settings): more seeds where the answer is open; "
+        "default: the space's seeds for every network, then one look by the racing rule",
+    )
+    p.add_argument("--estimate", action="store_true", help="print the networks and the time estimate, then stop")
+
+
+def _cmd_curves(args: argparse.Namespace) -> int:
+    from .search.curves import CURVES_DIR, DEFAULT_TARGETS, build_curve_plan, load_run, run_curves, space_source
+    from .search.runner import RunOptions
+    from .space import load_space, preset_path
+
+    console = _console()
+    folder = Path(args.dir)
+    if args.space or args.preset:
+        space = load_space(args.space or preset_path(args.preset))
+        source = space_source(space.with_overrides(data={"data_dir": args.data_dir}))
+    else:
+        source = load_run(folder)
+        source = replace(source, space=source.space.with_overrides(data={"data_dir": args.data_dir}))
+    plan = build_curve_plan(
+        source,
+        args.targets or DEFAULT_TARGETS,
+        args.strategies,
+        base_resolution=args.base_resolution,
+        multiple=args.multiple,
+        race=args.race,
+    )
+    named = {k: getattr(args, k) for k in _CURVES_OPTIONS}
+    options = RunOptions(out=folder / CURVES_DIR, estimate_only=args.estimate, keep_weights="none", **named)
+    return run_curves(plan, options, console)
+
+
+# RunOptions fields that take the curves command's option of the same name.
+_CURVES_OPTIONS = (
+    "backend",
+    "storage",
+    "device",
+    "memory_format",
+    "cudnn_benchmark",
+    "heartbeat",
+    "ray_address",
+    "jobs",
+)
 
 
 # ------------------------------------------------------------------ export
@@ -750,6 +858,12 @@ _COMMANDS = (
     ("table", "extrapolate coefficients to a model family, beside the official table", _add_table_options, _cmd_table),
     ("run", "search the coefficients: train every candidate, rank, extrapolate, report", _add_run_options, _cmd_run),
     ("report", "rebuild a run folder's tables and plots from its stored study", _add_report_options, _cmd_report),
+    (
+        "curves",
+        "compound against single-dimension scaling at equal real cost, trained like the search",
+        _add_curves_options,
+        _cmd_curves,
+    ),
     (
         "export",
         "a table row, named model or run winner as a project config or for timm",

@@ -57,9 +57,16 @@ def candidate_key(alpha: float, beta: float, gamma: float) -> str:
     return f"a{alpha:g}-b{beta:g}-g{gamma:g}"
 
 
-def unit_key(alpha: float, beta: float, gamma: float, seed: int, rung: int | None = None) -> str:
-    """A unit's name; a shorter halving rung is its own unit (``-r0``), the full schedule has no suffix."""
-    return f"{candidate_key(alpha, beta, gamma)}-s{seed}" + ("" if rung is None else f"-r{rung}")
+def unit_key(
+    alpha: float, beta: float, gamma: float, seed: int, rung: int | None = None, fidelity: int | None = None
+) -> str:
+    """A unit's name; a shorter halving rung is its own unit (``-r0``), and so is the fidelity check's
+    longer schedule (``-f3``: 3x the epochs); the search's full schedule has no suffix."""
+    return (
+        f"{candidate_key(alpha, beta, gamma)}-s{seed}"
+        + ("" if rung is None else f"-r{rung}")
+        + ("" if fidelity is None else f"-f{fidelity}")
+    )
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,13 @@ class TrialRecord:
     # Synchronous halving: the index of a shorter rung (a complete schedule of ``epochs``);
     # None for the full schedule, which is what the ranking reads.
     rung: int | None = None
+    # The real multipliers of the built network over the baseline (rounding included): blocks,
+    # MACs-weighted channel ratio, input side. None in records of earlier releases.
+    effective_alpha: float | None = None
+    effective_beta: float | None = None
+    effective_gamma: float | None = None
+    # The fidelity check's longer schedule: its factor over the proxy's epochs; None for the search's units.
+    fidelity: int | None = None
 
     @property
     def candidate(self) -> str:
@@ -102,7 +116,7 @@ class TrialRecord:
 
     @property
     def unit(self) -> str:
-        return unit_key(self.alpha, self.beta, self.gamma, self.seed, self.rung)
+        return unit_key(self.alpha, self.beta, self.gamma, self.seed, self.rung, self.fidelity)
 
     def replace(self, **changes: Any) -> TrialRecord:
         return dataclasses.replace(self, **changes)
@@ -134,6 +148,9 @@ COLUMNS = (
     "macs",
     "theoretical_ratio",
     "measured_ratio",
+    "effective_alpha",
+    "effective_beta",
+    "effective_gamma",
     "images_per_second",
     "wall_seconds",
     "device",
@@ -142,6 +159,7 @@ COLUMNS = (
     "epoch_losses",
     "attempts",
     "rung",
+    "fidelity",
 )
 # What each column of trials.csv means (written into every run folder's COLUMNS.md).
 COLUMN_DESCRIPTIONS = {
@@ -150,7 +168,8 @@ COLUMN_DESCRIPTIONS = {
     "alpha": "depth coefficient of the candidate (phi = 1 multiplies the baseline's depth by alpha)",
     "beta": "width coefficient (channels times beta, rounded to multiples of 8)",
     "gamma": "resolution coefficient (input side times gamma, rounded to constraint.resolution_multiple)",
-    "seed": "training seed of this trial (int)",
+    "seed": "training seed of this trial (int); a race adds the next unused seeds round by round, for the candidates "
+    "still in contention only",
     "state": "COMPLETE, PRUNED (stopped early by the asynchronous pruning of earlier releases), FAIL (failure "
     "says why), RUNNING or WAITING (not trained yet)",
     "accuracy": "held-out top-1 accuracy (0..1) after the last epoch run; empty when the trial has not run",
@@ -163,6 +182,13 @@ COLUMN_DESCRIPTIONS = {
     "macs": "multiply-adds of one forward pass at resolution, conv + linear (int, every row)",
     "theoretical_ratio": "alpha * beta^2 * gamma^2: the FLOPs multiplier the compound rule promises",
     "measured_ratio": "MACs of the rounded phi = 1 network over the baseline's, at the proxy's resolution",
+    "effective_alpha": "the depth the network really has over the baseline: its MBConv blocks over the baseline's "
+    "(per-stage rounding makes it differ from alpha)",
+    "effective_beta": "the width it really has: each part's channel ratio over the baseline (stem, every stage's "
+    "output channels, head), weighted by the baseline's MACs in that part (channels round to multiples of 8, at "
+    "least 8)",
+    "effective_gamma": "the resolution it really has: its input side over the baseline's (rounded to "
+    "constraint.resolution_multiple); its real MACs over the baseline's are measured_ratio",
     "images_per_second": "training throughput of the trial, images per second",
     "wall_seconds": "wall-clock seconds of the trial (training and evaluation)",
     "device": "the device that trained it, e.g. cpu or cuda:0 (the card's name)",
@@ -171,10 +197,12 @@ COLUMN_DESCRIPTIONS = {
     "epoch_losses": "mean training loss of each epoch run, a JSON list",
     "rung": "synchronous successive-halving rung of this trial (0 = shortest); empty for the full schedule without "
     "halving (int)",
+    "fidelity": "the fidelity check's units: the factor of their longer schedule over the proxy's epochs (int); "
+    "empty for the search's own units, the only ones the ranking reads",
     "attempts": "trainings started for this unit over every run of the study; above 1 after an interrupted "
     "trial was re-queued (int)",
 }
-_INTS = frozenset({"seed", "epochs", "epochs_run", "resolution", "params", "macs", "attempts", "rung"})
+_INTS = frozenset({"seed", "epochs", "epochs_run", "resolution", "params", "macs", "attempts", "rung", "fidelity"})
 _FLOATS = frozenset(
     {
         "alpha",
@@ -185,6 +213,9 @@ _FLOATS = frozenset(
         "width",
         "theoretical_ratio",
         "measured_ratio",
+        "effective_alpha",
+        "effective_beta",
+        "effective_gamma",
         "images_per_second",
         "wall_seconds",
     }
@@ -196,7 +227,8 @@ _REQUIRED = ("alpha", "beta", "gamma", "seed", "state")
 
 def sort_key(record: TrialRecord) -> tuple:
     rung = math.inf if record.rung is None else record.rung  # the full schedule after the shorter rungs
-    return (record.alpha, record.beta, record.gamma, rung, record.seed)
+    fidelity = 0 if record.fidelity is None else record.fidelity  # the fidelity check's longer one after both
+    return (record.alpha, record.beta, record.gamma, fidelity, rung, record.seed)
 
 
 # ------------------------------------------------------------------ writing

@@ -95,6 +95,17 @@ class RacingSpec:
 
 
 @dataclass(frozen=True)
+class FidelitySpec:
+    """Once the search has decided: the decision set, the paper's triple and the best candidate of each leaning
+    (depth-, width-, resolution-heavy) trained again at ``epochs_factor`` times the proxy's epochs, same seeds,
+    to see whether the decision survives a longer schedule. Its units have their own keys: the search's are
+    untouched, so it is not part of the fingerprint and a finished run folder can add it."""
+
+    enabled: bool = False
+    epochs_factor: int = 3
+
+
+@dataclass(frozen=True)
 class ExtrapolationSpec:
     max_phi: int = 7
     base_resolution: int = 224  # the B-series is reported at ImageNet scale
@@ -116,6 +127,7 @@ class SearchSpace:
     order_seed: int = 0  # shuffles the run order within each seed (recorded, so a run is reproducible)
     pruning: PruningSpec = field(default_factory=PruningSpec)
     racing: RacingSpec = field(default_factory=RacingSpec)
+    fidelity: FidelitySpec = field(default_factory=FidelitySpec)
     extrapolation: ExtrapolationSpec = field(default_factory=ExtrapolationSpec)
     # The trials' precision (train.recipe.Runtime): auto picks per card; another value is part of the search.
     precision: str = "auto"
@@ -129,9 +141,10 @@ class SearchSpace:
         Where the data lies is not part of it (hashed as ``data_dir: null``), so a
         run folder resumes on a machine that keeps the data elsewhere. Folders made
         by earlier releases hashed the space's ``data_dir``: pass it to recompute theirs.
-        The order seed changes when a unit runs, never which units exist or what they mean.
+        The order seed changes when a unit runs, never which units exist or what they mean; the
+        fidelity check adds units of its own, after the search, and leaves the search's alone.
         """
-        skip = ("description", "extrapolation", "order_seed")
+        skip = ("description", "extrapolation", "order_seed", "fidelity")
         plain = {k: v for k, v in self.to_dict().items() if k not in skip}
         if not self.racing.enabled:  # no race, no extra units: folders made before racing existed keep their hash
             plain.pop("racing")
@@ -320,6 +333,10 @@ def _validate(space: SearchSpace) -> None:
     _check(
         space.data.storage_size is None or space.data.storage_size > 0,
         "data.storage_size must be a positive integer (or left out: the dataset's native size)",
+    )
+    _check(
+        space.fidelity.epochs_factor >= 2,
+        f"fidelity.epochs_factor {space.fidelity.epochs_factor} must be an integer of at least 2 (a longer schedule)",
     )
     e = space.extrapolation
     _check(

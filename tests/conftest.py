@@ -212,3 +212,22 @@ def ctrl_c_after(args: list[str], env: dict, first_line: str, timeout: float = 6
             break
     rest, _ = proc.communicate(timeout=timeout)
     return proc.returncode, "".join(lines) + rest
+
+
+@pytest.fixture(scope="session")
+def straight_race(tmp_path_factory, data_env):
+    """A tiny race (test_racing.RACE_YAML) run straight through: its best.json and unit accuracies, which a
+    resumed race and the other backends must reproduce."""
+    from test_racing import race_space
+
+    folder = tmp_path_factory.mktemp("straight-race")
+    out = folder / "run"
+    proc = run_cli(*run_args(race_space(folder), out), env=data_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = json.loads((out / "best.json").read_text())
+    return {
+        "out": out,
+        "stdout": proc.stdout,
+        "best": best,
+        "accuracies": {r["unit"]: r["accuracy"] for r in read_csv(out / "trials.csv")},
+    }

@@ -320,3 +320,55 @@ def test_ray_without_address_starts_a_private_cluster_beside_a_running_one(tmp_p
     assert len(rows) == 3 and all(r["state"] == "COMPLETE" for r in rows)
     assert ray_head.alive()  # the other cluster is untouched
     print(f"ray: private cluster + 3 trials in {time.monotonic() - started:.1f} s")
+
+
+# ------------------------------------------------------------------ a race on every backend
+
+
+def _decision(out: Path) -> tuple:
+    best = json.loads((out / "best.json").read_text())
+    return best["decision"], best["race"]["winner"], best["race"]["rounds"]
+
+
+def test_a_race_on_two_postgres_workers_trains_each_unit_once_and_decides_alike(
+    tmp_path, postgres, data_env, straight_race
+):
+    from test_racing import race_space
+
+    url = postgres.create_database("racing")
+    space = race_space(tmp_path)
+    env = {**os.environ, **data_env, "PYTHONWARNINGS": "ignore"}
+    workers = [_worker(Path(space), tmp_path / f"w{i}", url, env) for i in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [o[1][-2000:] for o in outputs]
+    by_unit: dict[str, list] = {}
+    for t in optuna.load_study(study_name=None, storage=url).trials:
+        by_unit.setdefault(t.user_attrs["unit"], []).append(t.state)
+    assert set(by_unit) == set(straight_race["accuracies"])  # the same rounds, the same units
+    assert all(states == [optuna.trial.TrialState.COMPLETE] for states in by_unit.values()), by_unit
+    reference = _decision(straight_race["out"])
+    for i in range(2):
+        assert _decision(tmp_path / f"w{i}") == reference
+    rows = {r["unit"]: r["accuracy"] for r in read_csv(tmp_path / "w0" / "trials.csv")}
+    assert rows == straight_race["accuracies"]
+
+
+def test_a_race_on_ray_runs_the_same_rounds_to_the_same_decision(tmp_path, ray_head, data_env, straight_race):
+    from test_racing import race_space
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "scaling_search.cli", "run", "--space", race_space(tmp_path), "--backend", "ray"]
+    args += ["--out", str(out), "--ray-address", ray_head.address]
+    proc = subprocess.run(
+        args, cwd=ROOT, env=_run_env(_ray_env(data_env, tmp_path, TOKEN)), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "round 2 (" in proc.stdout  # the second round was decided, over Ray's results
+    rows = read_csv(out / "trials.csv")
+    assert {r["unit"] for r in rows} == set(straight_race["accuracies"])
+    assert all(r["state"] == "COMPLETE" for r in rows)
+    assert _decision(out) == _decision(straight_race["out"])
+    # The report walks the rounds again over Ray's stored results: the same decision, nothing trained.
+    before = (out / "trials.csv").read_text()
+    assert run_cli("report", str(out), env=data_env).returncode == 0
+    assert _decision(out) == _decision(straight_race["out"]) and (out / "trials.csv").read_text() == before

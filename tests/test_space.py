@@ -14,6 +14,10 @@ def test_shipped_spaces_load():
         assert space.name == name
     default = load_space(SPACES_DIR / "default.yaml")
     assert default.baseline.resolution == 64 and default.constraint.mode == "measured" and len(default.seeds) >= 2
+    for name in ("imagenette", "default", "cpu", "smoke"):  # racing is the shipped allocation
+        assert load_space(SPACES_DIR / f"{name}.yaml").racing.enabled, name
+    cpu = load_space(SPACES_DIR / "cpu.yaml")
+    assert cpu.racing.max_trainings == 88 and cpu.racing.delta <= 0.01 and cpu.proxy.test_subset is None
 
 
 def test_defaults_and_fingerprint():
@@ -23,6 +27,11 @@ def test_defaults_and_fingerprint():
     assert space.fingerprint() != other.fingerprint()
     described = parse_space({**MINIMAL, "description": "words"})
     assert space.fingerprint() == described.fingerprint()  # a description does not change the study
+    # Racing off adds no unit: the hash of folders made before it existed; on, its limits decide which units exist.
+    off = parse_space({**MINIMAL, "racing": {"enabled": False, "max_seeds": 5}})
+    on = parse_space({**MINIMAL, "racing": {"enabled": True}})
+    assert off.fingerprint() == space.fingerprint() != on.fingerprint()
+    assert on.fingerprint() != parse_space({**MINIMAL, "racing": {"enabled": True, "max_seeds": 9}}).fingerprint()
 
 
 @pytest.mark.parametrize(
@@ -38,6 +47,12 @@ def test_defaults_and_fingerprint():
         ({**MINIMAL, "grid": {"kind": "spiral"}}, "grid.kind"),
         ({**MINIMAL, "proxy": {"epochs": 0}}, "proxy.epochs"),
         ({**MINIMAL, "seeds": [1, 1]}, "repeat"),
+        ({**MINIMAL, "racing": {"enabled": True, "delta": 0}}, "racing.delta"),
+        ({**MINIMAL, "racing": {"alpha": 0.7}}, "racing.alpha"),
+        ({**MINIMAL, "racing": {"enabled": True, "max_seeds": 1}}, "racing.max_seeds"),
+        ({**MINIMAL, "racing": {"max_trainings": 0}}, "racing.max_trainings"),
+        ({**MINIMAL, "proxy": {"epochs": 3}, "racing": {"enabled": True}, "pruning": {"enabled": True}}, "choose one"),
+        ({**MINIMAL, "racing": {"rounds": 3}}, "unknown key 'racing.rounds'"),
         ({**MINIMAL, "name": "../escape"}, "plain word"),
         ([1, 2], "mapping"),
     ],

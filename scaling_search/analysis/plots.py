@@ -159,3 +159,40 @@ def b_series_macs(rows: list[dict], path: Path, budget: float, label: str) -> No
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def strategy_curves(series: dict[str, list[dict]], path: Path, title: str, *, x: str, xlabel: str) -> None:
+    """Accuracy against ``x`` (real MACs, or measured training images/s), one line per scaling strategy from the
+    baseline up (the paper's Fig. 8 in form); the seeds' range as bars, upsampled networks hollow."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    singles = {"depth": "tab:blue", "width": "tab:orange", "resolution": "tab:green"}
+    others = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"][3:] * 4)
+    for name, points in series.items():
+        points = [p for p in points if p[x] == p[x]]  # NaN: not measured
+        if not points:
+            continue
+        points = sorted(points, key=lambda p: p[x])
+        color = singles.get(name) or next(others)
+        style = "--" if name in singles else "-"
+        xs, ys = [p[x] for p in points], [p["accuracy"] for p in points]
+        ax.plot(xs, ys, style, color=color, lw=1.5, label=name)
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=[[p["accuracy"] - p["low"] for p in points], [p["high"] - p["accuracy"] for p in points]],
+            fmt="none",
+            ecolor=color,
+            alpha=0.5,
+        )
+        for p in points:
+            hollow = p["upsampled"]
+            ax.scatter([p[x]], [p["accuracy"]], s=36, color="white" if hollow else color, edgecolors=color, zorder=3)
+            if p["s"] > 1:
+                ax.annotate(
+                    f"{p['s']:g}x", (p[x], p["accuracy"]), textcoords="offset points", xytext=(4, 3), fontsize=7
+                )
+    if any(p["upsampled"] for points in series.values() for p in points):
+        ax.scatter([], [], s=36, color="white", edgecolors="0.3", label="upsampled (above native size)")
+    if x == "images_per_second":
+        ax.invert_xaxis()  # slower to the right, as cost grows
+    _finish(fig, ax, path, title, xlabel, "held-out top-1 accuracy (mean; bars: seeds' range)", legend=bool(series))

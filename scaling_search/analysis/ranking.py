@@ -112,7 +112,10 @@ def rank(
     classes: Sequence[NetworkClassLike] = (),
     bootstrap_seed: int = 0,
 ) -> Ranking:
-    """Rank candidates by mean held-out accuracy over the seeds that trained the full schedule."""
+    """Rank candidates by mean held-out accuracy over the seeds that trained the full schedule.
+
+    The fidelity check's units (a longer schedule, after the decision) are not the search's: left out."""
+    trials = [r for r in trials if r.fidelity is None]
     groups: dict[str, list[TrialRecord]] = {}
     for r in trials:
         groups.setdefault(r.candidate, []).append(r)
@@ -176,6 +179,7 @@ def rank(
                 "resolution": first.resolution or None,
                 "theoretical_ratio": float(first.theoretical_ratio),
                 "measured_ratio": ratio_,
+                **{f"effective_{k}": _number(getattr(first, f"effective_{k}")) for k in ("alpha", "beta", "gamma")},
                 "off_budget": bool(off),
                 "paper": k == paper_key,
                 "_accs": accs,
@@ -193,6 +197,10 @@ def rank(
     rungs = _rung_agreement(trials)
     statements = _statements(frame, analysis, rungs)
     return Ranking(frame.drop(columns=["_accs"]), tuple(statements), analysis, rungs)
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _rung_agreement(trials: Sequence[TrialRecord]) -> tuple[RungAgreement, ...]:

@@ -4,6 +4,7 @@ so a run killed while reporting leaves the previous files intact."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from ..atomic import atomic_write_text
 from ..records import TrialRecord, write_trials
 from ..scaling import Coefficients, parse_budget
 from ..space import SearchSpace
+from .fidelity import FidelityCheck, compare, select
 from .ranking import NetworkClassLike, Ranking, class_spread, rank
 from .tables import COEFFICIENT_COLUMNS, Column, millions, num, ratio, render, to_csv, to_markdown
 
@@ -58,6 +60,9 @@ RANKING_COLUMNS = [
     Column("resolution", "res", num),
     Column("theoretical_ratio", "a*b^2*g^2", ratio),
     Column("measured_ratio", "measured", ratio),
+    Column("effective_alpha", "eff. alpha", lambda v: "" if v is None else f"{v:.3f}"),
+    Column("effective_beta", "eff. beta", lambda v: "" if v is None else f"{v:.3f}"),
+    Column("effective_gamma", "eff. gamma", lambda v: "" if v is None else f"{v:.3f}"),
     Column("off_budget", "off budget", lambda v: "OFF" if v else ""),
     Column("stopped_rung", "stopped at rung", num),
     Column("pruned", "pruned", num),
@@ -86,23 +91,51 @@ def write_report(
     *,
     classes: Sequence[NetworkClassLike] = (),
     extrapolate: bool = True,
+    fidelity: Sequence[TrialRecord] | None = None,
+    decision: Sequence[str] | None = None,
 ) -> Ranking:
-    """Rank, extrapolate the winner and write every output file. Returns the ranking."""
+    """Rank, extrapolate the winner and write every output file. Returns the ranking (its statements
+    with the fidelity check's).
+
+    ``fidelity``: the fidelity check's records (a longer schedule, after the decision), None when it did not run;
+    ``decision``: the allocation's decision set when it made one (a race's), else the confidence set stands for it.
+    """
     from . import plots
 
-    write_trials(run_dir, trials)
+    write_trials(run_dir, [*trials, *(fidelity or ())])
     budget = parse_budget(space.constraint.budget)
+    race = info.get("race")
     ranking = rank(
         trials,
         space.proxy.epochs,
-        seeds=space.seeds,
+        seeds=sorted(set(space.seeds) | {r.seed for r in trials}),  # a race adds seeds round by round
         budget=budget,
         tolerance=space.constraint.tolerance,
         classes=classes,
         bootstrap_seed=space.order_seed,
     )
+    check = None
+    if fidelity is not None:
+        check = compare(
+            ranking,
+            select(ranking, decision),
+            trials,
+            fidelity,
+            factor=space.fidelity.epochs_factor,
+            short_epochs=space.proxy.epochs,
+            decision=decision,
+            winner=(race or {}).get("winner"),
+        )
+        said = tuple(check.statements())
+        # A decision that does not survive the longer schedule is the first thing the verdict says.
+        statements = (*said, *ranking.statements) if check.decision_changes else (*ranking.statements, *said)
+        ranking = dataclasses.replace(ranking, statements=statements)
     finished = sum(r.state.finished for r in trials)
     win = ranking.winner
+    if race is not None and race.get("winner") and not ranking.table.empty:
+        # The race's leader: the best mean among the candidates still in contention, all on the same seeds.
+        row = ranking.table[ranking.table["candidate"] == race["winner"]]
+        win = row.iloc[0] if not row.empty else win
     best: dict[str, Any] = {
         "alpha": None,
         "beta": None,
@@ -117,18 +150,25 @@ def write_report(
         "units_finished": finished,
         "complete": finished == len(trials),
         "statements": list(ranking.statements),
+        "fidelity": None if check is None else check.to_dict(),
+        "schedule_dependent": None if check is None else check.decision_changes,
         "order_seed": space.order_seed,
         "init": init_description(space.proxy),
         "zero_init_residual": space.proxy.zero_init_residual,
         **_statistics(ranking),
         **info,
     }
+    if race is not None:
+        best["decision"] = race["decision"]
+        race.update(_race_details(race, ranking, classes, space))
+    best["noise"] = _noise(ranking, race, info.get("held_out_images"))
     rank_rows = _records(ranking.table)
     for r in rank_rows:
         r["ci95"] = f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]" if r.get("ci_low") is not None else ""
     best.update(mark_upsampled(rank_rows, trials, info))
     b_rows: list[dict] = []
     d_rows: list[dict] = []
+    b_effective: list[dict] = []
     if win is not None:
         best.update(
             alpha=float(win["alpha"]),
@@ -146,15 +186,32 @@ def write_report(
         paper = ranking.table[ranking.table["paper"]]
         best["paper_rank"] = None if paper.empty or pd.isna(paper.iloc[0]["rank"]) else int(paper.iloc[0]["rank"])
         best["class"] = _class_entry(win, classes, space)
+        best["effective"] = effective_entry(
+            Coefficients(best["alpha"], best["beta"], best["gamma"]),
+            tuple(_clean(win.get(f"effective_{k}")) for k in ("alpha", "beta", "gamma")),
+            space.extrapolation.max_phi,
+        )
+        _with_statement(best)
+        best["extrapolation_multipliers"] = "nominal"
         if extrapolate:
             b_rows, d_rows = _extrapolate(Coefficients(best["alpha"], best["beta"], best["gamma"]), space, budget)
+            effective = best["effective"]
+            if effective is not None and effective["differs"]:
+                b_effective = _extrapolate(Coefficients(*effective["coefficients"]), space, budget, detection=False)[0]
     atomic_write_text(run_dir / "best.json", json.dumps(best, indent=2) + "\n")
     if b_rows:
         atomic_write_text(run_dir / "b_series.csv", to_csv(b_rows))
+    if b_effective:
+        atomic_write_text(run_dir / EFFECTIVE_B_SERIES, to_csv(b_effective))
+    elif (run_dir / EFFECTIVE_B_SERIES).exists():
+        (run_dir / EFFECTIVE_B_SERIES).unlink()  # an earlier winner's: it no longer applies
     if d_rows:
         atomic_write_text(run_dir / "d_series.csv", to_csv(d_rows))
-    atomic_write_text(run_dir / "coefficients.md", _coefficients_md(space, best, rank_rows, ranking, b_rows, d_rows))
-    atomic_write_text(run_dir / "COLUMNS.md", data_dictionary(b_rows, d_rows))
+    atomic_write_text(
+        run_dir / "coefficients.md",
+        _coefficients_md(space, best, rank_rows, ranking, b_rows, d_rows, b_effective, check),
+    )
+    atomic_write_text(run_dir / "COLUMNS.md", data_dictionary(b_rows, d_rows, effective=bool(b_effective)))
     title = f"{space.name}: {space.data.name}, budget {space.constraint.budget}"
     plots.accuracy_vs_macs(
         ranking.table, run_dir / "accuracy_vs_macs.png", title, budget=budget, tolerance=space.constraint.tolerance
@@ -300,7 +357,93 @@ def _statistics_md(best: dict) -> list[str]:
     return lines
 
 
-def _extrapolate(coeffs: Coefficients, space: SearchSpace, budget: float) -> tuple[list[dict], list[dict]]:
+# The nominal coefficients of a winner "differ" from its effective multipliers when compounding
+# either to the largest phi gives a depth, width or resolution more than this far apart.
+EFFECTIVE_MARGIN = 0.10
+EFFECTIVE_B_SERIES = "b_series_effective.csv"
+
+
+def effective_entry(nominal: Coefficients, effective: tuple, max_phi: int) -> dict | None:
+    """best.json's ``effective``: the winner's real multipliers beside its nominal coefficients, and whether
+    extrapolating one or the other to ``max_phi`` parts by more than ``EFFECTIVE_MARGIN``; None when unknown."""
+    if any(v is None for v in effective):
+        return None
+    real = tuple(max(1.0, float(v)) for v in effective)  # a grown network never shrinks; float noise aside
+    apart = {
+        name: (eff / nom) ** max_phi - 1 for name, nom, eff in zip(("alpha", "beta", "gamma"), nominal.as_tuple(), real)
+    }
+    differs = [name for name, gap in apart.items() if abs(gap) > EFFECTIVE_MARGIN]
+    return {
+        "coefficients": [round(v, 4) for v in real],
+        "apart_at_max_phi": {k: round(v, 4) for k, v in apart.items()},
+        "max_phi": max_phi,
+        "margin": EFFECTIVE_MARGIN,
+        "differs": bool(differs),
+        "differing": differs,
+    }
+
+
+def _with_statement(best: dict) -> dict:
+    if best.get("effective"):
+        best["effective"]["statement"] = effective_statement(best)
+    return best
+
+
+def effective_statement(best: dict) -> str | None:
+    """The plain words for nominal against effective multipliers, or None when unknown."""
+    e = best.get("effective")
+    if not e:
+        return None
+    a, b, g = e["coefficients"]
+    real = f"effective alpha {a:.3f} (blocks), beta {b:.3f} (MACs-weighted channels), gamma {g:.3f} (input side)"
+    nominal = f"({best['alpha']:g}, {best['beta']:g}, {best['gamma']:g})"
+    if not e["differs"]:
+        return (
+            f"The winner's nominal coefficients {nominal} are what its network really multiplies over the baseline "
+            f"({real}): compounded to phi = {e['max_phi']} they stay within {e['margin']:.0%}. The B-series uses "
+            "the nominal coefficients."
+        )
+    gaps = ", ".join(f"{k} {100 * e['apart_at_max_phi'][k]:+.0f}%" for k in e["differing"])
+    return (
+        f"At the proxy's base the winner's coefficients {nominal} are labels more than multipliers: after rounding, "
+        f"its network has {real}. Compounded to phi = {e['max_phi']} they part by more than {e['margin']:.0%} "
+        f"({gaps}). The B-series below applies the nominal coefficients to B0, as the paper does; the second table "
+        f"applies the effective ones ({EFFECTIVE_B_SERIES})."
+    )
+
+
+FIDELITY_COLUMNS = [
+    Column("candidate", "candidate", str),
+    Column("reasons", "checked as", lambda v: ", ".join(v)),
+    Column("leaning", "leaning", lambda v: v or ""),
+    Column("seeds", "seeds", lambda v: ", ".join(str(s) for s in v)),
+    Column("short", "top-1 (search)", lambda v: "" if v is None else f"{v:.4f}"),
+    Column("long", "top-1 (longer)", lambda v: "" if v is None else f"{v:.4f}"),
+    Column("gain", "gain", lambda v: "" if v is None else f"{v:+.4f}"),
+    Column("short_rank", "rank (search)", num),
+    Column("long_rank", "rank (longer)", num),
+]
+
+
+def _fidelity_md(check: FidelityCheck) -> list[str]:
+    rows = [{**dataclasses.asdict(r), "gain": r.gain} for r in check.rows]
+    return [
+        f"## Fidelity check: {check.long_epochs} epochs against the search's {check.short_epochs}",
+        "",
+        "The decision set, the paper's triple and the best candidate of each leaning (the dimension that takes "
+        "the largest share of its real MACs growth), trained again with the same seeds at "
+        f"{check.factor}x the epochs; means over the seeds scored at both schedules.",
+        "",
+        *[f"- {s}" for s in check.statements()],
+        "",
+        to_markdown(rows, FIDELITY_COLUMNS),
+        "",
+    ]
+
+
+def _extrapolate(
+    coeffs: Coefficients, space: SearchSpace, budget: float, detection: bool = True
+) -> tuple[list[dict], list[dict]]:
     from ..models import EfficientNetConfig
     from .series import b_series
 
@@ -310,7 +453,7 @@ def _extrapolate(coeffs: Coefficients, space: SearchSpace, budget: float) -> tup
         coeffs, max_phi=e.max_phi, base=base, multiple=e.resolution_multiple, budget=budget, num_classes=e.num_classes
     )
     d_rows: list[dict] = []
-    if e.detection:
+    if e.detection and detection:
         from .series import d_series
 
         d_rows = d_series(coeffs, max_phi=e.max_phi)
@@ -318,7 +461,14 @@ def _extrapolate(coeffs: Coefficients, space: SearchSpace, budget: float) -> tup
 
 
 def _coefficients_md(
-    space: SearchSpace, best: dict, rank_rows: list[dict], ranking: Ranking, b_rows: list[dict], d_rows: list[dict]
+    space: SearchSpace,
+    best: dict,
+    rank_rows: list[dict],
+    ranking: Ranking,
+    b_rows: list[dict],
+    d_rows: list[dict],
+    b_effective: Sequence[dict] = (),
+    check: FidelityCheck | None = None,
 ) -> str:
     p, c = space.proxy, space.constraint
     lines = [f"# Compound-scaling coefficients: {space.name}", ""]
@@ -333,8 +483,20 @@ def _coefficients_md(
             "",
         ]
     verdict = best.get("verdict")
-    lines += ["## Verdict", "", f"**{verdict or 'no verdict'}**", ""]
+    race = best.get("race")
+    if race is not None:
+        lines += ["## Decision", "", f"**{race['decision'] or 'not reached yet'}**", ""]
+        lines += [f"- {s}" for s in race_statements(race)]
+        fid = best.get("fidelity") or {}
+        if fid.get("decision_changes"):  # the race's decision did not survive the longer schedule: said here too
+            lines += [f"- {fid['statements'][0]}"]
+        lines += ["", "## Supporting statistics", "", f"Over every score: {verdict or 'no verdict'}.", ""]
+    else:
+        lines += ["## Verdict", "", f"**{verdict or 'no verdict'}**", ""]
     lines += [f"- {s}" for s in ranking.statements]
+    noise = best.get("noise")
+    if noise and noise.get("statement"):
+        lines += [f"- {noise['statement']}"]
     lines += [f"- {s}" for s in run_notes(best)]
     lines += [
         "",
@@ -354,6 +516,15 @@ def _coefficients_md(
         f" (asked: {space.precision}), {best.get('jobs') or 1} job(s)",
         f"- seeds: {', '.join(str(s) for s in space.seeds)}; run order interleaved by seed, shuffled with order "
         f"seed {space.order_seed}",
+        "- allocation: "
+        + (
+            f"racing seeds (one more seed per round for the candidates in contention, up to "
+            f"{space.racing.max_seeds} seeds"
+            + ("" if space.racing.max_trainings is None else f" and {space.racing.max_trainings} trainings")
+            + f"; delta {space.racing.delta:g}, alpha {space.racing.alpha:g}; {race['rule'] if race else ''})"
+            if space.racing.enabled
+            else ("synchronous successive halving" if space.pruning.enabled else "uniform: every candidate x seed")
+        ),
         "- pruning: "
         + (
             f"synchronous successive halving, rungs from {space.pruning.min_epochs} epoch(s) by factor "
@@ -369,6 +540,11 @@ def _coefficients_md(
         "",
     ]
     lines += _statistics_md(best)
+    if check is not None:
+        lines += _fidelity_md(check)
+    statement = effective_statement(best)
+    if statement:
+        lines += ["## Nominal and effective multipliers", "", statement, ""]
     if b_rows:
         from .series import b_series_columns
 
@@ -377,7 +553,21 @@ def _coefficients_md(
                 "md",
                 b_rows,
                 b_series_columns(),
-                title="B-series from the winner (ImageNet scale) beside the official table",
+                title="B-series from the winner's nominal coefficients (ImageNet scale) beside the official table",
+            ),
+            "",
+        ]
+    if b_effective:
+        from .series import b_series_columns
+
+        a, b, g = best["effective"]["coefficients"]
+        lines += [
+            render(
+                "md",
+                b_effective,
+                b_series_columns(),
+                title=f"B-series from the winner's effective multipliers ({a:.3f}, {b:.3f}, {g:.3f}) beside the "
+                "official table",
             ),
             "",
         ]
@@ -389,6 +579,164 @@ def _coefficients_md(
             "",
         ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+# ------------------------------------------------------------ the race
+
+
+def _pct(x: float | None) -> str:
+    return "?" if x is None else f"{x:+.4f}"
+
+
+def race_statements(race: dict) -> list[str]:
+    """The race's decision in plain words, with the numbers behind it."""
+    out = []
+    d, winner = race["decision"], race.get("winner")
+    alive = race.get("in_contention") or []
+    if d == "best":
+        out.append(f"Best: {winner} is better than every other candidate ({race['rule']}).")
+    elif d == "equivalent":
+        out.append(
+            f"Equivalent: the {len(alive)} candidates left ({', '.join(alive)}) are within +-{race['delta']:g} top-1 "
+            "of one another; the answer is that set."
+        )
+        if race.get("shared"):
+            out.append(f"They share {race['shared']}.")
+        if race.get("series_spread"):
+            out.append(race["series_spread"])
+    elif d == "undecided":
+        more = race.get("more_seeds")
+        extra = (
+            f" The observed noise calls for about {more} seeds per remaining candidate (about "
+            f"{race.get('more_trainings')} more trainings) to separate the leader from its closest contender."
+            if more
+            else ""
+        )
+        out.append(
+            f"Undecided: {race['reason']}; {len(alive)} candidates remain in contention: {', '.join(alive)} "
+            f"(leader {winner}).{extra}"
+        )
+    else:
+        out.append(f"No decision yet: {race['reason']}.")
+    out.append(
+        f"Guarantee: {race['guarantee']} (delta {race['delta']:g}, alpha {race['alpha']:g}). Rounds: "
+        + "; ".join(
+            f"{r['round']}: {r['trainings']} trained, {len(r['in_contention'] or [])} in contention"
+            for r in race["rounds"]
+        )
+        + "."
+    )
+    saved = race.get("compute_saved")
+    if saved is not None:
+        out.append(
+            f"Trainings: {race['trainings']} against {race['uniform_trainings']} for uniform allocation at the same "
+            f"final seed count ({saved:.0%} saved)."
+        )
+    if race.get("sigma") is not None:
+        out.append(
+            f"Pooled seed-to-seed standard deviation {race['sigma']:.4f} ({race['df']} degrees of freedom); a "
+            f"candidate leaves when it trails the leader by more than {race['c_elim']:.2f} standard errors of the "
+            "paired difference."
+        )
+    diffs = [x for x in race.get("differences") or [] if x["candidate"] in alive or x.get("paper")]
+    if diffs:
+        out.append(
+            f"Paired differences to {winner} (simultaneous intervals): "
+            + "; ".join(
+                f"{x['candidate']} {_pct(x['difference'])} [{_pct(x['low'])}, {_pct(x['high'])}]" for x in diffs
+            )
+            + "."
+        )
+    paper = race.get("paper")
+    if paper:
+        out.append(f"The paper's triple {paper['candidate']}: {paper['status']}.")
+    return out
+
+
+def _race_details(race: dict, ranking: Ranking, classes: Sequence[NetworkClassLike], space: SearchSpace) -> dict:
+    """What the race's record needs from the ranking: the paper's row, and what an equivalent set shares."""
+    from ..records import candidate_key
+    from ..scaling import PAPER
+
+    out: dict[str, Any] = {}
+    paper_key = candidate_key(*PAPER.as_tuple())
+    diffs = {x["candidate"]: x for x in race.get("differences") or []}
+    for key, x in diffs.items():
+        x["paper"] = key == paper_key
+    if not ranking.table.empty and paper_key in set(ranking.table["candidate"]):
+        if paper_key == race.get("winner"):
+            status = "the race's leader"
+        elif paper_key in (race.get("in_contention") or []):
+            status = "still in contention"
+        else:
+            out_at = next((r["round"] for r in race["rounds"] if paper_key in (r.get("eliminated") or [])), None)
+            status = f"out of contention at round {out_at}, trained in every round as a reference" if out_at else "out"
+        d = diffs.get(paper_key)
+        if d is not None:
+            status += (
+                f"; {_pct(d['difference'])} from {race.get('winner')} over {d['seeds']} paired seeds "
+                f"[{_pct(d['low'])}, {_pct(d['high'])}]"
+            )
+        out["paper"] = {"candidate": paper_key, "status": status, **({} if d is None else d)}
+    if race.get("decision") == "equivalent":
+        members = [m for k in race["in_contention"] for m in _members(k, ranking, classes)]
+        names = ("alpha", "beta", "gamma")
+        out["shared"] = ", ".join(_span(name, [getattr(m, name) for m in members]) for name in names)
+        from ..models import EfficientNetConfig
+
+        e = space.extrapolation
+        spread = class_spread(
+            members, e.max_phi, EfficientNetConfig(resolution=e.base_resolution), e.resolution_multiple
+        )
+        if spread:
+            out["series_spread"] = (
+                f"Their B-series at phi = {spread['phi']} differ: {spread['macs'][0] / 1e9:.2f}-"
+                f"{spread['macs'][1] / 1e9:.2f} GMACs, {spread['resolution'][0]}-{spread['resolution'][1]} px, depth "
+                f"x{spread['depth'][0]:.2f}-{spread['depth'][1]:.2f}, width x{spread['width'][0]:.2f}-"
+                f"{spread['width'][1]:.2f}."
+            )
+    return out
+
+
+def _members(key: str, ranking: Ranking, classes: Sequence[NetworkClassLike]) -> list[Coefficients]:
+    """The coefficient triples a trained candidate stands for (its class's members, else itself)."""
+    row = ranking.table[ranking.table["candidate"] == key]
+    if row.empty:
+        return []
+    r = row.iloc[0]
+    cls = next((c for c in classes if c.label == r["class"]), None)
+    if cls is not None:
+        return [m.coefficients for m in cls.members]
+    return [Coefficients(float(r["alpha"]), float(r["beta"]), float(r["gamma"]))]
+
+
+def _span(name: str, values: Sequence[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{name} {lo:g}" if lo == hi else f"{name} {lo:g}-{hi:g}"
+
+
+def _noise(ranking: Ranking, race: dict | None, held_out: int | None) -> dict:
+    """The held-out size and the share of the seed-to-seed variance that sampling the held-out images explains
+    (binomial p(1-p)/n at the candidates' mean accuracy, against the pooled variance)."""
+    a = ranking.analysis
+    var = None
+    if race is not None and race.get("sigma") is not None:
+        var = race["sigma"] ** 2
+    elif a is not None and a.anova is not None:
+        var = a.anova.ms_within
+    out: dict[str, Any] = {"held_out_images": held_out, "pooled_variance": var}
+    if not held_out or not var or a is None:
+        return out
+    p = sum(c.mean for c in a.candidates) / len(a.candidates)
+    binomial = p * (1 - p) / held_out
+    out.update(binomial_variance=binomial, binomial_share=round(min(1.0, binomial / var), 3))
+    out["statement"] = (
+        f"Held-out set: {held_out} images; at the mean accuracy {p:.3f} sampling them alone (binomial p(1-p)/n) "
+        f"has standard deviation {math.sqrt(binomial):.4f}, {out['binomial_share']:.0%} of the pooled seed-to-seed "
+        f"variance ({math.sqrt(var):.4f} standard deviation); an upper bound, as every candidate is scored on the "
+        "same images and their errors partly coincide."
+    )
+    return out
 
 
 # ------------------------------------------------------------ data, stale trials, data dictionary
@@ -438,7 +786,7 @@ def run_notes(best: dict) -> list[str]:
     return notes
 
 
-def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict]) -> str:
+def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict], effective: bool = False) -> str:
     """COLUMNS.md: every column of trials.csv, b_series.csv and d_series.csv, described."""
     from ..records import COLUMN_DESCRIPTIONS, COLUMNS
     from .series import B_SERIES_DESCRIPTIONS, D_SERIES_DESCRIPTIONS
@@ -458,7 +806,12 @@ def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict]) -> str:
         "",
     ]
     lines += table(
-        "trials.csv", COLUMNS, COLUMN_DESCRIPTIONS, "One row per trial (candidate x seed), sorted by coefficients."
+        "trials.csv",
+        COLUMNS,
+        COLUMN_DESCRIPTIONS,
+        "One row per trial (candidate x seed), sorted by coefficients. A race trains every candidate at the first "
+        "seeds and later seeds only for the candidates still in contention, so candidates have different seed "
+        "counts; compare them on the seeds they share (best.json's `race.differences` are paired that way).",
     )
     if b_rows:
         lines += table(
@@ -466,7 +819,13 @@ def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict]) -> str:
             keys(b_rows),
             B_SERIES_DESCRIPTIONS,
             "The winner extrapolated to B0-B7 at ImageNet scale, beside the official EfficientNets "
-            "(`official_*`, same phi).",
+            "(`official_*`, same phi)."
+            + (
+                f" `{EFFECTIVE_B_SERIES}` has the same columns for the winner's effective multipliers (best.json "
+                "`effective`)."
+                if effective
+                else ""
+            ),
         )
     if d_rows:
         lines += table(

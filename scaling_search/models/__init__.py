@@ -4,6 +4,7 @@ from .efficientdet_config import EfficientDetConfig, bifpn_nodes
 from .efficientnet_config import (
     EfficientNetConfig,
     analytic_counts,
+    effective_multipliers,
     official_config,
     round_filters,
     round_repeats,
@@ -15,6 +16,7 @@ __all__ = [
     "EfficientDetConfig",
     "EfficientNetConfig",
     "analytic_counts",
+    "effective_multipliers",
     "bifpn_nodes",
     "build",
     "config_from_dict",

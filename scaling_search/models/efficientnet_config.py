@@ -243,13 +243,20 @@ class Counts:
 
 def analytic_counts(config: EfficientNetConfig, resolution: int | None = None) -> Counts:
     """Trainable parameters and conv + linear multiply-adds, in closed form."""
+    params, parts = _counts_by_part(config, resolution)
+    return Counts(params=params, macs=sum(parts))
+
+
+def _counts_by_part(config: EfficientNetConfig, resolution: int | None = None) -> tuple[int, list[int]]:
+    """Parameters, and multiply-adds of the stem, of each stage and of the head (classifier included)."""
     res = config.resolution if resolution is None else resolution
     net = scale_network(config)
     h = _conv_out(res, 3, 2)
     c = net.stem_channels
     params = 3 * 9 * c + 2 * c
-    macs = 3 * 9 * c * h * h
+    parts = [3 * 9 * c * h * h]
     for stage in block_specs(config, net):
+        macs = 0
         for b in stage:
             e, sq = b.expanded, se_channels(b.in_channels)
             if e != b.in_channels:
@@ -263,10 +270,45 @@ def analytic_counts(config: EfficientNetConfig, resolution: int | None = None) -
             params += e * b.out_channels + 2 * b.out_channels
             macs += e * b.out_channels * h * h
             c = b.out_channels
+        parts.append(macs)
     head = net.head_channels
     params += c * head + 2 * head + head * config.num_classes + config.num_classes
-    macs += c * head * h * h + head * config.num_classes
-    return Counts(params=params, macs=macs)
+    parts.append(c * head * h * h + head * config.num_classes)
+    return params, parts
+
+
+@dataclass(frozen=True)
+class Effective:
+    """What a scaled network really multiplies over its baseline, after rounding.
+
+    ``depth``: blocks over the baseline's blocks. ``width``: the channel ratio of each
+    part (stem, each stage's output channels, head), averaged with the baseline's MACs
+    in that part as weights (the layers where the baseline spends its compute count most).
+    ``resolution``: input side over the baseline's. ``macs``: multiply-adds over the baseline's.
+    """
+
+    depth: float
+    width: float
+    resolution: float
+    macs: float
+
+
+def effective_multipliers(config: EfficientNetConfig, base: EfficientNetConfig) -> Effective:
+    """The real depth, width, resolution and MACs multipliers of ``config`` over ``base`` (closed form)."""
+    net, ref = scale_network(config), scale_network(base)
+    _, weights = _counts_by_part(base)
+    channels = [
+        (net.stem_channels, ref.stem_channels),
+        *((s.out_channels, r.out_channels) for s, r in zip(net.stages, ref.stages)),
+        (net.head_channels, ref.head_channels),
+    ]
+    width = sum(w * a / b for w, (a, b) in zip(weights, channels)) / sum(weights)
+    return Effective(
+        depth=net.num_blocks / ref.num_blocks,
+        width=width,
+        resolution=config.resolution / base.resolution,
+        macs=analytic_counts(config).macs / sum(weights),
+    )
 
 
 def feature_strides(config: EfficientNetConfig) -> list[tuple[int, int, int]]:

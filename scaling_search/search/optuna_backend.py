@@ -197,19 +197,24 @@ def _requeue_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None
     study.enqueue_trial({k: attrs[k] for k in PARAMS if k in attrs}, user_attrs=attrs)
 
 
-_UNIT_ATTRS = ("unit", "alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs")
+_UNIT_ATTRS = (
+    "unit", "alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs", "fidelity"
+)  # fmt: skip
 
 
-def unit_search_space(units: list[Unit]) -> dict[str, BaseDistribution]:
+def unit_search_space(units: list[Unit], seeds: Sequence[int] = ()) -> dict[str, BaseDistribution]:
     """One fixed distribution per parameter for the whole study: Optuna's importances
-    and contour plots use only parameters whose distribution every trial shares."""
+    and contour plots use only parameters whose distribution every trial shares.
+
+    ``seeds``: every seed the study may train (a race adds seeds round by round, and Optuna
+    refuses a categorical parameter whose choices change within a study)."""
     if not units:
         raise ValueError("a study needs at least one unit")
     space: dict[str, BaseDistribution] = {
         name: FloatDistribution(min(1.0, *(getattr(u, name) for u in units)), max(getattr(u, name) for u in units))
         for name in ("alpha", "beta", "gamma")
     }
-    space["seed"] = CategoricalDistribution(sorted({u.seed for u in units}))
+    space["seed"] = CategoricalDistribution(sorted({u.seed for u in units} | set(seeds)))
     return space
 
 
@@ -292,9 +297,11 @@ class OptunaStudy:
         study_name: str,
         *,
         heartbeat: int = DEFAULT_HEARTBEAT,
+        seeds: Sequence[int] = (),
     ):
         self.url = url
         self.heartbeat = heartbeat
+        self.seeds = tuple(seeds)  # every seed the study may train: the seed parameter's choices
         _check_sqlite(url)
         db = sqlite_path(url)
         self._lock_path = db.with_name(db.name + ".lock") if db is not None else None
@@ -330,7 +337,7 @@ class OptunaStudy:
         Under the queue lock: workers starting together would otherwise each
         find the same units missing and queue them twice.
         """
-        space = unit_search_space(units)
+        space = unit_search_space(units, self.seeds)
         stored = {name: distribution_to_json(d) for name, d in space.items()}
         with self.lock():
             if self.study.user_attrs.get(_SPACE_ATTR) != stored:

@@ -265,7 +265,14 @@ class RayBackend:
             for line in path.read_text().splitlines():
                 stored = json.loads(line) if line.strip() else {}
                 key = (
-                    unit_key(stored["alpha"], stored["beta"], stored["gamma"], stored["seed"], stored.get("rung"))
+                    unit_key(
+                        stored["alpha"],
+                        stored["beta"],
+                        stored["gamma"],
+                        stored["seed"],
+                        stored.get("rung"),
+                        stored.get("fidelity"),
+                    )
                     if stored
                     else None
                 )

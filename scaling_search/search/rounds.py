@@ -63,12 +63,13 @@ def run_rounds(
     policy: Policy,
     plan_of: Callable[[Unit], TrialRecord],
     execute: Callable[[list[TrialRecord]], list[TrialRecord]],
+    on_round: Callable[[RoundResult], None] | None = None,
 ) -> tuple[list[TrialRecord], tuple[RoundResult, ...]]:
     """Execute round after round; returns every record of every round reached and each round's result.
 
     ``execute`` runs a round's planned records and returns one record per
     unit (WAITING where none is in: a stop, or units running elsewhere); an
-    incomplete round ends the walk.
+    incomplete round ends the walk. ``on_round`` hears of each round's result as it is decided.
     """
     records: list[TrialRecord] = []
     results: list[RoundResult] = []
@@ -91,6 +92,8 @@ def run_rounds(
                 decision=step.decision,
             )
         )
+        if on_round is not None:
+            on_round(results[-1])
         units = list(step.units)
         index += 1
     return records, tuple(results)

@@ -34,6 +34,7 @@ from ..train.faults import DeviceFault
 from ..train.recipe import Runtime
 from .backend import Backend, Hooks, Train, merge
 from .estimate import Calibration, process_age, worker_startup
+from .fidelity import decision_of, run_fidelity
 from .halving import rung_schedule
 from .jobs import execute_jobs, retry_alone
 from .outcome import outcome_of
@@ -88,6 +89,13 @@ def check_run_dir(out: Path, space: SearchSpace, study_name: str) -> dict | None
             "use a new --out, or the same space and budget to resume"
         )
     return meta
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _stored_data_dir(out: Path) -> str | None:
@@ -282,10 +290,16 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     stop = threading.Event()
     restore = _install_stop_handlers(stop, console)
     problems: list[str] = []
+    execute = executor(ctx, stop, console, problems)
+    fidelity: list[TrialRecord] | None = None  # None: the check did not run
     try:
         records, rounds = run_rounds(
-            policy_for(ctx.space, ctx.candidates), ctx.plan_of, executor(ctx, stop, console, problems)
+            policy_for(ctx.space, ctx.candidates), ctx.plan_of, execute, on_round=lambda r: _print_round(r, console)
         )
+        if _decided(ctx.space, rounds) and not stop.is_set():
+            fidelity = run_fidelity(
+                ctx.space, ctx.candidates, records, ctx.plan_of, execute, console, decision_of(rounds)
+            )
     finally:
         restore()
     wall = time.perf_counter() - started
@@ -296,10 +310,12 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         "backend": ctx.options.backend,
         "jobs": ctx.jobs,
     }
-    info.update(data_sizes(ctx.data), stale_requeued=ctx.stale)
+    info.update(data_sizes(ctx.data), stale_requeued=ctx.stale, held_out_images=ctx.n_test)
     est = ctx.estimate
     if est is not None and est.calibration is not None:
         info["estimate_seconds_this_run"] = round(est.seconds, 1)
+        if est.later_bound_seconds is not None:
+            info["estimate_later_rounds_at_most_seconds"] = round(est.later_bound_seconds, 1)
         console.print(
             f"wall time {format_duration(wall)} against the estimate of {format_duration(est.seconds)} for the first "
             f"round ({wall / max(est.seconds, 1e-9):.2f}x; {sum(r.units for r in rounds)} trials in {len(rounds)} "
@@ -317,8 +333,14 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         keep_weights=ctx.options.keep_weights,
         rounds=rounds,
         classes=ctx.plan_of_space.classes,
+        fidelity=fidelity,
         machine=problems,
     )
+
+
+def _decided(space: SearchSpace, rounds: tuple[RoundResult, ...]) -> bool:
+    """The fidelity check is on and the search has decided: every round it walked is complete."""
+    return space.fidelity.enabled and bool(rounds) and all(r.complete for r in rounds)
 
 
 def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
@@ -374,6 +396,7 @@ def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
         f"{n_test} held-out images, {ctx.num_classes} classes), {space.proxy.epochs} epochs each, device {device} "
         f"({device_name(device)}), precision {precision_for(runtime, device)}"
     )
+    _print_coarseness(plan_of_space, space, console)
     if options.backend == "optuna" and (options.storage or earlier is not None):
         # A shared storage must answer before the folder exists; a resumed
         # study says which trials are left to estimate.
@@ -389,6 +412,31 @@ def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
         ctx.options = packed_options(options, device, ctx.jobs, _cores())
         ctx.backend = _ray_backend(space, out, device, ctx.options)
     return ctx
+
+
+def _print_round(result: RoundResult, console) -> None:
+    """A race's (or a halving run's) progress: one line per decided round."""
+    line = getattr(result.decision, "line", None)
+    if callable(line):
+        console.print(line(), highlight=False)
+
+
+def _print_coarseness(plan, space: SearchSpace, console) -> None:
+    """How much the coefficients really move the network at this base (a reduced base compresses them)."""
+    from .coarseness import coarseness
+    from .plan import baseline_config
+
+    coarse = coarseness(plan, baseline_config(space, 10))
+    for line in [*coarse.lines(), *coarse.warnings()]:
+        console.print(line, highlight=False)
+    if space.fidelity.enabled:
+        f = space.fidelity
+        console.print(
+            f"fidelity check on: once decided, the decision set, the paper's triple and the best of each leaning "
+            f"train again at {space.proxy.epochs * f.epochs_factor} epochs ({f.epochs_factor}x, same seeds), "
+            "after the estimate below (--no-fidelity to skip)",
+            highlight=False,
+        )
 
 
 def _load_data(space: SearchSpace, console):
@@ -533,6 +581,9 @@ def open_folder(ctx: RunContext) -> None:
     if earlier is None or any(earlier.get(k) != meta[k] for k in ("storage", "native_size", "stored_size")):
         atomic_write_text(out / RUN_JSON, json.dumps(meta, indent=2) + "\n")
         atomic_write_text(out / "space.yaml", dump_space(space))
+    elif _read_text(out / "space.yaml") != dump_space(space):
+        # Same fingerprint, other settings outside it (the fidelity check turned on, say): `report` reads these.
+        atomic_write_text(out / "space.yaml", dump_space(space))
     ctx.backend = ctx.backend or _optuna_backend(options, ctx.storage_url, ctx.study_name, space)
 
 
@@ -584,7 +635,16 @@ def _optuna_backend(options: RunOptions, url: str, name: str, space: SearchSpace
     from .optuna_backend import OptunaBackend, OptunaStudy
 
     # No Optuna pruner: halving is synchronous, rung by rung (halving.py), the same on every backend.
-    return OptunaBackend(OptunaStudy(url, name, heartbeat=options.heartbeat), url)
+    return OptunaBackend(OptunaStudy(url, name, heartbeat=options.heartbeat, seeds=study_seeds(space)), url)
+
+
+def study_seeds(space: SearchSpace) -> list[int]:
+    """Every seed a run of ``space`` may train: the space's, and a race's later seeds up to its max_seeds."""
+    if not space.racing.enabled:
+        return list(space.seeds)
+    from .racing import seed_sequence
+
+    return seed_sequence(space.seeds, space.racing.max_seeds)
 
 
 def _ray_backend(space: SearchSpace, out: Path, device: str, options: RunOptions) -> Backend:
@@ -623,7 +683,7 @@ def _execute(
     """The backend runs the plan (or ``run_with`` does, through worker processes); the runner prints
     one line per finished trial, whichever backend or worker finished it."""
     total = len(plan)
-    done = len(backend.finished(plan))
+    done = len(backend.finished(plan) & {p.unit for p in plan})  # a backend may name units of other rounds too
     if done:
         console.print(f"resuming: {done} of {total} trials already finished")
     best: list[TrialRecord] = []
@@ -676,6 +736,7 @@ def finish(
     keep_weights: str | None = None,
     rounds: tuple[RoundResult, ...] = (),
     classes: tuple = (),
+    fidelity: list[TrialRecord] | None = None,
     machine: Sequence[str] = (),
 ) -> int:
     """Write the report of ``records`` (every unit of every round reached), print the decision and how the
@@ -683,7 +744,7 @@ def finish(
 
     ``classes`` are the plan's network classes (built once by the caller: the plan takes seconds);
     ``machine`` the machine's failures this run met."""
-    from ..analysis.report import write_report
+    from ..analysis.report import race_statements, write_report
 
     ended = outcome_of(records, machine=machine, stopped=stopped)
     info = {**info, "outcome": ended.to_json()}
@@ -706,10 +767,21 @@ def finish(
         info["rung_epochs"] = list(rung_schedule(space))
         if full:
             info["pruning_saved_fraction"] = round(1 - epochs_run / full, 4)
+    if space.racing.enabled:
+        from .racing import race_summary
+
+        info["race"] = race_summary(rounds, records, space.racing)
     console.print("writing the report ...")
-    ranking = write_report(out, records, space, info, classes=classes)
-    verdict = "no verdict" if ranking.analysis is None else ("CONCLUSIVE" if ranking.conclusive else "INCONCLUSIVE")
-    console.print(f"verdict: {verdict}", highlight=False)
+    ranking = write_report(out, records, space, info, classes=classes, fidelity=fidelity, decision=decision_of(rounds))
+    race = info.get("race")
+    if race is not None:
+        console.print(f"decision: {(race['decision'] or 'not reached').upper()}", highlight=False)
+        for s in race_statements(race):
+            console.print(f"  {s}", highlight=False)
+        console.print("supporting statistics:", highlight=False)
+    else:
+        verdict = "no verdict" if ranking.analysis is None else ("CONCLUSIVE" if ranking.conclusive else "INCONCLUSIVE")
+        console.print(f"verdict: {verdict}", highlight=False)
     for s in ranking.statements:
         console.print(f"  {s}", highlight=False)
     _keep_winner_weights(out, keep_weights, console)
@@ -748,7 +820,16 @@ def rebuild(out: Path, console) -> int:
             prior = json.loads((out / "best.json").read_text())
         except ValueError:
             prior = {}
-    kept = ("wall_seconds_this_run", "estimate_seconds_this_run", "jobs", "device", "precision", "backend")
+    kept = (
+        "wall_seconds_this_run",
+        "estimate_seconds_this_run",
+        "estimate_later_rounds_at_most_seconds",
+        "jobs",
+        "device",
+        "precision",
+        "backend",
+        "held_out_images",
+    )
     info = {k: prior[k] for k in kept if k in prior}
     info.update(_sizes_of(meta, space))
     num_classes = int(meta.get("num_classes", 10))
@@ -780,6 +861,9 @@ def rebuild(out: Path, console) -> int:
                 "pruning and are not ranked; only trials that trained every epoch are"
             )
             console.print(f"note: {info['note']}", highlight=False)
+    fidelity = None
+    if _decided(space, rounds):
+        fidelity = run_fidelity(space, candidates, records, plan_of, fetch, decision=decision_of(rounds))
     machine = (prior.get("outcome") or {}).get("machine_failures") or ()
     finish(
         out,
@@ -790,6 +874,7 @@ def rebuild(out: Path, console) -> int:
         info=info,
         rounds=rounds,
         classes=plan_of_space.classes,
+        fidelity=fidelity,
         machine=machine,
     )
     return 0  # the report is rebuilt; how the run ended is in its last line and in best.json

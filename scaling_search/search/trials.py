@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..analysis.series import compound_config
 from ..errors import UsageError
-from ..models import EfficientNetConfig
+from ..models import EfficientNetConfig, effective_multipliers
 from ..records import TrialRecord, TrialState, unit_key
 from ..scaling import Coefficients
 from ..space import SearchSpace
@@ -32,10 +32,11 @@ class Unit:
     measured_ratio: float
     rung: int | None = None  # a shorter halving rung; None: the full schedule
     epochs: int | None = None  # this unit's complete schedule; None: the proxy's epochs
+    fidelity: int | None = None  # the fidelity check's longer schedule (its factor); None: a search unit
 
     @property
     def key(self) -> str:
-        return unit_key(self.alpha, self.beta, self.gamma, self.seed, self.rung)
+        return unit_key(self.alpha, self.beta, self.gamma, self.seed, self.rung, self.fidelity)
 
     @property
     def coefficients(self) -> Coefficients:
@@ -52,11 +53,12 @@ class Unit:
             "measured_ratio": self.measured_ratio,
             "rung": self.rung,
             "epochs": self.epochs,
+            "fidelity": self.fidelity,
         }
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> Unit:
-        names = ("alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs")
+        names = ("alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs", "fidelity")
         return cls(**{k: attrs[k] for k in names if k in attrs})
 
 
@@ -91,6 +93,7 @@ def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRec
 
     model = trial_model(space, unit, num_classes)
     counted = count(model)
+    effective = effective_multipliers(model, baseline_config(space, num_classes))
     return TrialRecord(
         alpha=unit.alpha,
         beta=unit.beta,
@@ -98,6 +101,7 @@ def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRec
         seed=unit.seed,
         epochs=unit.epochs or space.proxy.epochs,
         rung=unit.rung,
+        fidelity=unit.fidelity,
         depth=round(model.depth, 6),
         width=round(model.width, 6),
         resolution=model.resolution,
@@ -105,6 +109,9 @@ def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRec
         macs=counted.macs,
         theoretical_ratio=unit.theoretical_ratio,
         measured_ratio=unit.measured_ratio,
+        effective_alpha=round(effective.depth, 6),
+        effective_beta=round(effective.width, 6),
+        effective_gamma=round(effective.resolution, 6),
     )
 
 
@@ -151,8 +158,9 @@ def run_unit(
         )
 
     config = trial_config(space, unit, len(data.classes))
-    # Only full schedules leave weights: a shorter halving rung is a screening score, not a model to keep.
-    keep = weights_dir is not None and unit.rung is None
+    # Only the search's full schedules leave weights: a shorter halving rung is a screening score, and the
+    # fidelity check's longer schedule would overwrite the searched model's file.
+    keep = weights_dir is not None and unit.rung is None and unit.fidelity is None
     try:
         result = train_trial(config, runtime, dataset=data, on_epoch=track, keep_state=keep)
     except TrialPruned:
@@ -192,4 +200,5 @@ def unit_of(record: TrialRecord) -> Unit:
         record.measured_ratio,
         rung=record.rung,
         epochs=record.epochs,
+        fidelity=record.fidelity,
     )

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from . import __version__
 from .errors import MachineError, UsageError
+from .version import __version__
 
 PROG = "scaling-search"
 
@@ -104,7 +104,11 @@ def _emit(text: str, output: str | None, option: str = "--output") -> None:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     for name in ("width", "depth"):
-        p.add_argument(f"--{name}", type=_positive_float(name), help=f"{name} multiplier (with NAME 'efficientnet')")
+        p.add_argument(
+            f"--{name}",
+            type=_positive_float(name),
+            help=f"{name} multiplier (with NAME efficientnet, mobilenetv2, resnet18/34/50 or a function)",
+        )
     p.add_argument(
         "--resolution", type=_positive_int("resolution"), help="input size in pixels (default: the model's own)"
     )
@@ -134,11 +138,14 @@ def _model_config(args: argparse.Namespace):
 
 def _cmd_flops(args: argparse.Namespace) -> int:
     from .flops import count, count_fvcore
+    from .models import family_of, scalable_of
 
     config = _model_config(args)
+    if scalable_of(config) is not None:
+        family_of(config).check(config)  # a user's function that does not build, run or grow: one line
     counted = count(config, breakdown=args.breakdown)
-    if args.model == "efficientnet":
-        model = f"efficientnet(w={config.width:g},d={config.depth:g})"
+    if args.model == "efficientnet" or {args.width, args.depth} != {None}:
+        model = f"{config.name}(w={config.width:g},d={config.depth:g})"
     else:
         model = config.name  # the official name, or the formula with its phi and coefficients
     result = {
@@ -214,21 +221,46 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
         default=8,
         help="round scaled resolutions to this multiple (default 8)",
     )
+    _add_family_option(p)
+
+
+_MODEL_HELP = (
+    "the baseline: efficientnet-b0 (default), mobilenetv2, resnet18, resnet34, resnet50, or your function "
+    "'package.module:build' / 'path/file.py:build' (build(width, depth, num_classes) -> nn.Module)"
+)
+
+
+def _add_family_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
+
+
+def _baseline(model: str | None, resolution: int, num_classes: int | None = None):
+    """The scaled family's network at width 1, depth 1 (EfficientNet B0 without ``model``)."""
+    from .models import EfficientNetConfig, family_root, get_config, scalable_of
+
+    options = {"resolution": resolution} | ({} if num_classes is None else {"num_classes": num_classes})
+    if model is None:
+        return EfficientNetConfig(**options)
+    config = get_config(family_root(model), **options)
+    if scalable_of(config) is None:
+        raise UsageError(f"--model {model} is not a network family that scales: give a classifier")
+    return config
 
 
 def grid_candidates(args: argparse.Namespace):
     """The same plan a search builds, and its baseline network: from a space (--space/--preset) or from the
-    grid options."""
-    from .models import EfficientNetConfig
+    grid options (and --model)."""
     from .search.plan import baseline_config, build_plan, space_plan
     from .space import GridSpec, load_space, preset_path
 
     if args.space or args.preset:
+        if args.model is not None:
+            raise UsageError("--model does not go with --space/--preset: the space names its baseline.model")
         space = load_space(args.space or preset_path(args.preset))
         plan = space_plan(space)
         return plan, baseline_config(space, 10)
     grid = GridSpec(args.grid, args.step, args.max_alpha, args.max_beta, args.max_gamma)
-    base = EfficientNetConfig(resolution=args.base_resolution)
+    base = _baseline(args.model, args.base_resolution)
     plan = build_plan(
         args.budget, base, multiple=args.multiple, grid=grid, tolerance=args.tolerance, constraint=args.constraint
     )
@@ -260,7 +292,8 @@ def _cmd_candidates(args: argparse.Namespace) -> int:
     from .search.coarseness import coarseness
 
     coarse = coarseness(plan, base)
-    print("\n".join(["", *coarse.lines(), *coarse.warnings()]))
+    if coarse is not None:
+        print("\n".join(["", *coarse.lines(), *coarse.warnings()]))
     return 0
 
 
@@ -289,17 +322,22 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
         "--num-classes", type=_positive_int("num-classes"), help="default 1000 (efficientnet), 90 (efficientdet)"
     )
     p.add_argument("--output", help="write to this file (atomically) instead of stdout")
+    _add_family_option(p)
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from .models import EfficientNetConfig
     from .scaling import Coefficients, parse_budget
 
     coeffs = Coefficients(args.alpha, args.beta, args.gamma)
     budget = parse_budget(args.budget)
     _check_output(args.output)
-    base = EfficientNetConfig(resolution=args.base_resolution)
+    base = _baseline(args.model, args.base_resolution)
     if args.family == "efficientdet":
+        from .analysis.series import d_series_unavailable
+
+        why = d_series_unavailable(base)
+        if why:
+            raise UsageError(f"--family efficientdet with --model {args.model}: {why}")
         return _d_table(args, coeffs, base)
     if args.fvcore:
         raise UsageError("--fvcore applies to --family efficientdet only")
@@ -310,20 +348,28 @@ def _cmd_table(args: argparse.Namespace) -> int:
     rows = b_series(
         coeffs, max_phi=args.max_phi, base=base, multiple=args.multiple, budget=budget, num_classes=num_classes
     )
-    notes = b_series_departures(coeffs, rows)
-    title = (
-        f"EfficientNet B-series from alpha={coeffs.alpha:g}, beta={coeffs.beta:g}, gamma={coeffs.gamma:g} "
-        f"(alpha*beta^2*gamma^2 = {coeffs.flops_ratio:.3f}); compound rule vs official, params and MACs measured"
-    )
+    columns = b_series_columns(base)
+    notes = b_series_departures(coeffs, rows, base)
+    triple = f"alpha={coeffs.alpha:g}, beta={coeffs.beta:g}, gamma={coeffs.gamma:g}"
+    if args.model is None:
+        title = (
+            f"EfficientNet B-series from {triple} (alpha*beta^2*gamma^2 = {coeffs.flops_ratio:.3f}); compound rule "
+            "vs official, params and MACs measured"
+        )
+    else:
+        title = (
+            f"{args.model} series from {triple} (alpha*beta^2*gamma^2 = {coeffs.flops_ratio:.3f}); compound rule "
+            f"from {args.model} at width 1, depth 1, {args.base_resolution} px, params and MACs measured"
+        )
     meta = {
-        "family": "efficientnet",
+        "family": "efficientnet" if args.model is None else args.model,
         "alpha": coeffs.alpha,
         "beta": coeffs.beta,
         "gamma": coeffs.gamma,
         "flops_ratio": round(coeffs.flops_ratio, 6),
         "macs": "conv + linear multiply-adds",
     }
-    _emit(render(args.format, rows, b_series_columns(), title=title, notes=notes, meta=meta), args.output)
+    _emit(render(args.format, rows, columns, title=title, notes=notes, meta=meta), args.output)
     return 0
 
 
@@ -375,6 +421,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument("--data-dir", help="where the dataset is (default: the space's, or $SCALING_SEARCH_DATA)")
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help="the baseline instead of the space's, at width 1 and depth 1 (its resolution, data and recipe kept): "
+        + _MODEL_HELP.removeprefix("the baseline: "),
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     _add_runtime_options(p)
     p.add_argument(
@@ -436,7 +488,7 @@ def _resolve_space(args: argparse.Namespace, console):
         "proxy": {"epochs": args.epochs},
         "fidelity": {"enabled": args.fidelity},
     }
-    space = space.with_overrides(**overrides)
+    space = space.with_overrides(**overrides).with_model(args.model)
     import dataclasses
 
     if args.seeds:
@@ -600,7 +652,12 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
     for name, what in (("alpha", "depth"), ("beta", "width"), ("gamma", "resolution")):
         p.add_argument(f"--{name}", type=_coefficient(name), help=f"{what} coefficient of a table row (with --phi)")
     p.add_argument("--phi", type=_non_negative_int("phi"), help="the table row (B-phi); with --run, of its winner")
-    p.add_argument("--model", metavar="NAME", help="a named model: efficientnet-b0..b8, efficientdet-d0..d7, ...")
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help="a named model (efficientnet-b0..b8, efficientdet-d0..d7, mobilenetv2, resnet50, a function "
+        "'module:build', ...); with --alpha/--beta/--gamma --phi, the family whose table row to export",
+    )
     p.add_argument("--run", metavar="DIR", help="a run folder: its winner (kept weights' network, or B-phi row)")
     p.add_argument("--num-classes", type=_positive_int("num-classes"), help="classifier outputs (not with --run)")
     p.add_argument(
@@ -614,11 +671,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .scaling import Coefficients
 
     triple = [args.alpha, args.beta, args.gamma]
+    row = any(v is not None for v in triple)
     sources = [
         name
         for name, given in (
-            ("--alpha/--beta/--gamma", any(v is not None for v in triple)),
-            ("--model", args.model is not None),
+            ("--alpha/--beta/--gamma", row),
+            ("--model", args.model is not None and not row),
             ("--run", args.run is not None),
         )
         if given
@@ -633,14 +691,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if args.num_classes is not None:
             raise UsageError("--num-classes does not go with --run: the run folder fixes the classes")
         config = run_config(args.run, args.phi)
-    elif args.model is not None:
+    elif args.model is not None and not row:
         if args.phi is not None and not args.model.startswith("efficientdet"):
             raise UsageError(f"--phi does not go with --model {args.model}: use --alpha/--beta/--gamma --phi K")
         config = _model_config(argparse.Namespace(model=args.model, num_classes=args.num_classes, phi=args.phi))
     else:
         if None in triple or args.phi is None:
             raise UsageError("a table row needs all of --alpha, --beta, --gamma and --phi")
-        config = table_row_config(Coefficients(*triple), args.phi, num_classes=args.num_classes or 1000)
+        config = table_row_config(
+            Coefficients(*triple), args.phi, num_classes=args.num_classes or 1000, model=args.model
+        )
     _emit(export_text(config, args.format), args.out, "--out")
     if args.out:
         print(f"{config.name}: {args.format} export written to {args.out}", file=sys.stderr)
@@ -831,7 +891,8 @@ def _add_flops_options(p: argparse.ArgumentParser) -> None:
         "model",
         metavar="NAME",
         help="efficientnet-b0..b8, efficientnet-l2, efficientnet with --width/--depth/--resolution, "
-        "efficientdet-d0..d7, or efficientdet with --phi [--alpha --beta --gamma]",
+        "efficientdet-d0..d7, efficientdet with --phi [--alpha --beta --gamma], mobilenetv2, resnet18, resnet34, "
+        "resnet50, or a function 'package.module:build' / 'path/file.py:build'",
     )
     _add_model_options(p)
     p.add_argument("--breakdown", action="store_true", help="MACs per module")

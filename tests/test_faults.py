@@ -105,7 +105,8 @@ def test_out_of_memory_beside_other_jobs_is_retried_alone_before_it_counts(tmp_p
     from scaling_search.search.backend import Hooks
     from scaling_search.search.jobs import jobs_outcome, retry_alone
     from scaling_search.search.optuna_backend import OptunaBackend, OptunaStudy
-    from scaling_search.search.trials import planned_record, run_unit, units_for
+    from scaling_search.search.plan import units_for
+    from scaling_search.search.trials import planned_record, run_unit
     from scaling_search.space import load_space
     from scaling_search.train.recipe import Runtime
 

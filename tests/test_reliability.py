@@ -485,9 +485,9 @@ CATALOGUE = [
     ),
     case(
         "run-space-unknown-family",
-        lambda c: c.run(space=c.space({"baseline.model": "resnet50"})),
-        "baseline.model 'resnet50'",
-        "only the efficientnet family",
+        lambda c: c.run(space=c.space({"baseline.model": "efficientdet-d0"})),
+        "baseline.model 'efficientdet-d0'",
+        "only classifier families can be searched",
     ),
     case(
         "run-space-unknown-model",

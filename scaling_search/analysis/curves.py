@@ -103,6 +103,21 @@ COLUMN_DESCRIPTIONS = {
 }
 
 
+def columns_md() -> str:
+    """COLUMNS.md of the curves folder: what every column of curves.csv means."""
+    rows = [f"| `{c}` | {COLUMN_DESCRIPTIONS[c]} |" for c in CSV_COLUMNS]
+    head = [
+        "# Columns of curves.csv",
+        "",
+        "One row per strategy x cost multiple s x seed (the baseline at s = 1). Integers are written as integers; an "
+        "empty field is a missing value. Load with `pandas.read_csv`.",
+        "",
+        "| column | meaning |",
+        "|---|---|",
+    ]
+    return "\n".join(head + rows) + "\n"
+
+
 @dataclass(frozen=True)
 class AtS:
     """The comparison at one cost multiple."""
@@ -339,6 +354,7 @@ def write_curves(
     rows = csv_rows(points, by_unit, seeds, detail)
     atomic_write_text(out / CURVES_CSV, to_csv(rows))
     atomic_write_text(out / "curves.md", _markdown(points, comparisons, statements, baseline, info, rows))
+    atomic_write_text(out / "COLUMNS.md", columns_md())
     summary = {
         "targets": targets,
         "units_total": len(records),
@@ -456,8 +472,11 @@ def _markdown(
         if c.versus_single:
             lines += ["", f"Compound against the best single dimension ({c.best_single}), pooled 95% intervals:", ""]
             lines += ["| strategy | difference | 95% interval |", "|---|---|---|"]
+            single = next((p.candidate for p in points if p.s == c.s and p.strategy == c.best_single), None)
             for name, (d, lo, hi) in c.versus_single.items():
-                lines.append(f"| {name} | {d:+.4f} | [{lo:+.4f}, {hi:+.4f}] |")
+                same = next((p for p in points if p.s == c.s and p.strategy == name), None)
+                note = " (the same network)" if same is not None and same.candidate == single else ""
+                lines.append(f"| {name}{note} | {d:+.4f} | [{lo:+.4f}, {hi:+.4f}] |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -42,7 +42,8 @@ from ..records import TrialRecord, stored_fields, updated
 from ..records import TrialState as State
 from ..train.faults import DeviceFault
 from .backend import Hooks, Train, merge
-from .trials import Unit, unit_of
+from .plan import Unit
+from .trials import unit_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..atomic import atomic_write_text
 from ..errors import UsageError
 from ..progress import progress_bar
@@ -32,15 +31,17 @@ from ..space import SearchSpace, dump_space
 from ..train.devices import device_name, precision_for, resolve_device
 from ..train.faults import DeviceFault
 from ..train.recipe import Runtime
+from ..version import __version__
 from .backend import Backend, Hooks, Train, merge
 from .estimate import Calibration, process_age, worker_startup
 from .fidelity import decision_of, run_fidelity
 from .halving import rung_schedule
 from .jobs import execute_jobs, retry_alone
 from .outcome import outcome_of
-from .plan import space_plan
-from .rounds import RoundResult, policy_for, run_rounds
-from .trials import Unit, planned_record, run_unit, units_for
+from .plan import Unit, space_plan, units_for
+from .policies import policy_for
+from .rounds import RoundResult, run_rounds
+from .trials import planned_record, run_unit
 
 RUN_JSON = "run.json"
 
@@ -427,7 +428,7 @@ def _print_coarseness(plan, space: SearchSpace, console) -> None:
     from .plan import baseline_config
 
     coarse = coarseness(plan, baseline_config(space, 10))
-    for line in [*coarse.lines(), *coarse.warnings()]:
+    for line in [] if coarse is None else [*coarse.lines(), *coarse.warnings()]:
         console.print(line, highlight=False)
     if space.fidelity.enabled:
         f = space.fidelity
@@ -496,7 +497,9 @@ def _estimate(ctx: RunContext, first: list[TrialRecord], console) -> None:
 
         implied = trial_resources(ctx.device, None, options.gpus_per_trial, options.cpus_per_trial, _cores())
     jobs, why = implied or choose_jobs(options.jobs, ctx.runtime, cal, data_bytes)
-    jobs = min(jobs, max(1, len(left)))
+    # No more jobs than trials to run: the first round's left, and a race's later rounds (a resumed race may
+    # have nothing left of its first round and all of its later ones).
+    jobs = min(jobs, max(1, len(left) + (_later_bound(space, len(first)) or 0)))
     console.print(f"jobs: {jobs} ({why})")
     ctx.jobs = jobs
     ctx.runtime = dataclasses.replace(ctx.runtime, jobs=jobs)
@@ -773,6 +776,7 @@ def finish(
         info["race"] = race_summary(rounds, records, space.racing)
     console.print("writing the report ...")
     ranking = write_report(out, records, space, info, classes=classes, fidelity=fidelity, decision=decision_of(rounds))
+    _keep_function_numbers(out, space)
     race = info.get("race")
     if race is not None:
         console.print(f"decision: {(race['decision'] or 'not reached').upper()}", highlight=False)
@@ -812,6 +816,7 @@ def rebuild(out: Path, console) -> int:
             f"{meta_path} is not valid JSON: the run folder is damaged; run the search again with a new --out"
         ) from None
     space = load_space(out / "space.yaml")
+    _replay_function_numbers(out, space)
     plan_of_space = space_plan(space)
     candidates = list(plan_of_space.trained)
     prior = {}
@@ -878,6 +883,39 @@ def rebuild(out: Path, console) -> int:
         machine=machine,
     )
     return 0  # the report is rebuilt; how the run ended is in its last line and in best.json
+
+
+# ------------------------------------------------------------ a user's network: numbers kept, code never re-run
+
+FUNCTION_NUMBERS = "function_numbers.json"
+
+
+def _keep_function_numbers(out: Path, space: SearchSpace) -> None:
+    """A run of a user's function keeps every count and signature it took, for ``report`` and ``export``."""
+    from ..models import is_target
+    from ..models.plugin import recorded
+
+    if is_target(space.baseline.model):
+        table = recorded(space.baseline.model)
+        atomic_write_text(out / FUNCTION_NUMBERS, json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
+def _replay_function_numbers(out: Path, space: SearchSpace) -> None:
+    """``report`` over a user's function answers from the folder's numbers: the function is never imported."""
+    from ..models import is_target
+    from ..models.plugin import replay
+
+    if not is_target(space.baseline.model):
+        return
+    path = out / FUNCTION_NUMBERS
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UsageError(
+            f"{out} searched the function {space.baseline.model} but holds no readable {FUNCTION_NUMBERS}: "
+            "'report' never runs that code; run the same 'scaling-search run' command to finish the folder"
+        ) from None
+    replay(space.baseline.model, table)
 
 
 # ------------------------------------------------------------ folders that move

@@ -36,6 +36,7 @@ the candidate (``faults.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import os
@@ -46,6 +47,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +55,7 @@ from torch import nn
 
 from ..data.sources import Dataset, DataSpec, balanced_subset, load_dataset
 from ..errors import UsageError
-from ..models import EfficientNetConfig, build
+from ..models import build
 from ..models.residual import zero_init_residual
 from ..progress import progress_bar
 from .augment import channel_stats, crop_flip, to_input
@@ -86,10 +88,11 @@ class TrialSpec:
     """What one trial means: a network, the data, a recipe and a seed.
 
     The recipe owns dropout and drop path; ``model`` is stored with the
-    recipe's values, so it is the network as trained (and as saved).
+    recipe's values where its family has them (a user's function keeps its
+    own), so it is the network as trained (and as saved).
     """
 
-    model: EfficientNetConfig  # .resolution is the training and evaluation size
+    model: Any  # a scalable family's config; .resolution is the training and evaluation size
     data: DataSpec
     recipe: Recipe = Recipe()
     seed: int = 0
@@ -97,8 +100,9 @@ class TrialSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise UsageError(f"seed must be an integer, got {self.seed!r}")
-        trained = self.model.with_(dropout=self.recipe.dropout, drop_path=self.recipe.drop_path)
-        object.__setattr__(self, "model", trained)  # frozen: normalised once, here
+        own = {f.name for f in dataclasses.fields(self.model)}
+        recipe = {k: getattr(self.recipe, k) for k in ("dropout", "drop_path") if k in own}
+        object.__setattr__(self, "model", self.model.with_(**recipe))  # frozen: normalised once, here
 
 
 @dataclass(frozen=True)
@@ -357,7 +361,7 @@ def evaluate(
 # -------------------------------------------------------------------- trial
 
 
-def prepared_model(config: EfficientNetConfig, recipe: Recipe) -> nn.Module:
+def prepared_model(config: Any, recipe: Recipe) -> nn.Module:
     """The network as a trial starts it: built, with the proxy's BN momentum, the
     recipe's residual initialisation and a zero classifier."""
     model = build(config)

@@ -157,7 +157,8 @@ def test_cudnn_autotuning_reaches_the_calibration(tmp_path, monkeypatch):
 
     seen = []
     monkeypatch.setattr(estimate, "autotune_seconds", lambda kind, on: seen.append((kind, on)) or 0.0)
-    from scaling_search.search.trials import planned_record, units_for
+    from scaling_search.search.plan import units_for
+    from scaling_search.search.trials import planned_record
     from scaling_search.space import load_space
 
     space = load_space(tiny_space(tmp_path))

@@ -370,10 +370,20 @@ def write_curves(
     }
     atomic_write_text(out / "curves.json", json.dumps(summary, indent=2, default=_plain) + "\n")
     series = _series(points, rows, base)
-    title = f"{info.get('space', '')}: scaling strategies at equal real MACs"
-    plots.strategy_curves(series, out / "curves.png", title, x="macs", xlabel="real MACs (conv + linear, millions)")
+    name = info.get("space", "")
     plots.strategy_curves(
-        series, out / "speed.png", title, x="images_per_second", xlabel="measured training images/s (this machine)"
+        series,
+        out / "curves.png",
+        f"{name}: scaling strategies at equal real MACs",
+        x="macs",
+        xlabel="real MACs (conv + linear, millions)",
+    )
+    plots.strategy_curves(
+        series,
+        out / "speed.png",
+        f"{name}: the same networks against their measured training speed",
+        x="images_per_second",
+        xlabel=f"measured training images/s ({info.get('device', 'this machine')})",
     )
     return CurveReport(comparisons, statements)
 

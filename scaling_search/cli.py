@@ -69,6 +69,16 @@ def _positive_float(name: str):
     )
 
 
+def _non_negative_float(name: str):
+    return _number(
+        name,
+        float,
+        lambda v: math.isfinite(v) and v >= 0,
+        "a number",
+        lambda text: f"{name} must be a non-negative number of seconds, got {text!r}",
+    )
+
+
 def _coefficient(name: str):
     return _number(
         name,
@@ -440,6 +450,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="seconds between trial heartbeats; a trial silent for 4 is re-queued (default 10)",
     )
     p.add_argument(
+        "--storage-retry",
+        type=_non_negative_float("storage-retry"),
+        default=60.0,
+        metavar="SECONDS",
+        help=(
+            "how long a run waits for a storage server that stops answering (a restart, a failover) before it "
+            "stops; 0: not at all (default 60)"
+        ),
+    )
+    p.add_argument(
         "--fidelity",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -522,6 +542,7 @@ _RUN_OPTIONS = (
     "memory_format",
     "cudnn_benchmark",
     "heartbeat",
+    "storage_retry",
     "ray_address",
     "gpus_per_trial",
     "cpus_per_trial",
@@ -540,8 +561,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     space = _resolve_space(args, console)
     out = Path(args.out) if args.out else Path("runs") / f"{space.name}-{parse_budget(space.constraint.budget):g}x"
     named = {k: getattr(args, k) for k in _RUN_OPTIONS}
-    options = RunOptions(out=out, estimate_only=args.estimate, **named)
+    options = RunOptions(out=out, estimate_only=args.estimate, command=_command_line(args.argv), **named)
     return run(space, options, console)
+
+
+def _command_line(argv: Sequence[str]) -> str:
+    """The command as the user can type it again (passwords in URLs hidden)."""
+    import shlex
+
+    from .search.optuna_backend import redact
+
+    return shlex.join([PROG, *(redact(a) for a in argv)])
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -939,7 +969,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
         args = parser.parse_args(argv)
+        args.argv = argv
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

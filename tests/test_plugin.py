@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 import yaml
-from conftest import assert_run_outputs, read_csv, run_args, run_cli
+from conftest import assert_run_outputs, read_csv, run_cli
 
 from scaling_search.cli import main
 from scaling_search.models import get_config, measured_ratio
@@ -148,76 +148,95 @@ def test_identical_networks_share_a_class_by_signature(tmp_path):
         assert all(shapes(m.coefficients) == shapes(cls.representative.coefficients) for m in cls.members)
 
 
-def test_a_user_function_in_a_file_is_searched_and_reported_without_its_code(tmp_path, data_env):
-    model = _write(tmp_path, USER_NET)
-    space = tmp_path / "space.yaml"
-    space.write_text(TINY_SPACE.format(model=model, width=1.0))
-    out = tmp_path / "run"
-    proc = run_cli(*run_args(space, out), env=data_env)
-    assert proc.returncode == 0, proc.stderr
-    assert_run_outputs(out)
-    best = json.loads((out / "best.json").read_text())
-    rows = read_csv(out / "trials.csv")
-    assert best["alpha"] is not None and len(rows) == best["units_total"] and rows[0]["state"] == "COMPLETE"
-    series = read_csv(out / "b_series.csv")
-    assert [int(r["phi"]) for r in series] == [0, 1, 2, 3] and int(series[3]["macs"]) > int(series[0]["macs"])
-    assert "D-series not made" in (out / "coefficients.md").read_text()
-    assert not (out / "d_series.csv").exists()
-    before = (out / "coefficients.md").read_text()
-    # The code is gone: report and export answer from the folder's stored numbers.
-    (tmp_path / "net.py").rename(tmp_path / "gone.txt")
-    report = run_cli("report", str(out))
-    assert report.returncode == 0, report.stderr
-    assert (out / "coefficients.md").read_text() == before
-    exported = run_cli("export", "--run", str(out), "--phi", "2")
-    assert exported.returncode == 0, exported.stderr
-    config = json.loads(exported.stdout)
-    assert config["family"] == "function" and config["config"]["target"] == model
-    assert config["config"]["width"] == pytest.approx(best["beta"] ** 2)
-    kept = json.loads(run_cli("export", "--run", str(out)).stdout)  # the kept weights' network, no import
-    assert kept["config"]["target"] == model and kept["config"]["num_classes"] == 10
+def _load(path, name: str):
+    """A module from a file, as a notebook user would have it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def tiny_user_net(width: float, depth: float, num_classes: int) -> torch.nn.Module:
-    from torch import nn
-
-    channels = max(8, round(8 * width))
-    return nn.Sequential(
-        nn.Conv2d(3, channels, 3, 2, 1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(channels, num_classes),
-    )
-
-
-def test_python_api_searches_a_function_and_reads_the_folder(tmp_path, data_env, monkeypatch):
+def test_a_function_in_a_file_is_searched_from_python_and_reported_without_its_code(tmp_path, data_env, monkeypatch):
     import scaling_search
 
     for key, value in data_env.items():
         monkeypatch.setenv(key, value)
+    code = tmp_path / "user_net.py"
+    code.write_text(USER_NET)
+    build = _load(code, "user_net_for_the_api").build
     space = tmp_path / "space.yaml"
-    space.write_text(TINY_SPACE.format(model="efficientnet", width=1.0))
-    run = scaling_search.run_search(space, model=tiny_user_net, out=tmp_path / "run", quiet=True)
+    space.write_text(TINY_SPACE.format(model="efficientnet", width=0.25))
+    out = tmp_path / "run"
+    run = scaling_search.run_search(space, model=build, out=out, quiet=True)
     records, decision, series = run.records(), run.decision(), run.series()
     assert len(records) == decision["units_total"] and set(records["state"]) == {"COMPLETE"}
     assert decision["alpha"] is not None and list(series["phi"]) == [0, 1, 2, 3]
-    recorded = yaml.safe_load((tmp_path / "run" / "space.yaml").read_text())["baseline"]["model"]
-    assert recorded == "test_plugin:tiny_user_net"  # what resumes it: the same function, handed over again
-    assert scaling_search.load_run(tmp_path / "run").decision() == decision
+    assert series["macs"].is_monotonic_increasing and series["params"].iloc[0] > 0
+    assert_run_outputs(out)
+    recorded = yaml.safe_load((out / "space.yaml").read_text())["baseline"]
+    assert recorded["model"] == "user_net_for_the_api:build" and recorded["width"] is None  # at width 1
+    report_md = (out / "coefficients.md").read_text()
+    assert "D-series not made" in report_md and not (out / "d_series.csv").exists()
+    # The code is gone: report (a fresh process) and export answer from the folder's stored numbers.
+    code.rename(tmp_path / "gone.txt")
+    report = run_cli("report", str(out))
+    assert report.returncode == 0, report.stderr
+    assert (out / "coefficients.md").read_text() == report_md
+    assert scaling_search.load_run(out).decision()["alpha"] == decision["alpha"]
+    exported = run_cli("export", "--run", str(out), "--phi", "2")
+    assert exported.returncode == 0, exported.stderr
+    config = json.loads(exported.stdout)
+    assert config["family"] == "function" and config["config"]["target"] == "user_net_for_the_api:build"
+    assert config["config"]["width"] == pytest.approx(decision["beta"] ** 2)
+    kept = json.loads(run_cli("export", "--run", str(out)).stdout)  # the kept weights' network, no import
+    assert kept["config"]["target"] == "user_net_for_the_api:build" and kept["config"]["num_classes"] == 10
     with pytest.raises(scaling_search.api.UsageError, match="trains in this process only"):
-        scaling_search.run_search(space, model=tiny_user_net, out=tmp_path / "other", jobs=2)
+        scaling_search.run_search(space, model=build, out=tmp_path / "other", jobs=2)
+    assert not (tmp_path / "other").exists()
 
 
-def test_a_mobilenetv2_search_runs_to_its_report(tmp_path, data_env):
+def test_a_mobilenetv2_search_runs_to_its_report(tmp_path, data_env, monkeypatch, capsys):
+    for key, value in data_env.items():
+        monkeypatch.setenv(key, value)
     space = tmp_path / "space.yaml"
-    space.write_text(TINY_SPACE.format(model="mobilenetv2", width=0.25))
+    space.write_text(TINY_SPACE.format(model="mobilenetv2", width=0.25))  # a quarter-width MobileNetV2 at 32 px
     out = tmp_path / "run"
-    proc = run_cli(*run_args(space, out), env=data_env)
-    assert proc.returncode == 0, proc.stderr
+    assert main(["run", "--space", str(space), "--out", str(out)]) == 0, capsys.readouterr()
     assert_run_outputs(out)
     best = json.loads((out / "best.json").read_text())
     assert best["alpha"] is not None and best["verdict"]
     rows = read_csv(out / "b_series.csv")
     assert int(rows[0]["params"]) == 3_504_872  # the series grows from the published MobileNetV2
     assert "mobilenetv2 series from the winner" in (out / "coefficients.md").read_text()
+    trials = read_csv(out / "trials.csv")
+    assert {r["state"] for r in trials} == {"COMPLETE"} and all(r["effective_alpha"] for r in trials)
+
+
+def test_the_readme_network_is_a_valid_function(tmp_path, capsys):
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    code = text.split("# mynet.py\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 20  # "a 20-line network"
+    model = _write(tmp_path, code, "mynet.py")
+    assert (
+        main(
+            [
+                "candidates",
+                "--model",
+                model,
+                "--base-resolution",
+                "32",
+                "--multiple",
+                "4",
+                "--grid",
+                "derived",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 25 and len({r["class"] for r in rows}) > 1

@@ -700,7 +700,11 @@ def _race_details(race: dict, ranking: Ranking, classes: Sequence[NetworkClassLi
             status = "still in contention"
         else:
             out_at = next((r["round"] for r in race["rounds"] if paper_key in (r.get("eliminated") or [])), None)
-            status = f"out of contention at round {out_at}, trained in every round as a reference" if out_at else "out"
+            status = (
+                f"out of contention at round {out_at}, trained in every round as a reference"
+                if out_at
+                else "out of contention"
+            )
         d = diffs.get(paper_key)
         if d is not None:
             status += (

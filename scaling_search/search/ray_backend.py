@@ -12,14 +12,17 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UsageError
 from ..records import TrialRecord, TrialState, stored_fields, unit_key, updated
 from ..space import SearchSpace
+from . import stopping
 from .backend import Hooks, Train, merge
 
 
@@ -150,6 +153,7 @@ def _init_ray(address: str | None, device: str) -> None:
 
 
 FINISHED = "finished.jsonl"  # one stored record per line, appended by the driver as trials end
+MAX_FAILURES = 3  # times Tune starts a trial again after its node or actor was lost
 
 
 def _trainable(config: dict, plan: dict[str, TrialRecord], train: Train, flag) -> None:
@@ -157,7 +161,11 @@ def _trainable(config: dict, plan: dict[str, TrialRecord], train: Train, flag) -
     import ray
     from ray import tune
 
-    if ray.get(flag.is_set.remote()):  # the run is stopping: start no new unit
+    try:
+        stopping = ray.get(flag.is_set.remote())
+    except Exception:  # the flag's node is gone (the driver's own): train; the driver decides what is kept
+        stopping = False
+    if stopping:  # the run is stopping: start no new unit
         tune.report({"epoch": 0, "accuracy": 0.0, "skipped": True})
         return
 
@@ -185,7 +193,11 @@ def _stop_flag():
         def is_set(self) -> bool:
             return self.value
 
-    return StopFlag.remote()
+    # On the driver's node: a lost worker node must not take the run's stop flag with it.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return StopFlag.options(scheduling_strategy=here).remote()
 
 
 class RayBackend:
@@ -238,7 +250,11 @@ class RayBackend:
         # The runner owns Ctrl-C: Tune's own handler would abandon the trials under way.
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         check_ray_available(options.ray_address)
+        # ray.init takes SIGTERM over (it exits at once); the runner's handler abandons the trials and reports.
+        term = signal.getsignal(signal.SIGTERM)
         _init_ray(options.ray_address, self.device)
+        if term is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, term)
         cuda = self.device.startswith("cuda")
         gpus = options.gpus_per_trial if options.gpus_per_trial is not None else (1.0 if cuda else 0.0)
         cpus = options.cpus_per_trial if options.cpus_per_trial is not None else 1.0
@@ -258,6 +274,9 @@ class RayBackend:
                 storage_path=str(self.folder),
                 name=f"run-{len(runs) + 1}",
                 verbose=0,
+                # A trial whose node died (or whose actor was lost) is trained again from its start on a node
+                # that is up; a unit's result is stored once (the collector keeps the first).
+                failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                 callbacks=[_collector(self.folder / FINISHED, {p.unit: p for p in left}, hooks, flag)],
             ),
         )
@@ -280,6 +299,7 @@ def _collector(path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
         def __init__(self, path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
             self.path, self.planned, self.hooks, self.flag = path, planned, hooks, flag
             self.flagged = False
+            self.stored: set[str] = set()  # units stored by this run: a trial started again never adds one twice
 
         def __getstate__(self) -> dict:
             # Tune pickles its callbacks for a restore this backend never does; the
@@ -287,6 +307,12 @@ def _collector(path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
             return {k: v for k, v in self.__dict__.items() if k != "hooks"}
 
         def on_step_begin(self, iteration, trials, **info) -> None:
+            if stopping.requested():
+                # SIGTERM abandons the trials under way at once (a scheduler may have stopped the cluster's
+                # own processes too, and its grace period does not wait for Tune to wind trials down); what
+                # is finished is in the file already. Raised here, in Tune's loop, not in a signal handler
+                # that may land inside Ray's C++ calls.
+                raise stopping.Abandoned
             if self.hooks.stop.is_set() and not self.flagged:
                 self.flag.set.remote()
                 self.flagged = True
@@ -303,6 +329,9 @@ def _collector(path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
                 self._store(self.planned[key].replace(state=TrialState.FAIL, failure=f"ray trial error: {reason}"))
 
         def _store(self, record: TrialRecord) -> None:
+            if record.unit in self.stored:
+                return
+            self.stored.add(record.unit)
             record = record.replace(attempts=1)
             with open(self.path, "a") as f:  # one short line per trial, written by this one process
                 f.write(json.dumps(stored_fields(record)) + "\n")

@@ -32,6 +32,7 @@ from ..train.devices import device_name, resolve_device
 from ..train.faults import DeviceFault
 from ..train.recipe import Runtime
 from ..version import __version__
+from . import stopping
 from .backend import Backend, Hooks, Train, merge
 from .estimate import Calibration
 from .fidelity import decision_of, run_fidelity
@@ -41,6 +42,7 @@ from .outcome import outcome_of
 from .plan import Unit, space_plan, units_for
 from .policies import policy_for
 from .rounds import RoundResult, run_rounds
+from .storage_retry import StorageLost, lost_storage_message
 from .trials import planned_record, run_unit
 
 RUN_JSON = "run.json"
@@ -61,6 +63,8 @@ class RunOptions:
     jobs: int | None = None  # trials at once on this machine; None: chosen from the device
     estimate_only: bool = False
     keep_weights: str = "best"  # best | all | none: the final weights kept in the run folder (weights.KEEP_MODES)
+    storage_retry: float = 60.0  # seconds a run waits for a storage server that stopped answering
+    command: str | None = None  # the command line that resumes this run (for messages)
     extra_info: dict = field(default_factory=dict)
 
 
@@ -289,7 +293,8 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     stop = threading.Event()
     restore = _install_stop_handlers(stop, console)
     problems: list[str] = []
-    execute = executor(ctx, stop, console, problems)
+    tally = Tally()
+    execute = executor(ctx, stop, console, problems, tally)
     fidelity: list[TrialRecord] | None = None  # None: the check did not run
     try:
         records, rounds = run_rounds(
@@ -299,6 +304,8 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
             fidelity = run_fidelity(
                 ctx.space, ctx.candidates, records, ctx.plan_of, execute, console, decision_of(rounds)
             )
+    except StorageLost as exc:
+        raise UsageError(lost_storage_message(exc, tally.before, tally.here, tally.planned, options.command)) from None
     finally:
         restore()
     wall = time.perf_counter() - started
@@ -333,6 +340,7 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         classes=ctx.plan_of_space.classes,
         fidelity=fidelity,
         machine=problems,
+        terminated=stopping.requested(),
     )
 
 
@@ -479,7 +487,9 @@ def _estimate(ctx: RunContext, first: list[TrialRecord], console) -> None:
     )
     data_bytes = _data_bytes(ctx.data, ctx.n_train, ctx.n_test)
     jobs, why = choose_jobs(options.jobs, ctx.runtime, cal, data_bytes)
-    jobs = min(jobs, max(1, len(left)))
+    # No more jobs than trials to run: the first round's left, and a race's later rounds (a resumed race may
+    # have nothing left of its first round and all of its later ones).
+    jobs = min(jobs, max(1, len(left) + (_later_bound(space, len(first)) or 0)))
     console.print(f"jobs: {jobs} ({why})")
     ctx.jobs = jobs
     ctx.runtime = dataclasses.replace(ctx.runtime, jobs=jobs)
@@ -559,8 +569,17 @@ def open_folder(ctx: RunContext) -> None:
     ctx.backend = ctx.backend or _optuna_backend(options, ctx.storage_url, ctx.study_name, space)
 
 
+@dataclass
+class Tally:
+    """Trials of the rounds entered so far: planned, finished before this command, finished by it."""
+
+    planned: int = 0
+    before: int = 0
+    here: int = 0
+
+
 def executor(
-    ctx: RunContext, stop: threading.Event, console, problems: list[str]
+    ctx: RunContext, stop: threading.Event, console, problems: list[str], tally: Tally | None = None
 ) -> Callable[[list[TrialRecord]], list[TrialRecord]]:
     """What the rounds driver calls with each round's plan: the backend runs it (or --jobs worker processes do)."""
     space, options, backend, jobs = ctx.space, ctx.options, ctx.backend, ctx.jobs
@@ -585,9 +604,9 @@ def executor(
                 problems.extend(retry_alone(backend, plan, ended, hooks, console.print, train_alone))
                 return backend.records(plan)
 
-            return _execute(backend, plan, None, stop, console, run_with=in_workers)
+            return _execute(backend, plan, None, stop, console, run_with=in_workers, tally=tally)
         try:
-            return _execute(backend, plan, train, stop, console)
+            return _execute(backend, plan, train, stop, console, tally=tally)
         except DeviceFault as exc:  # the machine's failure: the unit waits for a resume, the run reports
             problems.append(f"stopped by {exc.reason} in trial {exc.unit}, which a resume trains again")
             return backend.records(plan)
@@ -607,7 +626,10 @@ def _optuna_backend(options: RunOptions, url: str, name: str, space: SearchSpace
     from .optuna_backend import OptunaBackend, OptunaStudy
 
     # No Optuna pruner: halving is synchronous, rung by rung (halving.py), the same on every backend.
-    return OptunaBackend(OptunaStudy(url, name, heartbeat=options.heartbeat, seeds=study_seeds(space)), url)
+    study = OptunaStudy(
+        url, name, heartbeat=options.heartbeat, seeds=study_seeds(space), storage_retry=options.storage_retry
+    )
+    return OptunaBackend(study, url)
 
 
 def study_seeds(space: SearchSpace) -> list[int]:
@@ -626,6 +648,8 @@ def _ray_backend(space: SearchSpace, out: Path, device: str, options: RunOptions
 
 
 def _install_stop_handlers(stop: threading.Event, console):
+    stopping.reset()
+
     def handler(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
@@ -635,7 +659,22 @@ def _install_stop_handlers(stop: threading.Event, console):
             "trial will re-run on resume)"
         )
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    def terminate(signum, frame):
+        # A scheduler's SIGTERM: its grace period may be shorter than a trial. Abandon the trials under way
+        # (queued again at once), write the report of what is finished, exit 143.
+        first = not stopping.requested()
+        stop.set()
+        if first:
+            console.print(
+                "terminating (SIGTERM): the trial(s) under way are abandoned and queued again, the report of what "
+                "is finished is written next; the same command resumes"
+            )
+        stopping.request()  # raises Abandoned inside a trial under way in this process
+
+    old = {
+        signal.SIGINT: signal.signal(signal.SIGINT, handler),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),
+    }
 
     def restore() -> None:
         for s, h in old.items():
@@ -651,11 +690,15 @@ def _execute(
     stop: threading.Event,
     console,
     run_with: Callable[[Hooks], list[TrialRecord]] | None = None,
+    tally: Tally | None = None,
 ) -> list:
     """The backend runs the plan (or ``run_with`` does, through worker processes); the runner prints
     one line per finished trial, whichever backend or worker finished it."""
     total = len(plan)
     done = len(backend.finished(plan) & {p.unit for p in plan})  # a backend may name units of other rounds too
+    if tally is not None:
+        tally.planned += total
+        tally.before += done
     if done:
         console.print(f"resuming: {done} of {total} trials already finished")
     best: list[TrialRecord] = []
@@ -664,6 +707,8 @@ def _execute(
     with progress_bar(console.is_terminal, "trials", total, completed=done) as advance:
 
         def on_done(r: TrialRecord) -> None:
+            if tally is not None:
+                tally.here += 1
             ran[0] += 1
             ran[1] += 1
             advance()
@@ -694,7 +739,10 @@ def _execute(
                 )
 
         hooks = Hooks(stop=stop, on_done=on_done, on_wait=on_wait)
-        return run_with(hooks) if run_with is not None else backend.execute(plan, train, hooks)
+        try:
+            return run_with(hooks) if run_with is not None else backend.execute(plan, train, hooks)
+        except stopping.Abandoned:  # SIGTERM: what is finished is reported
+            return backend.records(plan)
 
 
 def finish(
@@ -710,6 +758,7 @@ def finish(
     classes: tuple = (),
     fidelity: list[TrialRecord] | None = None,
     machine: Sequence[str] = (),
+    terminated: bool = False,
 ) -> int:
     """Write the report of ``records`` (every unit of every round reached), print the decision and how the
     run ended; returns the exit status (``outcome.py``).
@@ -718,7 +767,7 @@ def finish(
     ``machine`` the machine's failures this run met."""
     from ..analysis.report import race_statements, write_report
 
-    ended = outcome_of(records, machine=machine, stopped=stopped)
+    ended = outcome_of(records, machine=machine, stopped=stopped, terminated=terminated)
     info = {**info, "outcome": ended.to_json()}
     epochs_run = sum(r.epochs_run for r in records)
     # The full grid: every trained candidate x seed at the full schedule.

@@ -625,6 +625,13 @@ def _add_curves_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     _add_runtime_options(p)
     p.add_argument("--heartbeat", type=_positive_int("heartbeat"), default=10, help="seconds between heartbeats")
+    p.add_argument(
+        "--storage-retry",
+        type=_non_negative_float("storage-retry"),
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for a storage server that stops answering (as for run; default 60)",
+    )
     p.add_argument("--jobs", type=_positive_int("jobs"), help="trials at once on this machine (as for run)")
     p.add_argument("--ray-address", help="join this Ray cluster (with --backend ray)")
     p.add_argument(
@@ -658,7 +665,13 @@ def _cmd_curves(args: argparse.Namespace) -> int:
         race=args.race,
     )
     named = {k: getattr(args, k) for k in _CURVES_OPTIONS}
-    options = RunOptions(out=folder / CURVES_DIR, estimate_only=args.estimate, keep_weights="none", **named)
+    options = RunOptions(
+        out=folder / CURVES_DIR,
+        estimate_only=args.estimate,
+        keep_weights="none",
+        command=_command_line(args.argv),
+        **named,
+    )
     return run_curves(plan, options, console)
 
 
@@ -670,6 +683,7 @@ _CURVES_OPTIONS = (
     "memory_format",
     "cudnn_benchmark",
     "heartbeat",
+    "storage_retry",
     "ray_address",
     "jobs",
 )

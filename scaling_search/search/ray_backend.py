@@ -227,15 +227,20 @@ def _trainable(config: dict, plan: dict[str, TrialRecord], train: Train, flag) -
         tune.report({"epoch": epoch + 1, "accuracy": acc, "loss": loss})
 
     from ..train.faults import DeviceFault
+    from .trials import OutputNotSaved
 
+    unsaved = {}
     try:
         record = train(plan[config["unit"]["unit"]], on_epoch)
     except DeviceFault as exc:  # the machine's failure: nothing stored, the unit is trained again on resume
         tune.report({"epoch": 0, "accuracy": 0.0, "device_fault": exc.reason})
         return
+    except OutputNotSaved as exc:  # its weights file was refused (a full disk): the result is kept, the run stops
+        record, unsaved = exc.record, {"unsaved": str(exc)}
     # Tune checks every result for the metric; a failed trial has no accuracy to give.
     accuracy = record.accuracy if record.accuracy is not None else 0.0
-    tune.report({"epoch": record.epochs_run, "accuracy": accuracy, "record": json.dumps(stored_fields(record))})
+    result = {"epoch": record.epochs_run, "accuracy": accuracy, "record": json.dumps(stored_fields(record))}
+    tune.report({**result, **unsaved})
 
 
 def _stop_flag():
@@ -347,6 +352,8 @@ class RayBackend:
             ray.kill(flag)
         except Exception:  # the cluster may already be going down; the actor dies with it
             pass
+        if collector.unsaved:  # a disk refused a trial's weights: its result is stored, the run stops here
+            raise UsageError(collector.unsaved[0])
         if collector.faults:
             from ..train.faults import DeviceFault
 
@@ -365,6 +372,7 @@ def _collector(path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
         def __init__(self, path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
             self.path, self.planned, self.hooks, self.flag = path, planned, hooks, flag
             self.flagged = False
+            self.unsaved: list[str] = []  # trials whose weights the disk refused (their results are stored)
             self.faults: list[tuple[str, str]] = []  # (unit, reason): the machine's failures, nothing stored
             self.stored: set[str] = set()  # units stored by this run: a trial started again never adds one twice
 
@@ -388,6 +396,8 @@ def _collector(path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
             key = trial.config["unit"]["unit"]
             if "device_fault" in result:
                 self.faults.append((key, result["device_fault"]))
+            if "unsaved" in result:
+                self.unsaved.append(result["unsaved"])
             if "record" in result:
                 self._store(updated(self.planned[key], json.loads(result["record"])))
 

@@ -38,8 +38,9 @@ from scaling_search.data.sources import DataSpec, load_dataset  # noqa: E402
 from scaling_search.search.backend import Hooks  # noqa: E402
 from scaling_search.search.jobs import execute_jobs, worker_threads  # noqa: E402
 from scaling_search.search.optuna_backend import OptunaBackend, OptunaStudy, default_storage  # noqa: E402
+from scaling_search.search.plan import search_candidates, units_for  # noqa: E402
 from scaling_search.search.runner import _data_bytes, choose_jobs, estimate_seconds, scaled_estimate  # noqa: E402
-from scaling_search.search.trials import planned_record, run_unit, search_candidates, units_for  # noqa: E402
+from scaling_search.search.trials import planned_record, run_unit  # noqa: E402
 from scaling_search.space import load_space, preset_path  # noqa: E402
 from scaling_search.train.devices import resolve_device  # noqa: E402
 from scaling_search.train.recipe import Runtime  # noqa: E402
@@ -123,9 +124,9 @@ def main() -> None:
                     make = _partial(folder, study)
                     run_many = dataclasses.replace(runtime, jobs=jobs)
                     threads = worker_threads(torch.get_num_threads(), jobs)
-                    problems = execute_jobs(space, subset, run_many, make, jobs, hooks, threads)
-                    if problems:
-                        raise SystemExit(f"workers failed: {problems}")
+                    ended = execute_jobs(space, subset, run_many, make, jobs, hooks, threads)
+                    if ended.problems or ended.retry_alone:
+                        raise SystemExit(f"workers failed: {ended}")
                 wall = time.perf_counter() - started
                 finished = [r for r in backend.records(subset) if r.state.finished]
                 if len(finished) != len(subset) or len(done) != len(subset):

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from . import __version__
 from .errors import MachineError, UsageError
+from .version import __version__
 
 PROG = "scaling-search"
 
@@ -69,6 +69,16 @@ def _positive_float(name: str):
     )
 
 
+def _non_negative_float(name: str):
+    return _number(
+        name,
+        float,
+        lambda v: math.isfinite(v) and v >= 0,
+        "a number",
+        lambda text: f"{name} must be a non-negative number of seconds, got {text!r}",
+    )
+
+
 def _coefficient(name: str):
     return _number(
         name,
@@ -104,7 +114,11 @@ def _emit(text: str, output: str | None, option: str = "--output") -> None:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     for name in ("width", "depth"):
-        p.add_argument(f"--{name}", type=_positive_float(name), help=f"{name} multiplier (with NAME 'efficientnet')")
+        p.add_argument(
+            f"--{name}",
+            type=_positive_float(name),
+            help=f"{name} multiplier (with NAME efficientnet, mobilenetv2, resnet18/34/50 or a function)",
+        )
     p.add_argument(
         "--resolution", type=_positive_int("resolution"), help="input size in pixels (default: the model's own)"
     )
@@ -134,11 +148,14 @@ def _model_config(args: argparse.Namespace):
 
 def _cmd_flops(args: argparse.Namespace) -> int:
     from .flops import count, count_fvcore
+    from .models import family_of, scalable_of
 
     config = _model_config(args)
+    if scalable_of(config) is not None:
+        family_of(config).check(config)  # a user's function that does not build, run or grow: one line
     counted = count(config, breakdown=args.breakdown)
-    if args.model == "efficientnet":
-        model = f"efficientnet(w={config.width:g},d={config.depth:g})"
+    if args.model == "efficientnet" or {args.width, args.depth} != {None}:
+        model = f"{config.name}(w={config.width:g},d={config.depth:g})"
     else:
         model = config.name  # the official name, or the formula with its phi and coefficients
     result = {
@@ -214,21 +231,46 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
         default=8,
         help="round scaled resolutions to this multiple (default 8)",
     )
+    _add_family_option(p)
+
+
+_MODEL_HELP = (
+    "the baseline: efficientnet-b0 (default), mobilenetv2, resnet18, resnet34, resnet50, or your function "
+    "'package.module:build' / 'path/file.py:build' (build(width, depth, num_classes) -> nn.Module)"
+)
+
+
+def _add_family_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="NAME", help=_MODEL_HELP)
+
+
+def _baseline(model: str | None, resolution: int, num_classes: int | None = None):
+    """The scaled family's network at width 1, depth 1 (EfficientNet B0 without ``model``)."""
+    from .models import EfficientNetConfig, family_root, get_config, scalable_of
+
+    options = {"resolution": resolution} | ({} if num_classes is None else {"num_classes": num_classes})
+    if model is None:
+        return EfficientNetConfig(**options)
+    config = get_config(family_root(model), **options)
+    if scalable_of(config) is None:
+        raise UsageError(f"--model {model} is not a network family that scales: give a classifier")
+    return config
 
 
 def grid_candidates(args: argparse.Namespace):
     """The same plan a search builds, and its baseline network: from a space (--space/--preset) or from the
-    grid options."""
-    from .models import EfficientNetConfig
+    grid options (and --model)."""
     from .search.plan import baseline_config, build_plan, space_plan
     from .space import GridSpec, load_space, preset_path
 
     if args.space or args.preset:
+        if args.model is not None:
+            raise UsageError("--model does not go with --space/--preset: the space names its baseline.model")
         space = load_space(args.space or preset_path(args.preset))
         plan = space_plan(space)
         return plan, baseline_config(space, 10)
     grid = GridSpec(args.grid, args.step, args.max_alpha, args.max_beta, args.max_gamma)
-    base = EfficientNetConfig(resolution=args.base_resolution)
+    base = _baseline(args.model, args.base_resolution)
     plan = build_plan(
         args.budget, base, multiple=args.multiple, grid=grid, tolerance=args.tolerance, constraint=args.constraint
     )
@@ -260,7 +302,8 @@ def _cmd_candidates(args: argparse.Namespace) -> int:
     from .search.coarseness import coarseness
 
     coarse = coarseness(plan, base)
-    print("\n".join(["", *coarse.lines(), *coarse.warnings()]))
+    if coarse is not None:
+        print("\n".join(["", *coarse.lines(), *coarse.warnings()]))
     return 0
 
 
@@ -289,17 +332,22 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
         "--num-classes", type=_positive_int("num-classes"), help="default 1000 (efficientnet), 90 (efficientdet)"
     )
     p.add_argument("--output", help="write to this file (atomically) instead of stdout")
+    _add_family_option(p)
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from .models import EfficientNetConfig
     from .scaling import Coefficients, parse_budget
 
     coeffs = Coefficients(args.alpha, args.beta, args.gamma)
     budget = parse_budget(args.budget)
     _check_output(args.output)
-    base = EfficientNetConfig(resolution=args.base_resolution)
+    base = _baseline(args.model, args.base_resolution)
     if args.family == "efficientdet":
+        from .analysis.series import d_series_unavailable
+
+        why = d_series_unavailable(base)
+        if why:
+            raise UsageError(f"--family efficientdet with --model {args.model}: {why}")
         return _d_table(args, coeffs, base)
     if args.fvcore:
         raise UsageError("--fvcore applies to --family efficientdet only")
@@ -310,20 +358,28 @@ def _cmd_table(args: argparse.Namespace) -> int:
     rows = b_series(
         coeffs, max_phi=args.max_phi, base=base, multiple=args.multiple, budget=budget, num_classes=num_classes
     )
-    notes = b_series_departures(coeffs, rows)
-    title = (
-        f"EfficientNet B-series from alpha={coeffs.alpha:g}, beta={coeffs.beta:g}, gamma={coeffs.gamma:g} "
-        f"(alpha*beta^2*gamma^2 = {coeffs.flops_ratio:.3f}); compound rule vs official, params and MACs measured"
-    )
+    columns = b_series_columns(base)
+    notes = b_series_departures(coeffs, rows, base)
+    triple = f"alpha={coeffs.alpha:g}, beta={coeffs.beta:g}, gamma={coeffs.gamma:g}"
+    if args.model is None:
+        title = (
+            f"EfficientNet B-series from {triple} (alpha*beta^2*gamma^2 = {coeffs.flops_ratio:.3f}); compound rule "
+            "vs official, params and MACs measured"
+        )
+    else:
+        title = (
+            f"{args.model} series from {triple} (alpha*beta^2*gamma^2 = {coeffs.flops_ratio:.3f}); compound rule "
+            f"from {args.model} at width 1, depth 1, {args.base_resolution} px, params and MACs measured"
+        )
     meta = {
-        "family": "efficientnet",
+        "family": "efficientnet" if args.model is None else args.model,
         "alpha": coeffs.alpha,
         "beta": coeffs.beta,
         "gamma": coeffs.gamma,
         "flops_ratio": round(coeffs.flops_ratio, 6),
         "macs": "conv + linear multiply-adds",
     }
-    _emit(render(args.format, rows, b_series_columns(), title=title, notes=notes, meta=meta), args.output)
+    _emit(render(args.format, rows, columns, title=title, notes=notes, meta=meta), args.output)
     return 0
 
 
@@ -375,6 +431,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument("--data-dir", help="where the dataset is (default: the space's, or $SCALING_SEARCH_DATA)")
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help="the baseline instead of the space's, at width 1 and depth 1 (its resolution, data and recipe kept): "
+        + _MODEL_HELP.removeprefix("the baseline: "),
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     _add_runtime_options(p)
     p.add_argument(
@@ -386,6 +448,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         type=_positive_int("heartbeat"),
         default=10,
         help="seconds between trial heartbeats; a trial silent for 4 is re-queued (default 10)",
+    )
+    p.add_argument(
+        "--storage-retry",
+        type=_non_negative_float("storage-retry"),
+        default=60.0,
+        metavar="SECONDS",
+        help=(
+            "how long a run waits for a storage server that stops answering (a restart, a failover) before it "
+            "stops; 0: not at all (default 60)"
+        ),
     )
     p.add_argument(
         "--fidelity",
@@ -436,11 +508,13 @@ def _resolve_space(args: argparse.Namespace, console):
         "proxy": {"epochs": args.epochs},
         "fidelity": {"enabled": args.fidelity},
     }
-    space = space.with_overrides(**overrides)
-    if args.seeds:
-        import dataclasses
+    space = space.with_overrides(**overrides).with_model(args.model)
+    import dataclasses
 
+    if args.seeds:
         space = dataclasses.replace(space, seeds=tuple(range(args.seeds)))
+    if args.precision:
+        space = dataclasses.replace(space, precision=args.precision)
     return space
 
 
@@ -470,6 +544,7 @@ _RUN_OPTIONS = (
     "memory_format",
     "cudnn_benchmark",
     "heartbeat",
+    "storage_retry",
     "ray_address",
     "gpus_per_trial",
     "cpus_per_trial",
@@ -488,8 +563,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     space = _resolve_space(args, console)
     out = Path(args.out) if args.out else Path("runs") / f"{space.name}-{parse_budget(space.constraint.budget):g}x"
     named = {k: getattr(args, k) for k in _RUN_OPTIONS}
-    options = RunOptions(out=out, estimate_only=args.estimate, **named)
+    options = RunOptions(out=out, estimate_only=args.estimate, command=_command_line(args.argv), **named)
     return run(space, options, console)
+
+
+def _command_line(argv: Sequence[str]) -> str:
+    """The command as the user can type it again (passwords in URLs hidden)."""
+    import shlex
+
+    from .search.optuna_backend import redact
+
+    return shlex.join([PROG, *(redact(a) for a in argv)])
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -541,6 +625,13 @@ def _add_curves_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     _add_runtime_options(p)
     p.add_argument("--heartbeat", type=_positive_int("heartbeat"), default=10, help="seconds between heartbeats")
+    p.add_argument(
+        "--storage-retry",
+        type=_non_negative_float("storage-retry"),
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for a storage server that stops answering (as for run; default 60)",
+    )
     p.add_argument("--jobs", type=_positive_int("jobs"), help="trials at once on this machine (as for run)")
     p.add_argument("--ray-address", help="join this Ray cluster (with --backend ray)")
     p.add_argument(
@@ -574,7 +665,13 @@ def _cmd_curves(args: argparse.Namespace) -> int:
         race=args.race,
     )
     named = {k: getattr(args, k) for k in _CURVES_OPTIONS}
-    options = RunOptions(out=folder / CURVES_DIR, estimate_only=args.estimate, keep_weights="none", **named)
+    options = RunOptions(
+        out=folder / CURVES_DIR,
+        estimate_only=args.estimate,
+        keep_weights="none",
+        command=_command_line(args.argv),
+        **named,
+    )
     return run_curves(plan, options, console)
 
 
@@ -586,6 +683,7 @@ _CURVES_OPTIONS = (
     "memory_format",
     "cudnn_benchmark",
     "heartbeat",
+    "storage_retry",
     "ray_address",
     "jobs",
 )
@@ -598,7 +696,12 @@ def _add_export_options(p: argparse.ArgumentParser) -> None:
     for name, what in (("alpha", "depth"), ("beta", "width"), ("gamma", "resolution")):
         p.add_argument(f"--{name}", type=_coefficient(name), help=f"{what} coefficient of a table row (with --phi)")
     p.add_argument("--phi", type=_non_negative_int("phi"), help="the table row (B-phi); with --run, of its winner")
-    p.add_argument("--model", metavar="NAME", help="a named model: efficientnet-b0..b8, efficientdet-d0..d7, ...")
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help="a named model (efficientnet-b0..b8, efficientdet-d0..d7, mobilenetv2, resnet50, a function "
+        "'module:build', ...); with --alpha/--beta/--gamma --phi, the family whose table row to export",
+    )
     p.add_argument("--run", metavar="DIR", help="a run folder: its winner (kept weights' network, or B-phi row)")
     p.add_argument("--num-classes", type=_positive_int("num-classes"), help="classifier outputs (not with --run)")
     p.add_argument(
@@ -612,11 +715,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .scaling import Coefficients
 
     triple = [args.alpha, args.beta, args.gamma]
+    row = any(v is not None for v in triple)
     sources = [
         name
         for name, given in (
-            ("--alpha/--beta/--gamma", any(v is not None for v in triple)),
-            ("--model", args.model is not None),
+            ("--alpha/--beta/--gamma", row),
+            ("--model", args.model is not None and not row),
             ("--run", args.run is not None),
         )
         if given
@@ -631,14 +735,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if args.num_classes is not None:
             raise UsageError("--num-classes does not go with --run: the run folder fixes the classes")
         config = run_config(args.run, args.phi)
-    elif args.model is not None:
+    elif args.model is not None and not row:
         if args.phi is not None and not args.model.startswith("efficientdet"):
             raise UsageError(f"--phi does not go with --model {args.model}: use --alpha/--beta/--gamma --phi K")
         config = _model_config(argparse.Namespace(model=args.model, num_classes=args.num_classes, phi=args.phi))
     else:
         if None in triple or args.phi is None:
             raise UsageError("a table row needs all of --alpha, --beta, --gamma and --phi")
-        config = table_row_config(Coefficients(*triple), args.phi, num_classes=args.num_classes or 1000)
+        config = table_row_config(
+            Coefficients(*triple), args.phi, num_classes=args.num_classes or 1000, model=args.model
+        )
     _emit(export_text(config, args.format), args.out, "--out")
     if args.out:
         print(f"{config.name}: {args.format} export written to {args.out}", file=sys.stderr)
@@ -729,6 +835,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="what the model trains in (default auto, or a space's precision: bf16 on CUDA cards of compute "
+        "capability 8.0 and newer, fp16 with loss scaling on older ones, fp32 on the CPU)",
+    )
+    p.add_argument(
         "--memory-format",
         choices=("auto", "nchw", "channels_last"),
         default="auto",
@@ -774,7 +886,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in _RECIPE_OPTIONS if getattr(args, k) is not None}
     recipe = Recipe(train_subset=args.subset, test_subset=args.test_subset, **options)
     runtime = Runtime(
-        device=args.device or "auto", memory_format=args.memory_format, cudnn_benchmark=args.cudnn_benchmark
+        device=args.device or "auto",
+        precision=args.precision or "auto",
+        memory_format=args.memory_format,
+        cudnn_benchmark=args.cudnn_benchmark,
     )
     trial = TrialSpec(model, spec, recipe, seed=args.seed or 0)
     resolve_device(runtime.device)
@@ -804,7 +919,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     print(
         f"  throughput    {result.images_per_second:,.0f} images/s on {result.device} ({result.device_name}, "
-        f"{result.memory_format})"
+        f"{result.memory_format}, {result.precision})"
     )
     split = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in result.timings.items())
     print(f"  wall time     {result.wall_seconds:.1f} s ({split} s)")
@@ -820,7 +935,8 @@ def _add_flops_options(p: argparse.ArgumentParser) -> None:
         "model",
         metavar="NAME",
         help="efficientnet-b0..b8, efficientnet-l2, efficientnet with --width/--depth/--resolution, "
-        "efficientdet-d0..d7, or efficientdet with --phi [--alpha --beta --gamma]",
+        "efficientdet-d0..d7, efficientdet with --phi [--alpha --beta --gamma], mobilenetv2, resnet18, resnet34, "
+        "resnet50, or a function 'package.module:build' / 'path/file.py:build'",
     )
     _add_model_options(p)
     p.add_argument("--breakdown", action="store_true", help="MACs per module")
@@ -878,7 +994,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
         args = parser.parse_args(argv)
+        args.argv = argv
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

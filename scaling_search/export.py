@@ -24,8 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .models import EfficientDetConfig, EfficientNetConfig, config_to_dict, scale_network
-from .models.efficientnet_config import BN_EPS, BN_MOMENTUM, OFFICIAL, SE_RATIO, compound_config
+from .models import (
+    BN_EPS,
+    BN_MOMENTUM,
+    OFFICIAL,
+    SE_RATIO,
+    EfficientDetConfig,
+    EfficientNetConfig,
+    compound,
+    config_to_dict,
+    family_root,
+    get_config,
+    scalable_of,
+    scale_network,
+)
 from .scaling import Coefficients
 
 FORMATS = ("timm", "json")
@@ -38,17 +50,27 @@ TIMM_OFFICIAL = ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "l2")
 # ------------------------------------------------------------ which config
 
 
-def table_row_config(coeffs: Coefficients, phi: int, *, num_classes: int = 1000) -> EfficientNetConfig:
-    """The B-phi row of ``scaling-search table`` for ``coeffs`` (ImageNet-scale B0 base, 224 px, multiple 8)."""
+def table_row_config(coeffs: Coefficients, phi: int, *, num_classes: int = 1000, model: str | None = None) -> Any:
+    """The phi row of ``scaling-search table`` for ``coeffs`` (ImageNet-scale base at width 1 and depth 1,
+    224 px, multiple 8): EfficientNet's B-phi, or that of ``model``'s family."""
     if not isinstance(phi, int) or isinstance(phi, bool) or phi < 0:
         raise UsageError(f"phi must be a non-negative integer, got {phi!r}")
-    return compound_config(coeffs, phi, EfficientNetConfig(num_classes=num_classes), 8).with_(name=f"compound-b{phi}")
+    base = EfficientNetConfig(num_classes=num_classes)
+    if model is not None:
+        base = get_config(family_root(model), num_classes=num_classes)
+        if scalable_of(base) is None:
+            raise UsageError(f"{model} is not a network family that scales: a table row needs one")
+    return compound(base, coeffs, phi, 8).with_(name=_row_name(base, phi))
 
 
-def run_config(run_dir: str | Path, phi: int | None = None) -> EfficientNetConfig:
+def _row_name(base: Any, phi: int) -> str:
+    return f"compound-b{phi}" if isinstance(base, EfficientNetConfig) else f"{base.name}-compound-phi{phi}"
+
+
+def run_config(run_dir: str | Path, phi: int | None = None) -> Any:
     """From a run folder: the B-phi row of its winner (as in its b_series.csv), or, without
     ``phi``, the network its winner was trained as, from the kept weights."""
-    from .weights import load_weights, winner_weights
+    from .weights import stored_config, winner_weights
 
     folder = Path(run_dir)
     try:
@@ -67,17 +89,19 @@ def run_config(run_dir: str | Path, phi: int | None = None) -> EfficientNetConfi
                 f"{folder} keeps no weights of its winner {coeffs.alpha:g}, {coeffs.beta:g}, {coeffs.gamma:g}: "
                 "give --phi K for a B-series row"
             )
-        return load_weights(files[0]).config
+        return stored_config(files[0])
     from .space import load_space
 
     space_file = folder / "space.yaml"
     if not space_file.is_file():
         raise UsageError(f"{folder} holds no space.yaml: give a run folder written by 'scaling-search run'")
-    e = load_space(space_file).extrapolation
-    base = EfficientNetConfig(resolution=e.base_resolution, num_classes=e.num_classes)
+    space = load_space(space_file)
+    e = space.extrapolation
+    # Nothing of a user's function is imported: its config is the import path and the multipliers.
+    base = get_config(family_root(space.baseline.model), resolution=e.base_resolution, num_classes=e.num_classes)
     if phi < 0:
         raise UsageError(f"phi must be a non-negative integer, got {phi}")
-    return compound_config(coeffs, phi, base, e.resolution_multiple).with_(name=f"compound-b{phi}")
+    return compound(base, coeffs, phi, e.resolution_multiple).with_(name=_row_name(base, phi))
 
 
 # ------------------------------------------------------------------ timm
@@ -116,6 +140,8 @@ def _require_classifier(config: Any) -> EfficientNetConfig:
             "--format timm exports EfficientNet classifiers; for EfficientDet use --format json "
             "(its backbone converts with the EfficientNet names, the BiFPN and heads have no timm counterpart)"
         )
+    if not isinstance(config, EfficientNetConfig):
+        raise UsageError(f"--format timm exports EfficientNet classifiers; for {config.name} use --format json")
     return config
 
 

@@ -1,10 +1,11 @@
 """Parameters and multiply-adds of built models.
 
-``count`` is the headline path. For an EfficientNet it is the closed form of
-``models.efficientnet_config.analytic_counts`` (microseconds; the tests hold it
-equal to the meta counter over random widths, depths, resolutions and class
-counts). Every other model, and a per-module breakdown, goes through
-``count_meta``: the model is built on the meta device and run under
+``count`` is the headline path: it asks the model's family (``models.family``),
+which counts in closed form where it can (EfficientNet, MobileNetV2, ResNet:
+microseconds; the tests hold each equal to the meta counter over random
+widths, depths, resolutions and class counts). Every other model, a user's
+function, and a per-module breakdown go through the meta-device counter
+(``models.counting``): the model is built on the meta device and run under
 ``FlopCounterMode``, so nothing is allocated or computed; conv and matmul count
 2 FLOPs per multiply-add, halved here into MACs (the paper's and torchvision's
 "FLOPs"). ``count_fvcore`` is the cross-check users compare with: fvcore
@@ -20,11 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import build
-from .models.efficientnet_config import EfficientNetConfig, analytic_counts
-
-# Conv + linear are what the paper counts; FlopCounterMode reports linear as mm/addmm.
-_MAC_OPS = ("convolution", "addmm", "mm", "bmm")
+from .models import build, scalable_of
+from .models.counting import count_module, trainable_params  # noqa: F401  (trainable_params: part of this API)
 
 
 @dataclass(frozen=True)
@@ -35,53 +33,26 @@ class FlopCount:
     per_module: dict[str, int] = field(default_factory=dict, compare=False)
 
 
-def trainable_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def _example_input(resolution: int, device: str | torch.device) -> torch.Tensor:
     return torch.zeros(1, 3, resolution, resolution, device=device)
-
-
-def _closed_form_is_exact(config: Any) -> bool:
-    # analytic_counts assumes "same" padding (odd kernels) and the EfficientNet
-    # built from exactly this config type; a subclass may build something else.
-    return type(config) is EfficientNetConfig and all(s.kernel % 2 == 1 for s in config.stages)
 
 
 def count(config: Any, resolution: int | None = None, *, breakdown: bool = False) -> FlopCount:
     """Params and conv + linear MACs at ``resolution`` (default: the config's), without real compute."""
     res = int(config.resolution if resolution is None else resolution)
-    if not breakdown and _closed_form_is_exact(config):
-        exact = analytic_counts(config, res)
-        return FlopCount(params=exact.params, macs=exact.macs, resolution=res)
+    family = scalable_of(config)
+    if not breakdown and family is not None:
+        at = config if res == config.resolution else config.with_(resolution=res)
+        counted = family.counts(at)
+        return FlopCount(params=counted.params, macs=counted.macs, resolution=res)
     return count_meta(config, res, breakdown=breakdown)
 
 
 def count_meta(config: Any, resolution: int | None = None, *, breakdown: bool = False) -> FlopCount:
     """``count`` through the model itself: built on the meta device, run under FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     res = int(config.resolution if resolution is None else resolution)
-    with torch.device("meta"):
-        model = build(config)
-    model.eval()
-    params = trainable_params(model)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(_example_input(res, "meta"))
-    flops = counter.get_flop_counts()
-    total = sum(int(n) for op, n in flops.get("Global", {}).items() if any(k in str(op) for k in _MAC_OPS))
-    per_module: dict[str, int] = {}
-    if breakdown:
-        root = type(model).__name__ + "."
-        for name, ops in flops.items():
-            if not name.startswith(root):  # "Global" and the model itself
-                continue
-            rel = name[len(root) :]
-            if rel.count(".") <= 1:  # children and grandchildren: stem, stages.3, head
-                per_module[rel] = sum(int(n) for op, n in ops.items() if any(k in str(op) for k in _MAC_OPS)) // 2
-    return FlopCount(params=params, macs=total // 2, resolution=res, per_module=per_module)
+    counted = count_module(lambda: build(config), res, breakdown=breakdown)
+    return FlopCount(params=counted.params, macs=counted.macs, resolution=res, per_module=counted.per_module)
 
 
 # fvcore has no handle for these and warns; they are elementwise, so count one

@@ -23,7 +23,7 @@ import yaml
 
 from .errors import UsageError
 from .scaling import CONSTRAINT_MODES, GRID_KINDS, parse_budget
-from .train.recipe import Recipe
+from .train.recipe import PRECISIONS, Recipe
 
 # The shipped spaces live at the top of the repository (installed editable).
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -35,7 +35,9 @@ _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 @dataclass(frozen=True)
 class BaselineSpec:
-    model: str = "efficientnet-b0"  # a registered EfficientNet name, or "efficientnet" with width/depth
+    # efficientnet-b0 (a named EfficientNet), efficientnet, mobilenetv2, resnet18/34/50 (with width/depth), or a
+    # user's function "package.module:build" / "path/file.py:build" (run as the space asks; never by report)
+    model: str = "efficientnet-b0"
     width: float | None = None
     depth: float | None = None
     resolution: int = 64  # base resolution r0 of the proxy task
@@ -129,6 +131,8 @@ class SearchSpace:
     racing: RacingSpec = field(default_factory=RacingSpec)
     fidelity: FidelitySpec = field(default_factory=FidelitySpec)
     extrapolation: ExtrapolationSpec = field(default_factory=ExtrapolationSpec)
+    # The trials' precision (train.recipe.Runtime): auto picks per card; another value is part of the search.
+    precision: str = "auto"
 
     def to_dict(self) -> dict:
         return _to_plain(dataclasses.asdict(self))
@@ -146,6 +150,8 @@ class SearchSpace:
         plain = {k: v for k, v in self.to_dict().items() if k not in skip}
         if not self.racing.enabled:  # no race, no extra units: folders made before racing existed keep their hash
             plain.pop("racing")
+        if self.precision == "auto":  # chosen per card; folders made before the key existed keep their hash
+            plain.pop("precision")
         # Hashed where dropout and drop_path used to live (baseline), so that run
         # folders made before they joined the proxy recipe still resume.
         proxy = dict(plain["proxy"])
@@ -158,6 +164,17 @@ class SearchSpace:
         plain["data"] = {**plain["data"], "storage_size": self.data.effective_storage_size(), "data_dir": data_dir}
         blob = json.dumps(plain, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def with_model(self, model: str | None) -> SearchSpace:
+        """The same study of another baseline network (``--model``): at width 1 and depth 1, the space's
+        resolution, data and recipe kept. None: this space."""
+        if model is None:
+            return self
+        space = dataclasses.replace(
+            self, baseline=dataclasses.replace(self.baseline, model=model, width=None, depth=None)
+        )
+        _validate(space)
+        return space
 
     def with_overrides(self, **sections: dict) -> SearchSpace:
         """Replace fields of sections, e.g. with_overrides(constraint={"budget": "4x"})."""
@@ -281,6 +298,7 @@ def _check(ok: bool, message: str) -> None:
 
 def _validate(space: SearchSpace) -> None:
     b, c, g = space.baseline, space.constraint, space.grid  # the proxy Recipe validates itself
+    _check(space.precision in PRECISIONS, f"precision {space.precision!r} must be one of {', '.join(PRECISIONS)}")
     parse_budget(c.budget)
     _check(c.mode in CONSTRAINT_MODES, f"constraint.mode {c.mode!r} must be one of {', '.join(CONSTRAINT_MODES)}")
     _check(0 < c.tolerance < 1, f"constraint.tolerance {c.tolerance} must be in (0, 1)")
@@ -291,12 +309,13 @@ def _validate(space: SearchSpace) -> None:
         _check(getattr(g, key) >= 1, f"grid.{key} must be at least 1")
     _check(b.resolution > 0, f"baseline.resolution must be a positive integer, got {b.resolution}")
     _check(
-        b.model == "efficientnet" or b.model.startswith("efficientnet-"),
-        f"baseline.model {b.model!r}: only the efficientnet family can be searched",
+        not b.model.startswith("efficientdet"),
+        f"baseline.model {b.model!r}: only classifier families can be searched (efficientnet, mobilenetv2, resnet, "
+        "a function); search the detector's backbone and read the D-series",
     )
     _check(
-        b.model == "efficientnet" or (b.width is None and b.depth is None),
-        "baseline.width/depth apply only to model 'efficientnet'",
+        not b.model.startswith("efficientnet-") or (b.width is None and b.depth is None),
+        f"baseline.width/depth do not apply to {b.model}, whose width and depth are fixed: use model 'efficientnet'",
     )
     _check(len(space.seeds) >= 1, "seeds must list at least one seed")
     _check(len(set(space.seeds)) == len(space.seeds), "seeds must not repeat")

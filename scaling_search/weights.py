@@ -36,7 +36,7 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class KeptWeights:
-    config: Any  # EfficientNetConfig or EfficientDetConfig
+    config: Any  # a model config (config_to_dict's families)
     state_dict: dict[str, Any] = field(repr=False)
     preprocess: Preprocess | None = None
     record: dict[str, Any] = field(default_factory=dict)  # e.g. alpha, beta, gamma, seed, accuracy
@@ -54,7 +54,7 @@ def save_weights(
     import torch
     from safetensors.torch import save
 
-    from .atomic import atomic_write_bytes
+    from .atomic import atomic_write_bytes, refused
     from .models import config_to_dict
 
     _check_fits(config, state_dict)
@@ -67,8 +67,12 @@ def save_weights(
     if record:
         metadata["record"] = json.dumps(record)
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, save(tensors, metadata=metadata))
+    data = save(tensors, metadata=metadata)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise (refused(target.parent, exc, len(data)) or exc) from None
+    atomic_write_bytes(target, data)
     return target
 
 
@@ -133,6 +137,22 @@ def load_weights(path: str | os.PathLike, config: Any = None) -> KeptWeights:
     preprocess = None if pre is None else Preprocess(int(pre["resolution"]), tuple(pre["mean"]), tuple(pre["std"]))
     _check_fits(stored, tensors)
     return KeptWeights(stored, tensors, preprocess, record)
+
+
+def stored_config(path: str | os.PathLike) -> Any:
+    """The model config a weights file was saved with, from its metadata alone (no tensors read, no network
+    built: a user's function is not imported)."""
+    from safetensors import SafetensorError, safe_open
+
+    from .models import config_from_dict
+
+    source = Path(path)
+    try:
+        with safe_open(source, framework="pt") as f:
+            metadata = f.metadata() or {}
+        return config_from_dict(json.loads(metadata["config"]), f"{source} config")
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{source} holds no readable scaling-search model config: {exc}") from None
 
 
 def load_model(path: str | os.PathLike, config: Any = None):

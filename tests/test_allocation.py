@@ -6,7 +6,7 @@ from scipy import stats
 
 from scaling_search.errors import UsageError
 from scaling_search.search.allocation import promote, run_order, rung_epochs, simulate_halving
-from scaling_search.search.trials import Unit
+from scaling_search.search.plan import Unit
 
 
 def test_run_order_is_interleaved_by_seed_shuffled_and_reproducible():
@@ -152,7 +152,8 @@ def _records_of(quality, noise, finish):
 def test_rungs_decide_the_same_whatever_order_units_finish_in():
     from scaling_search.records import TrialRecord
     from scaling_search.search.plan import search_candidates, units_for
-    from scaling_search.search.rounds import policy_for, run_rounds
+    from scaling_search.search.policies import policy_for
+    from scaling_search.search.rounds import run_rounds
 
     space = _halving_space()
     cands = search_candidates(space)

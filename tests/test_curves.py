@@ -34,7 +34,7 @@ def test_bad_inputs_get_one_line_and_nothing_is_written(tmp_path, capsys):
     usage_error(capsys, ["curves", str(out), *space, "--strategies", "compound:1.2,1.1"], "compound:ALPHA,BETA,GAMMA")
     # Resolution in multiples of 32 from 32 px cannot cost 2x: refused, with the nearest network's real cost.
     usage_error(
-        capsys, ["curves", str(out), *space, "--s", "2", "--multiple", "32", "--strategies", "resolution"], "costs"
+        capsys, ["curves", str(out), *space, "--s", "2", "--multiple", "32", "--strategies", "resolution"], "nearest"
     )
     usage_error(capsys, ["curves", str(out)], "not a run folder")
     unfinished = tmp_path / "unfinished"
@@ -120,6 +120,8 @@ def test_curves_over_a_search_resume_after_kill_9_and_train_nothing_twice(tmp_pa
     md = (run / "curves" / "curves.md").read_text()
     for fragment in ("## s = 2", "Fig. 3", "Table 7", "Rank agreement", "upsampled", "95% CI", "P(best)", "Decision ("):
         assert fragment in md, fragment
+    described = (run / "curves" / "COLUMNS.md").read_text()
+    assert all(f"`{column}`" in described for column in rows[0])
     summary = json.loads((run / "curves" / "curves.json").read_text())
     assert summary["complete"] and summary["per_s"][0]["s"] == 2
     assert summary["decisions"]["2"]["outcome"] in ("best", "equivalent", "undecided")

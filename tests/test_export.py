@@ -148,7 +148,7 @@ def test_json_config_round_trip_and_bad_files(tmp_path):
     good = config_to_dict(get_config("efficientnet-b0"))
     bad = [
         ({**good, "format": "other"}, "not a scaling-search model config"),
-        ({**good, "family": "resnet"}, "unknown family"),
+        ({**good, "family": "vgg"}, "unknown family"),
         ({**good, "config": {**good["config"], "colour": 1}}, "unknown key.*colour"),
         ({**good, "config": {**good["config"], "width": "wide"}}, "width must be float"),
         ({**good, "config": {**good["config"], "resolution": 0}}, "resolution must be a positive integer"),

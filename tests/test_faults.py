@@ -95,6 +95,8 @@ def test_all_failed_run_exits_non_zero_with_the_counts(tmp_path, inproc, capsys,
         "failures_by_reason": {"out of memory": n},
         "machine_failures": [],
     }
+    assert best["precision"] == "fp32" and ", precision fp32" in out.splitlines()[0]  # the CPU's auto
+    assert "precision fp32 (asked: auto)" in (tmp_path / "run" / "coefficients.md").read_text()
 
 
 def test_out_of_memory_beside_other_jobs_is_retried_alone_before_it_counts(tmp_path, cifar10, monkeypatch):
@@ -103,7 +105,8 @@ def test_out_of_memory_beside_other_jobs_is_retried_alone_before_it_counts(tmp_p
     from scaling_search.search.backend import Hooks
     from scaling_search.search.jobs import jobs_outcome, retry_alone
     from scaling_search.search.optuna_backend import OptunaBackend, OptunaStudy
-    from scaling_search.search.trials import planned_record, run_unit, units_for
+    from scaling_search.search.plan import units_for
+    from scaling_search.search.trials import planned_record, run_unit
     from scaling_search.space import load_space
     from scaling_search.train.recipe import Runtime
 

@@ -152,7 +152,8 @@ def _execute(quality, noise, finish):
 
 def test_a_race_decides_the_same_whatever_order_units_finish_in():
     from scaling_search.search.plan import search_candidates
-    from scaling_search.search.rounds import policy_for, run_rounds
+    from scaling_search.search.policies import policy_for
+    from scaling_search.search.rounds import run_rounds
 
     space = _racing_space()
     cands = search_candidates(space)
@@ -202,7 +203,7 @@ def race_space(folder) -> str:
     return str(path)
 
 
-def test_a_race_killed_between_rounds_resumes_to_the_same_decision(tmp_path, data_env, straight_race):
+def test_a_race_killed_between_rounds_resumes_with_two_jobs_to_the_same_decision(tmp_path, data_env, straight_race):
     space = race_space(tmp_path)
     out = tmp_path / "killed"
     env = {**os.environ, **data_env, "PYTHONWARNINGS": "ignore"}
@@ -215,8 +216,10 @@ def test_a_race_killed_between_rounds_resumes_to_the_same_decision(tmp_path, dat
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "best.json").exists()
-    resumed = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    # Resumed with two worker processes (--jobs 2): the rounds left run through them, to the same decision.
+    resumed = subprocess.run([*args, "--jobs", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "jobs: 2" in resumed.stdout
     attempts = unit_attempts(out)
     assert all(states.count("COMPLETE") == 1 for states in attempts.values()), attempts  # none trained twice
     first_round = [k for k in attempts if k.endswith(("-s0", "-s1"))]
@@ -226,3 +229,41 @@ def test_a_race_killed_between_rounds_resumes_to_the_same_decision(tmp_path, dat
     assert again["decision"] == reference["decision"] and again["race"]["winner"] == reference["race"]["winner"]
     rows = {r["unit"]: r["accuracy"] for r in read_csv(out / "trials.csv")}
     assert rows == straight_race["accuracies"]  # the same machine trains every unit to the same score
+
+
+def test_an_equivalent_decision_says_what_its_members_share_and_how_their_series_differ():
+    from scaling_search.analysis.ranking import rank
+    from scaling_search.analysis.report import _race_details, race_statements
+
+    space = _racing_space()
+    triples = [(1.0, 1.1, 1.3), (1.1, 1.1, 1.2), (1.2, 1.1, 1.15)]
+    records = [
+        TrialRecord(a, b, g, s, 1, 1.0, 1.0, 32, 1, 1, 2.0, 2.0, state=TrialState.COMPLETE, accuracy=0.4 + 0.001 * s)
+        for a, b, g in triples
+        for s in range(3)
+    ]
+    ranking = rank(records, 1)
+    race = {
+        "decision": "equivalent",
+        "winner": "a1-b1.1-g1.3",
+        "in_contention": ["a1-b1.1-g1.3", "a1.1-b1.1-g1.2"],
+        "delta": 0.01,
+        "alpha": 0.05,
+        "rule": "the rule",
+        "guarantee": "the guarantee",
+        "rounds": [
+            {
+                "round": 1,
+                "trainings": 6,
+                "in_contention": ["a1-b1.1-g1.3", "a1.1-b1.1-g1.2"],
+                "eliminated": ["a1.2-b1.1-g1.15"],
+            }
+        ],
+        "differences": [{"candidate": "a1.1-b1.1-g1.2", "difference": 0.0, "low": -0.004, "high": 0.004, "seeds": 3}],
+    }
+    race.update(_race_details(race, ranking, (), space))
+    assert race["shared"] == "alpha 1-1.1, beta 1.1, gamma 1.2-1.3"
+    assert race["series_spread"].startswith("Their B-series at phi = 7 differ:") and "px" in race["series_spread"]
+    text = " ".join(race_statements(race))
+    assert "Equivalent: the 2 candidates left" in text and "They share alpha 1-1.1, beta 1.1, gamma 1.2-1.3" in text
+    assert race["paper"]["status"].startswith("out of contention at round 1, trained in every round as a reference")

@@ -243,7 +243,7 @@ def test_a_unit_is_claimed_once_even_from_a_stale_queue(tmp_path):
     """Two workers read the same waiting queue; the second claims only after the first took its head.
     The storage's WAITING -> RUNNING transition must refuse the second claim of that unit."""
     from scaling_search.search.optuna_backend import OptunaStudy
-    from scaling_search.search.trials import Unit
+    from scaling_search.search.plan import Unit
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     first, second = OptunaStudy(url, "s", heartbeat=60), OptunaStudy(url, "s", heartbeat=60)

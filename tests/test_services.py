@@ -20,8 +20,8 @@ from conftest import ROOT, assert_usage_error, read_csv, run_cli, tiny_space
 from services import PostgresServer, RayHead, free_port
 
 from scaling_search.search.optuna_backend import METRIC, OptunaStudy, UnitSampler
+from scaling_search.search.plan import Unit
 from scaling_search.search.runner import resolve_storage
-from scaling_search.search.trials import Unit
 
 # ------------------------------------------------------------- Optuna API
 
@@ -219,7 +219,7 @@ def test_postgres_soak_four_workers_one_killed_and_restarted(tmp_path, postgres,
         by_unit.setdefault(t.user_attrs["unit"], []).append(t)
     from conftest import tiny_space as _  # noqa: F401  (the grid comes from the same space)
 
-    from scaling_search.search.trials import search_candidates, units_for
+    from scaling_search.search.plan import search_candidates, units_for
     from scaling_search.space import load_space
 
     grid = {u.key for u in units_for(load_space(space), search_candidates(load_space(space)))}

@@ -105,3 +105,68 @@ def test_reader_opens_a_file_of_the_previous_release():
     (r,) = parse_trials(old)
     assert r.state is TrialState.PRUNED and r.candidate == "a1-b1-g1.4" and r.params == 126822
     assert isinstance(r.params, int) and r.macs is None and r.epoch_accuracies == (0.258,)
+
+
+def _module_name(path: Path) -> str:
+    parts = ["scaling_search", *path.relative_to(PACKAGE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, anywhere in its body (a function-level import counts too)."""
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {n for n in _imports(path) if n in paths and n != name} for name, path in paths.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import loop (strongly connected group of more than one module), by Tarjan's algorithm."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_two_modules_import_each_other():
+    graph = _import_graph()
+    assert "scaling_search.search.trials" in graph["scaling_search.search.runner"]  # the graph sees real imports
+    assert not _cycles(graph), _cycles(graph)
+
+
+def test_the_cycle_finder_sees_a_loop():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_only_models_imports_the_efficientnet_stage_table():
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.parent.name != "models" and any("efficientnet_config" in n for n in _imports(path))
+    ]
+    assert not offenders, offenders
+    assert any("efficientnet_config" in n for n in _imports(PACKAGE / "models" / "registry.py"))

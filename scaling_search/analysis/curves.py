@@ -103,6 +103,21 @@ COLUMN_DESCRIPTIONS = {
 }
 
 
+def columns_md() -> str:
+    """COLUMNS.md of the curves folder: what every column of curves.csv means."""
+    rows = [f"| `{c}` | {COLUMN_DESCRIPTIONS[c]} |" for c in CSV_COLUMNS]
+    head = [
+        "# Columns of curves.csv",
+        "",
+        "One row per strategy x cost multiple s x seed (the baseline at s = 1). Integers are written as integers; an "
+        "empty field is a missing value. Load with `pandas.read_csv`.",
+        "",
+        "| column | meaning |",
+        "|---|---|",
+    ]
+    return "\n".join(head + rows) + "\n"
+
+
 @dataclass(frozen=True)
 class AtS:
     """The comparison at one cost multiple."""
@@ -270,11 +285,16 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def csv_rows(points: Sequence[PointInfo], by_unit: dict, seeds: Sequence[int], detail: int | None) -> list[dict]:
+def csv_rows(
+    points: Sequence[PointInfo], by_unit: dict, seeds: Sequence[int], detail: int | None, first: Sequence[int] = ()
+) -> list[dict]:
+    """One row per point x seed it has a unit of (every seed of the first round, and the seeds a race added)."""
     rows = []
     for p in points:
         for seed in seeds:
             r = by_unit.get((p.candidate, seed))
+            if r is None and seed not in first:
+                continue  # a seed a race gave other networks only
             done = r is not None and r.state is TrialState.COMPLETE
             c = p.coefficients
             rows.append(
@@ -336,9 +356,10 @@ def write_curves(
         table7_statement(comparisons),
         rank_agreement_statement(points, comparisons),
     )
-    rows = csv_rows(points, by_unit, seeds, detail)
+    rows = csv_rows(points, by_unit, seeds, detail, info.get("seeds") or seeds)
     atomic_write_text(out / CURVES_CSV, to_csv(rows))
     atomic_write_text(out / "curves.md", _markdown(points, comparisons, statements, baseline, info, rows))
+    atomic_write_text(out / "COLUMNS.md", columns_md())
     summary = {
         "targets": targets,
         "units_total": len(records),
@@ -349,10 +370,20 @@ def write_curves(
     }
     atomic_write_text(out / "curves.json", json.dumps(summary, indent=2, default=_plain) + "\n")
     series = _series(points, rows, base)
-    title = f"{info.get('space', '')}: scaling strategies at equal real MACs"
-    plots.strategy_curves(series, out / "curves.png", title, x="macs", xlabel="real MACs (conv + linear, millions)")
+    name = info.get("space", "")
     plots.strategy_curves(
-        series, out / "speed.png", title, x="images_per_second", xlabel="measured training images/s (this machine)"
+        series,
+        out / "curves.png",
+        f"{name}: scaling strategies at equal real MACs",
+        x="macs",
+        xlabel="real MACs (conv + linear, millions)",
+    )
+    plots.strategy_curves(
+        series,
+        out / "speed.png",
+        f"{name}: the same networks against their measured training speed",
+        x="images_per_second",
+        xlabel=f"measured training images/s ({info.get('device', 'this machine')})",
     )
     return CurveReport(comparisons, statements)
 
@@ -456,8 +487,11 @@ def _markdown(
         if c.versus_single:
             lines += ["", f"Compound against the best single dimension ({c.best_single}), pooled 95% intervals:", ""]
             lines += ["| strategy | difference | 95% interval |", "|---|---|---|"]
+            single = next((p.candidate for p in points if p.s == c.s and p.strategy == c.best_single), None)
             for name, (d, lo, hi) in c.versus_single.items():
-                lines.append(f"| {name} | {d:+.4f} | [{lo:+.4f}, {hi:+.4f}] |")
+                same = next((p for p in points if p.s == c.s and p.strategy == name), None)
+                note = " (the same network)" if same is not None and same.candidate == single else ""
+                lines.append(f"| {name}{note} | {d:+.4f} | [{lo:+.4f}, {hi:+.4f}] |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

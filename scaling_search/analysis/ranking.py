@@ -264,14 +264,14 @@ def _statements(table: pd.DataFrame, analysis: Analysis | None, rungs: Sequence[
 def class_spread(members: Sequence[Coefficients], max_phi: int, base, multiple: int) -> dict | None:
     """How the B-series at ``max_phi`` of coefficients that build one phi = 1 network differ.
 
-    Returns min/max MACs (closed-form count), resolution, depth and width multipliers, or None for one member.
+    Returns min/max MACs (the family's count), resolution, depth and width multipliers, or None for one member.
     """
-    from ..models.efficientnet_config import analytic_counts, compound_config
+    from ..models import compound, family_of
 
     if len(members) < 2:
         return None
-    configs = [compound_config(c, max_phi, base, multiple) for c in members]
-    macs = [analytic_counts(c).macs for c in configs]
+    configs = [compound(base, c, max_phi, multiple) for c in members]
+    macs = [family_of(c).counts(c).macs for c in configs]
     return {
         "phi": max_phi,
         "macs": (min(macs), max(macs)),

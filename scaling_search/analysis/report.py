@@ -168,6 +168,7 @@ def write_report(
     best.update(mark_upsampled(rank_rows, trials, info))
     b_rows: list[dict] = []
     d_rows: list[dict] = []
+    series_notes: list[str] = []
     b_effective: list[dict] = []
     if win is not None:
         best.update(
@@ -194,9 +195,12 @@ def write_report(
         _with_statement(best)
         best["extrapolation_multipliers"] = "nominal"
         if extrapolate:
-            b_rows, d_rows = _extrapolate(Coefficients(best["alpha"], best["beta"], best["gamma"]), space, budget)
+            coeffs = Coefficients(best["alpha"], best["beta"], best["gamma"])
+            b_rows, d_rows, series_notes = _extrapolate(coeffs, space, budget)
+            if series_notes:
+                best["series_notes"] = series_notes
             effective = best["effective"]
-            if effective is not None and effective["differs"]:
+            if effective is not None and effective["differs"] and b_rows:
                 b_effective = _extrapolate(Coefficients(*effective["coefficients"]), space, budget, detection=False)[0]
     atomic_write_text(run_dir / "best.json", json.dumps(best, indent=2) + "\n")
     if b_rows:
@@ -211,7 +215,8 @@ def write_report(
         run_dir / "coefficients.md",
         _coefficients_md(space, best, rank_rows, ranking, b_rows, d_rows, b_effective, check),
     )
-    atomic_write_text(run_dir / "COLUMNS.md", data_dictionary(b_rows, d_rows, effective=bool(b_effective)))
+    base = extrapolation_base(space)
+    atomic_write_text(run_dir / "COLUMNS.md", data_dictionary(b_rows, d_rows, effective=bool(b_effective), base=base))
     title = f"{space.name}: {space.data.name}, budget {space.constraint.budget}"
     plots.accuracy_vs_macs(
         ranking.table, run_dir / "accuracy_vs_macs.png", title, budget=budget, tolerance=space.constraint.tolerance
@@ -279,18 +284,18 @@ def _statistics(ranking: Ranking) -> dict:
 
 def _class_entry(win: pd.Series, classes: Sequence[NetworkClassLike], space: SearchSpace) -> dict | None:
     """The winner's class: the coefficients it stands for and how their B-series differ at the largest phi."""
-    from ..models import EfficientNetConfig
+    from ..models.plugin import NotStored
 
     cls = next((c for c in classes if c.label == win["class"]), None)
     if cls is None:
         return None
     e = space.extrapolation
-    spread = class_spread(
-        [m.coefficients for m in cls.members],
-        e.max_phi,
-        EfficientNetConfig(resolution=e.base_resolution),
-        e.resolution_multiple,
-    )
+    try:
+        spread = class_spread(
+            [m.coefficients for m in cls.members], e.max_phi, extrapolation_base(space), e.resolution_multiple
+        )
+    except NotStored:  # a report over a user's network, whose code it never runs
+        spread = None
     return {
         "label": cls.label,
         "members": len(cls.members),
@@ -355,6 +360,13 @@ def _statistics_md(best: dict) -> list[str]:
             )
         lines += ["## Coefficients the proxy cannot tell apart", "", text, ""]
     return lines
+
+
+def extrapolation_base(space: SearchSpace) -> Any:
+    """The network the series grows from: the baseline's family at width 1 and depth 1, at ImageNet scale."""
+    from ..models import family_root, get_config
+
+    return get_config(family_root(space.baseline.model), resolution=space.extrapolation.base_resolution)
 
 
 # The nominal coefficients of a winner "differ" from its effective multipliers when compounding
@@ -443,21 +455,39 @@ def _fidelity_md(check: FidelityCheck) -> list[str]:
 
 def _extrapolate(
     coeffs: Coefficients, space: SearchSpace, budget: float, detection: bool = True
-) -> tuple[list[dict], list[dict]]:
-    from ..models import EfficientNetConfig
-    from .series import b_series
+) -> tuple[list[dict], list[dict], list[str]]:
+    """B- and D-series rows of ``coeffs`` from the space's family, and why a series is not made where one is not."""
+    from ..models.plugin import NotStored
+    from .series import b_series, d_series_unavailable
 
     e = space.extrapolation
-    base = EfficientNetConfig(resolution=e.base_resolution)
-    b_rows = b_series(
-        coeffs, max_phi=e.max_phi, base=base, multiple=e.resolution_multiple, budget=budget, num_classes=e.num_classes
-    )
+    base = extrapolation_base(space)
+    notes: list[str] = []
+    try:
+        b_rows = b_series(
+            coeffs,
+            max_phi=e.max_phi,
+            base=base,
+            multiple=e.resolution_multiple,
+            budget=budget,
+            num_classes=e.num_classes,
+        )
+    except NotStored as exc:
+        b_rows = []
+        notes.append(
+            f"Series not made: {exc}; run the same 'scaling-search run' command on this folder to extrapolate this "
+            "winner."
+        )
     d_rows: list[dict] = []
     if e.detection and detection:
-        from .series import d_series
+        why = d_series_unavailable(base)
+        if why:
+            notes.append(f"D-series not made: {why}.")
+        else:
+            from .series import d_series
 
-        d_rows = d_series(coeffs, max_phi=e.max_phi)
-    return b_rows, d_rows
+            d_rows = d_series(coeffs, max_phi=e.max_phi)
+    return b_rows, d_rows, notes
 
 
 def _coefficients_md(
@@ -512,6 +542,8 @@ def _coefficients_md(
         f"{p.schedule} schedule, label smoothing {p.label_smoothing:g}, dropout {p.dropout:g}, drop path "
         f"{p.drop_path:g}, train subset {p.train_subset or 'all'}, test subset {p.test_subset or 'all'}",
         f"- initialisation: {init_description(p)}",
+        f"- runtime: {best.get('device') or 'device not recorded'}, precision {best.get('precision') or 'not recorded'}"
+        f" (asked: {space.precision}), {best.get('jobs') or 1} job(s)",
         f"- seeds: {', '.join(str(s) for s in space.seeds)}; run order interleaved by seed, shuffled with order "
         f"seed {space.order_seed}",
         "- allocation: "
@@ -544,17 +576,17 @@ def _coefficients_md(
     if statement:
         lines += ["## Nominal and effective multipliers", "", statement, ""]
     if b_rows:
+        from ..models import family_of
         from .series import b_series_columns
 
-        lines += [
-            render(
-                "md",
-                b_rows,
-                b_series_columns(),
-                title="B-series from the winner's nominal coefficients (ImageNet scale) beside the official table",
-            ),
-            "",
-        ]
+        base = extrapolation_base(space)
+        family = family_of(base)
+        title = (
+            "B-series from the winner's nominal coefficients (ImageNet scale) beside the official table"
+            if family.official(1)
+            else f"{space.baseline.model} series from the winner (ImageNet scale, phi 0-{space.extrapolation.max_phi})"
+        )
+        lines += [render("md", b_rows, b_series_columns(base), title=title), ""]
     if b_effective:
         from .series import b_series_columns
 
@@ -563,12 +595,14 @@ def _coefficients_md(
             render(
                 "md",
                 b_effective,
-                b_series_columns(),
+                b_series_columns(extrapolation_base(space)),
                 title=f"B-series from the winner's effective multipliers ({a:.3f}, {b:.3f}, {g:.3f}) beside the "
                 "official table",
             ),
             "",
         ]
+    if best.get("series_notes"):
+        lines += ["## Series not made", "", *(f"- {n}" for n in best["series_notes"]), ""]
     if d_rows:
         from .series import d_series_columns
 
@@ -668,7 +702,11 @@ def _race_details(race: dict, ranking: Ranking, classes: Sequence[NetworkClassLi
             status = "still in contention"
         else:
             out_at = next((r["round"] for r in race["rounds"] if paper_key in (r.get("eliminated") or [])), None)
-            status = f"out of contention at round {out_at}, trained in every round as a reference" if out_at else "out"
+            status = (
+                f"out of contention at round {out_at}, trained in every round as a reference"
+                if out_at
+                else "out of contention"
+            )
         d = diffs.get(paper_key)
         if d is not None:
             status += (
@@ -784,10 +822,12 @@ def run_notes(best: dict) -> list[str]:
     return notes
 
 
-def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict], effective: bool = False) -> str:
-    """COLUMNS.md: every column of trials.csv, b_series.csv and d_series.csv, described."""
+def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict], effective: bool = False, base: Any = None) -> str:
+    """COLUMNS.md: every column of trials.csv, b_series.csv and d_series.csv, described (``base``: the
+    series' phi = 0 network, EfficientNet B0 by default)."""
+    from ..models import family_of
     from ..records import COLUMN_DESCRIPTIONS, COLUMNS
-    from .series import B_SERIES_DESCRIPTIONS, D_SERIES_DESCRIPTIONS
+    from .series import B_SERIES_DESCRIPTIONS, D_SERIES_DESCRIPTIONS, SERIES_DESCRIPTIONS
 
     def table(name: str, columns: Sequence[str], described: dict[str, str], intro: str) -> list[str]:
         rows = [f"| `{c}` | {described.get(c, '')} |" for c in columns]
@@ -811,7 +851,7 @@ def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict], effective: b
         "seeds and later seeds only for the candidates still in contention, so candidates have different seed "
         "counts; compare them on the seeds they share (best.json's `race.differences` are paired that way).",
     )
-    if b_rows:
+    if b_rows and (base is None or family_of(base).official(1)):
         lines += table(
             "b_series.csv",
             keys(b_rows),
@@ -824,6 +864,14 @@ def data_dictionary(b_rows: Sequence[dict], d_rows: Sequence[dict], effective: b
                 if effective
                 else ""
             ),
+        )
+    elif b_rows:
+        lines += table(
+            "b_series.csv",
+            keys(b_rows),
+            B_SERIES_DESCRIPTIONS | SERIES_DESCRIPTIONS,
+            f"The winner extrapolated to phi = 0..{len(b_rows) - 1} at ImageNet scale ({family_of(base).name}; "
+            "no published series to set beside it).",
         )
     if d_rows:
         lines += table(

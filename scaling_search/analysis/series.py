@@ -8,37 +8,17 @@ official table from pure compound scaling are derived from those measurements.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import Any
 
+from ..errors import UsageError
+from ..models import EfficientNetConfig, compound, family_of
 from ..models.efficientdet_config import NUM_CLASSES as DET_NUM_CLASSES
 from ..models.efficientdet_config import OFFICIAL_D, EfficientDetConfig, official_departures
-from ..models.efficientnet_config import (
-    OFFICIAL,
-    EfficientNetConfig,
-    analytic_counts,
-    compound_config,
-    official_config,
-    scale_network,
-)
+from ..models.family import base_label
 from ..scaling import Coefficients, implied_phi
 from .tables import Column, giga, millions, num, percent, ratio
 
 DEFAULT_MAX_PHI = 7
-
-
-@lru_cache(maxsize=65536)
-def _macs(config: EfficientNetConfig) -> int:
-    return analytic_counts(config).macs
-
-
-def measured_ratio(coeffs: Coefficients, base: EfficientNetConfig | None = None, multiple: int = 8) -> float:
-    """MACs of the rounded phi = 1 network at its own resolution over the baseline's.
-
-    Uses the closed-form count (tests hold it equal to the meta-device
-    counter), since a measured-constraint grid asks this for thousands of points.
-    """
-    base = base or EfficientNetConfig()
-    return _macs(compound_config(coeffs, 1, base, multiple)) / _macs(base)
 
 
 @dataclass(frozen=True)
@@ -54,14 +34,14 @@ def measure(config) -> Measured:
     return Measured(params=c.params, macs=c.macs)
 
 
-def _network_columns(config: EfficientNetConfig, counts: Measured, b0_macs: int, prefix: str = "") -> dict:
-    """A B-series network's settings and measured counts (MACs also over its B0's), keys behind ``prefix``."""
+def _network_columns(config: Any, counts: Measured, b0_macs: int, prefix: str = "") -> dict:
+    """A series network's settings, its family's own columns and measured counts (MACs also over its phi = 0
+    network's), keys behind ``prefix``."""
     row = {
         "depth": round(config.depth, 4),  # the official multipliers have one decimal: rounding keeps them
         "width": round(config.width, 4),
         "resolution": config.resolution,
-        "dropout": config.dropout,
-        "blocks": scale_network(config).num_blocks,
+        **family_of(config).columns(config),
         "params": counts.params,
         "macs": counts.macs,
         "macs_ratio": round(counts.macs / b0_macs, 4),
@@ -73,18 +53,22 @@ def b_series(
     coeffs: Coefficients,
     *,
     max_phi: int = DEFAULT_MAX_PHI,
-    base: EfficientNetConfig | None = None,
+    base: Any = None,
     multiple: int = 8,
     budget: float = 2.0,
     num_classes: int = 1000,
 ) -> list[dict]:
-    """One row per phi: compound config and the official B-phi, both measured."""
+    """One row per phi: the compound network of ``base``'s family (EfficientNet B0 by default) and, where
+    the family publishes one (EfficientNet's B-phi), the official network, both measured."""
     base = (base or EfficientNetConfig()).with_(num_classes=num_classes)
+    family = family_of(base)
+    family.check(base)
     base_counts = measure(base)
-    official_b0 = measure(official_config("b0", num_classes))
+    official = family.official(num_classes)
+    official_b0 = measure(official[0]) if official else None
     rows = []
     for phi in range(max_phi + 1):
-        cfg = compound_config(coeffs, phi, base, multiple)
+        cfg = compound(base, coeffs, phi, multiple)
         m = measure(cfg)
         row = {
             "phi": phi,
@@ -92,18 +76,17 @@ def b_series(
             "theoretical_ratio": round(coeffs.flops_ratio**phi, 4),
             "target_ratio": round(budget**phi, 4),
         }
-        variant = f"b{phi}"
-        if variant in OFFICIAL:
-            off = official_config(variant, num_classes)
+        if phi in official:
+            off = official[phi]
             om = measure(off)
             row.update(
                 {
-                    "official": f"efficientnet-{variant}",
+                    "official": off.name,
                     **_network_columns(off, om, official_b0.macs, "official_"),
                     "official_phi_depth": _round_opt(implied_phi(off.depth, coeffs.alpha)),
                     "official_phi_width": _round_opt(implied_phi(off.width, coeffs.beta)),
                     "official_phi_resolution": _round_opt(
-                        implied_phi(off.resolution / official_config("b0").resolution, coeffs.gamma)
+                        implied_phi(off.resolution / official[0].resolution, coeffs.gamma)
                     ),
                     "params_diff": round(m.params / om.params - 1, 4),
                     "macs_diff": round(m.macs / om.macs - 1, 4),
@@ -117,15 +100,21 @@ def _round_opt(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def b_series_departures(coeffs: Coefficients, rows: list[dict]) -> list[str]:
-    """Plain-language notes on where the official table departs from the compound rule."""
+def b_series_departures(coeffs: Coefficients, rows: list[dict], base: Any = None) -> list[str]:
+    """Plain-language notes on where the rounded networks (and the official table) depart from the compound rule."""
+    family = family_of(base or EfficientNetConfig())
     notes = []
     one = next((r for r in rows if r["phi"] == 1), None)
     if one is not None:
+        rounding = (
+            f"per-stage ceil depth rounding takes {rows[0]['blocks']} blocks to {one['blocks']}, and {family.rounding}"
+            if "blocks" in one
+            else family.rounding
+        )
         notes.append(
             f"phi = 1 by the rule (d={one['depth']:g}, w={one['width']:g}, r={one['resolution']}) measures "
-            f"{one['macs_ratio']:.2f}x B0's MACs against the theoretical {coeffs.flops_ratio:.2f}x: per-stage ceil "
-            f"depth rounding takes {rows[0]['blocks']} blocks to {one['blocks']}, and channels round to multiples of 8."
+            f"{one['macs_ratio']:.2f}x {base_label(base or EfficientNetConfig())}'s MACs against the theoretical "
+            f"{coeffs.flops_ratio:.2f}x: {rounding}."
         )
     off = [r for r in rows if "official" in r and r["phi"] > 0]
     if off:
@@ -147,9 +136,11 @@ def _fmt_phi(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def b_series_columns() -> list[Column]:
-    """How the B-series rows read as a table (Markdown, LaTeX)."""
-    return [
+def b_series_columns(base: Any = None) -> list[Column]:
+    """How the series rows of ``base``'s family (default EfficientNet's B-series) read as a table (Markdown, LaTeX)."""
+    family = family_of(base or EfficientNetConfig())
+    own = list(family.columns(base or EfficientNetConfig()))
+    columns = [
         Column("phi", "phi", num),
         Column("depth", "d", num),
         Column("width", "w", num),
@@ -171,6 +162,14 @@ def b_series_columns() -> list[Column]:
         Column("official_phi_depth", "phi(d)", num),
         Column("official_phi_resolution", "phi(r)", num),
         Column("macs_diff", "MACs vs official", percent),
+    ]
+    if family.official(1):
+        return columns
+    label = f"MACs/{base_label(base)}"
+    return [
+        Column(c.key, label if c.header == "MACs/B0" else c.header, c.fmt)
+        for c in columns
+        if not c.key.startswith("official") and c.key != "macs_diff" and (c.key != "blocks" or "blocks" in own)
     ]
 
 
@@ -201,13 +200,16 @@ def d_series(
     coeffs: Coefficients,
     *,
     max_phi: int = DEFAULT_MAX_PHI,
-    base: EfficientNetConfig | None = None,
+    base: Any = None,
     multiple: int = 8,
     num_classes: int = DET_NUM_CLASSES,
     fvcore: bool = False,
 ) -> list[dict]:
     """One row per phi: the D-phi formulas on this triple's B-phi, beside the
     official D-phi where one exists, both measured (fvcore totals on request)."""
+    why = d_series_unavailable(base)
+    if why:
+        raise UsageError(why)
     rows = []
     for phi in range(max_phi + 1):
         cfg = EfficientDetConfig.from_formula(phi, coeffs, num_classes=num_classes, base=base, multiple=multiple)
@@ -235,6 +237,16 @@ def d_series(
                 row["macs_fvcore_diff"] = round(row["macs_fvcore"] / row["official_macs_fvcore"] - 1, 4)
         rows.append(row)
     return rows
+
+
+def d_series_unavailable(base: Any) -> str | None:
+    """Why no D-series can be made on ``base``'s family (None: it can)."""
+    if base is None or family_of(base).detection_backbone:
+        return None
+    return (
+        f"the EfficientDet D-series needs an EfficientNet backbone (its BiFPN takes the stride-8/16/32 stages of "
+        f"EfficientNet's stage table); {base.name} has none"
+    )
 
 
 _DEPARTURE_FIELDS = {
@@ -337,6 +349,20 @@ B_SERIES_DESCRIPTIONS = {
     "(empty when gamma is 1)",
     "params_diff": "params / official_params - 1 (0.05 is 5% more)",
     "macs_diff": "macs / official_macs - 1",
+}
+
+# The same columns for a family other than EfficientNet (no B-phi, no MBConv).
+SERIES_DESCRIPTIONS = {
+    "phi": "compound coefficient: the phi network scales depth by alpha^phi, width by beta^phi, resolution by "
+    "gamma^phi",
+    "depth": "depth multiplier of the phi network (the family rounds block counts)",
+    "width": "width multiplier of the phi network (the family rounds channels)",
+    "resolution": "input side in pixels (base resolution times gamma^phi, rounded)",
+    "dropout": "classifier dropout of the phi network",
+    "blocks": "residual blocks of the phi network after depth rounding",
+    "params": "parameters of the phi network, measured",
+    "macs": "multiply-adds of one forward pass of the phi network (conv + linear), measured",
+    "macs_ratio": "macs over the phi = 0 network's",
 }
 
 D_SERIES_DESCRIPTIONS = {

@@ -10,9 +10,9 @@ training, for ``candidates`` and the start of ``run``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from ..models import EfficientNetConfig, effective_multipliers
-from ..models.efficientnet_config import compound_config, scale_network
+from ..models import compound, family_of
 from .plan import Plan
 
 # Warn when the effective range of depth or width spans less than this fraction of the nominal range.
@@ -88,14 +88,19 @@ def _dimension(name: str) -> str:
     return {"alpha": "depth", "beta": "width", "gamma": "resolution"}[name]
 
 
-def coarseness(plan: Plan, base: EfficientNetConfig) -> Coarseness:
-    """The plan's on-budget candidates (the paper's triple when off budget is left out) at ``base``."""
+def coarseness(plan: Plan, base: Any) -> Coarseness | None:
+    """The plan's on-budget candidates (the paper's triple when off budget is left out) at ``base``; None when
+    ``base``'s family cannot say what its networks really multiply (a user's function)."""
+    family = family_of(base)
     classes = [c for c in plan.classes if not c.reference]
     members = [m for c in classes for m in c.members if not m.reference]
     real = []
     for c in classes:
-        config = compound_config(c.representative.coefficients, 1, base, plan.multiple)
-        real.append((effective_multipliers(config, base), scale_network(config).num_blocks))
+        config = compound(base, c.representative.coefficients, 1, plan.multiple)
+        effective = family.effective(config, base)
+        if effective is None:
+            return None
+        real.append((effective, family.columns(config).get("blocks", 0)))
     fields = (
         ("alpha", "depth", "blocks over the baseline's"),
         ("beta", "width", "MACs-weighted channel ratio"),
@@ -110,6 +115,6 @@ def coarseness(plan: Plan, base: EfficientNetConfig) -> Coarseness:
         candidates=len(members),
         networks=len(classes),
         depths=tuple(sorted({blocks for _, blocks in real})),
-        base_blocks=scale_network(base).num_blocks,
+        base_blocks=family.columns(base).get("blocks", 0),
         axes=tuple(axes),
     )

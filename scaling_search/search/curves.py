@@ -24,10 +24,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
-from ..models import EfficientNetConfig
-from ..models.efficientnet_config import analytic_counts, compound_config, scale_network
+from ..models import compound as compound_network
+from ..models import family_of, network_key
 from ..scaling import Coefficients
 from ..space import SearchSpace, load_space
 from ..strategies import (
@@ -46,7 +47,7 @@ from .plan import baseline_config
 
 CURVES_DIR = "curves"
 DEFAULT_TARGETS = (2.0, 4.0)
-MIN_BASE_RESOLUTION = 32  # below it B0's five stride-2 stages leave less than one pixel
+MIN_BASE_RESOLUTION = 32  # B0's stride 32 leaves a 1x1 last feature map there: no lower base for the curves
 # What a strategy name on the command line may be; compound:A,B,G is any triple.
 RUN_STRATEGIES = ("winner", "set")  # need a finished run folder
 STRATEGY_NAMES = (*BUILT_IN, "paper", *RUN_STRATEGIES)
@@ -174,14 +175,17 @@ def select(names: Sequence[str] | None, source: Source) -> list[Entry]:
     return list(seen.values())
 
 
-def network_builder(base: EfficientNetConfig, multiple: int) -> Build:
+def network_builder(base: Any, multiple: int) -> Build:
     """(depth, width, resolution px) -> (the rounded network, its MACs over the baseline's), built the way a
-    unit's network is (``trials.trial_model``: the baseline scaled by (depth, width, resolution / base) at phi 1)."""
-    base_macs = analytic_counts(base).macs
+    unit's network is (``trials.trial_model``: the baseline scaled by (depth, width, resolution / base) at phi 1),
+    as ``base``'s family rounds and counts it."""
+    family = family_of(base)
+    base_macs = family.counts(base).macs
 
     def build(depth: float, width: float, resolution: int) -> tuple:
-        config = compound_config(Coefficients(depth, width, resolution / base.resolution), 1, base, multiple)
-        return (scale_network(config), config.resolution), analytic_counts(config).macs / base_macs
+        coeffs = Coefficients(depth, width, resolution / base.resolution)
+        config = compound_network(base, coeffs, 1, multiple)
+        return network_key(coeffs, base, multiple), family.counts(config).macs / base_macs
 
     return build
 
@@ -309,6 +313,7 @@ def _solve_all(source, entries, targets, base_resolution, multiple, tolerance, n
     build = network_builder(base, multiple)
     baseline = solve(BASELINE, 1.0, build, base_resolution=base_resolution, multiple=multiple, tolerance=tolerance)
     points = [Point(Entry(BASELINE, "baseline"), baseline)]
+    missed: list[str] = []
     for s in targets:
         first_of: dict = {}
         for entry in entries:
@@ -316,12 +321,11 @@ def _solve_all(source, entries, targets, base_resolution, multiple, tolerance, n
                 entry.strategy, s, build, base_resolution=base_resolution, multiple=multiple, tolerance=tolerance
             )
             if not scaled.within:
-                raise UsageError(
-                    f"strategy {entry.strategy.name} has no network within {tolerance:g} of {s:g}x the baseline's "
-                    f"MACs at {base_resolution} px: the nearest (depth x{scaled.depth:.3g}, width x{scaled.width:.3g}, "
-                    f"{scaled.resolution} px) costs {scaled.cost:.3f}x; try --multiple with a finer resolution "
-                    "rounding, another --base-resolution, or other --s"
+                missed.append(
+                    f"{entry.strategy.name} at {s:g}x (nearest: depth x{scaled.depth:.3g}, width x{scaled.width:.3g}, "
+                    f"{scaled.resolution} px, {scaled.cost:.3f}x)"
                 )
+                continue
             signature = build(scaled.depth, scaled.width, scaled.resolution)[0]
             same = first_of.get(signature)
             if same is not None:
@@ -334,6 +338,12 @@ def _solve_all(source, entries, targets, base_resolution, multiple, tolerance, n
                 point = Point(entry, scaled)
                 first_of[signature] = point
                 points.append(point)
+    if missed:
+        raise UsageError(
+            f"no rounded network within {tolerance:g} of s times the baseline's MACs at {base_resolution} px for "
+            f"{'; '.join(missed)}: leave them out (--strategies) or choose other --s; a finer --multiple helps "
+            "resolution, another --base-resolution all of them"
+        )
     return CurvePlan(
         space=space,
         source=source,
@@ -529,9 +539,12 @@ def run_curves(plan: CurvePlan, options, console) -> int:
     from ..flops import count_activations
     from ..train.devices import device_name, resolve_device
     from ..train.recipe import Runtime
+    from . import stopping
+    from .outcome import outcome_of
     from .rounds import run_rounds
     from .runner import (
         RunContext,
+        Tally,
         _cores,
         _estimate,
         _install_stop_handlers,
@@ -542,6 +555,7 @@ def run_curves(plan: CurvePlan, options, console) -> int:
         executor,
         resolve_storage,
     )
+    from .storage_retry import StorageLost, lost_storage_message
     from .trials import trial_model, unit_of
 
     space, out = plan.space, options.out
@@ -603,9 +617,12 @@ def run_curves(plan: CurvePlan, options, console) -> int:
     stop = threading.Event()
     restore = _install_stop_handlers(stop, console)
     problems: list[str] = []
+    tally = Tally()
     started = time.perf_counter()
     try:
-        records, rounds = run_rounds(policy, ctx.plan_of, executor(ctx, stop, console, problems))
+        records, rounds = run_rounds(policy, ctx.plan_of, executor(ctx, stop, console, problems, tally))
+    except StorageLost as exc:
+        raise UsageError(lost_storage_message(exc, tally.before, tally.here, tally.planned, options.command)) from None
     finally:
         restore()
     wall = time.perf_counter() - started
@@ -621,12 +638,11 @@ def run_curves(plan: CurvePlan, options, console) -> int:
     report = write_curves(out, point_infos(plan, activations), records, seeds, info)
     for statement in report.statements:
         console.print(f"  {statement}", highlight=False)
-    done = sum(r.state.finished for r in records)
-    console.print(f"{done} of {len(records)} trials finished; curves in {out}", highlight=False)
-    if stop.is_set():
-        console.print("stopped early: run the same command again to resume")
-        return 130
-    return 1 if problems else 0
+    ended = outcome_of(records, machine=problems, stopped=stop.is_set(), terminated=stopping.requested())
+    console.print(f"{ended.line()}; curves in {out}", highlight=False)
+    if stop.is_set() or ended.waiting:
+        console.print("run the same command again to resume", highlight=False)
+    return ended.status
 
 
 def _open(ctx, plan: CurvePlan) -> None:

@@ -18,9 +18,8 @@ from ..records import TrialRecord, TrialState, candidate_key
 from ..scaling import Candidate
 from ..space import SearchSpace
 from .allocation import promote, rung_epochs
-from .plan import units_for
+from .plan import Unit, units_for
 from .rounds import Step
-from .trials import Unit
 
 
 def rung_schedule(space: SearchSpace) -> tuple[int, ...]:

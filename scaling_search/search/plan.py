@@ -6,33 +6,70 @@ phi = 1 network at the proxy's own resolution (the baseline's), because that
 is the network the proxy trains. The paper's (1.2, 1.1, 1.15) is always in
 the plan as a reference, flagged with its real cost when off the budget.
 
-Rounding makes many triples build the same network (depth rounds up per
-stage, channels to multiples of 8, resolution to a multiple of pixels), so
-candidates are grouped into classes by the network they build; a class is
-trained once, by its representative, and stands for the range of
-coefficients of its members.
+Rounding makes many triples build the same network (EfficientNet: depth
+rounds up per stage, channels to multiples of 8, resolution to a multiple of
+pixels), so candidates are grouped into classes by the network they build,
+as the baseline's family tells (``models.family``); a class is trained once,
+by its representative, and stands for the range of coefficients of its members.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from ..analysis.series import measured_ratio
 from ..errors import UsageError
-from ..models import EfficientNetConfig, get_config
-from ..models.efficientnet_config import ScaledNetwork, compound_config, scale_network
+from ..models import family_of, get_config, measured_ratio, network_key, scalable_of
+from ..records import unit_key
 from ..scaling import PAPER, Candidate, Coefficients, candidate_grid, derived_step_default, parse_budget
 from ..space import GridSpec, SearchSpace
+from .allocation import run_order
 
-# What makes two candidates the same network: the rounded stages and the input size.
-NetworkKey = tuple[ScaledNetwork, int]
+# What makes two candidates the same network: the family's signature of it and the input size.
+NetworkKey = tuple[Hashable, int]
 
 
-def network_key(coeffs: Coefficients, base: EfficientNetConfig, multiple: int) -> NetworkKey:
-    """The rounded phi = 1 network that ``coeffs`` builds from ``base``."""
-    config = compound_config(coeffs, 1, base, multiple)
-    return scale_network(config), config.resolution
+@dataclass(frozen=True)
+class Unit:
+    """One candidate trained with one seed: the unit of work that runs exactly once."""
+
+    alpha: float
+    beta: float
+    gamma: float
+    seed: int
+    theoretical_ratio: float
+    measured_ratio: float
+    rung: int | None = None  # a shorter halving rung; None: the full schedule
+    epochs: int | None = None  # this unit's complete schedule; None: the proxy's epochs
+    fidelity: int | None = None  # the fidelity check's longer schedule (its factor); None: a search unit
+
+    @property
+    def key(self) -> str:
+        return unit_key(self.alpha, self.beta, self.gamma, self.seed, self.rung, self.fidelity)
+
+    @property
+    def coefficients(self) -> Coefficients:
+        return Coefficients(self.alpha, self.beta, self.gamma)
+
+    def attrs(self) -> dict:
+        return {
+            "unit": self.key,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "gamma": self.gamma,
+            "seed": self.seed,
+            "theoretical_ratio": self.theoretical_ratio,
+            "measured_ratio": self.measured_ratio,
+            "rung": self.rung,
+            "epochs": self.epochs,
+            "fidelity": self.fidelity,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> Unit:
+        names = ("alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs", "fidelity")
+        return cls(**{k: attrs[k] for k in names if k in attrs})
 
 
 @dataclass(frozen=True)
@@ -127,7 +164,7 @@ def _representative(members: Sequence[Candidate]) -> Candidate:
     return min(members, key=distance)
 
 
-def group_classes(candidates: Sequence[Candidate], base: EfficientNetConfig, multiple: int) -> tuple[NetworkClass, ...]:
+def group_classes(candidates: Sequence[Candidate], base: Any, multiple: int) -> tuple[NetworkClass, ...]:
     """Group candidates by the network they build, classes in order of their first member."""
     groups: dict[NetworkKey, list[Candidate]] = {}
     for c in candidates:
@@ -144,7 +181,7 @@ FULL_GRID = GridSpec(kind="full")
 
 def build_plan(
     budget: str | float,
-    base: EfficientNetConfig,
+    base: Any,
     *,
     multiple: int = 8,
     grid: GridSpec = FULL_GRID,
@@ -154,9 +191,11 @@ def build_plan(
 ) -> Plan:
     """The candidates of one budget around ``base`` (at ``base.resolution``), the paper's triple, their classes.
 
+    ``base`` is a config of any scalable family (``models.family``), which measures and groups the candidates.
     ``grid`` is the space's record of the grid (kind, step, bounds); a step of None is the kind's default.
     """
     value = parse_budget(budget)
+    family_of(base).check(base)
     measure = lambda coeffs: measured_ratio(coeffs, base, multiple)  # noqa: E731
     cands = candidate_grid(
         value,
@@ -187,15 +226,15 @@ def build_plan(
     )
 
 
-def baseline_config(space: SearchSpace, num_classes: int) -> EfficientNetConfig:
-    """The space's baseline network at the proxy's resolution."""
+def baseline_config(space: SearchSpace, num_classes: int) -> Any:
+    """The space's baseline network at the proxy's resolution (the recipe's dropouts where the family has them)."""
     b, p = space.baseline, space.proxy
     options = {"resolution": b.resolution, "num_classes": num_classes, "dropout": p.dropout, "drop_path": p.drop_path}
-    if b.model == "efficientnet":
+    if b.width is not None or b.depth is not None or not b.model.startswith("efficientnet-"):
         options.update(width=b.width or 1.0, depth=b.depth or 1.0)
     config = get_config(b.model, **options)
-    if not isinstance(config, EfficientNetConfig):
-        raise UsageError(f"baseline.model {b.model!r} is not an EfficientNet: only that family can be searched")
+    if scalable_of(config) is None:
+        raise UsageError(f"baseline.model {b.model!r} is not a network family that can be searched")
     return config
 
 
@@ -231,9 +270,6 @@ def units_for(
     next seed), shuffled within a seed by the space's recorded ``order_seed`` (plus ``stage``, the
     halving rung's or race round's index, so each round has its own order). An interrupted run is then a fair
     sample of the grid. ``seeds``: the round's seeds (default: the space's)."""
-    from .allocation import run_order
-    from .trials import Unit  # trials re-exports this module's functions
-
     units = [
         Unit(
             c.coefficients.alpha,

@@ -12,7 +12,8 @@ finished units are kept, decisions recomputed, nothing trained twice.
 - racing: rounds of one more seed for the candidates still in contention (``racing.py``).
 
 A later stage (another set of units given the decision) is one more policy
-driven the same way.
+driven the same way. ``policies.policy_for`` picks a space's policy (it imports
+the policies, which import this driver's types: the driver never imports them).
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from typing import Any, Protocol
 from ..records import TrialRecord
 from ..scaling import Candidate
 from ..space import SearchSpace
-from .plan import units_for
-from .trials import Unit
+from .plan import Unit, units_for
 
 
 @dataclass(frozen=True)
@@ -112,17 +112,3 @@ class Uniform:
 
     def after(self, index: int, records: Sequence[TrialRecord]) -> Step:
         return Step(())
-
-
-def policy_for(space: SearchSpace, candidates: Sequence[Candidate]) -> Policy:
-    """The space's allocation: racing, synchronous halving (``pruning``) or uniform."""
-    reference = next((c for c in candidates if c.is_paper), None)
-    if space.racing.enabled:
-        from .racing import Racing
-
-        return Racing(space, candidates, reference=reference)
-    if space.pruning.enabled:
-        from .halving import Halving
-
-        return Halving(space, candidates, reference=reference)
-    return Uniform(space, candidates)

@@ -1,4 +1,4 @@
-"""The plan (candidates x seeds -> units), and how one unit is trained into a ``TrialRecord``.
+"""How one unit (``plan.Unit``) is trained into a ``TrialRecord``.
 
 Both backends train through ``run_unit``, so their records are the same.
 """
@@ -7,66 +7,29 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..analysis.series import compound_config
 from ..errors import UsageError
-from ..models import EfficientNetConfig, effective_multipliers
-from ..records import TrialRecord, TrialState, unit_key
-from ..scaling import Coefficients
+from ..models import compound, family_of
+from ..records import TrialRecord, TrialState
 from ..space import SearchSpace
 from ..train.recipe import Runtime
-from .plan import baseline_config, search_candidates, units_for  # noqa: F401  (the candidate builder lives in plan.py)
+from .plan import Unit, baseline_config
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One candidate trained with one seed: the unit of work that runs exactly once."""
+class OutputNotSaved(UsageError):
+    """A unit trained to its end whose weights file the disk refused: the record is whole and is stored
+    (a resumed run does not train it again); the run stops with the disk's message."""
 
-    alpha: float
-    beta: float
-    gamma: float
-    seed: int
-    theoretical_ratio: float
-    measured_ratio: float
-    rung: int | None = None  # a shorter halving rung; None: the full schedule
-    epochs: int | None = None  # this unit's complete schedule; None: the proxy's epochs
-    fidelity: int | None = None  # the fidelity check's longer schedule (its factor); None: a search unit
-
-    @property
-    def key(self) -> str:
-        return unit_key(self.alpha, self.beta, self.gamma, self.seed, self.rung, self.fidelity)
-
-    @property
-    def coefficients(self) -> Coefficients:
-        return Coefficients(self.alpha, self.beta, self.gamma)
-
-    def attrs(self) -> dict:
-        return {
-            "unit": self.key,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "gamma": self.gamma,
-            "seed": self.seed,
-            "theoretical_ratio": self.theoretical_ratio,
-            "measured_ratio": self.measured_ratio,
-            "rung": self.rung,
-            "epochs": self.epochs,
-            "fidelity": self.fidelity,
-        }
-
-    @classmethod
-    def from_attrs(cls, attrs: dict) -> Unit:
-        names = ("alpha", "beta", "gamma", "seed", "theoretical_ratio", "measured_ratio", "rung", "epochs", "fidelity")
-        return cls(**{k: attrs[k] for k in names if k in attrs})
+    def __init__(self, message: str, record: TrialRecord):
+        super().__init__(f"{message} (the trial's result is stored; its weights file is not)")
+        self.record = record
 
 
-def trial_model(space: SearchSpace, unit: Unit, num_classes: int) -> EfficientNetConfig:
+def trial_model(space: SearchSpace, unit: Unit, num_classes: int) -> Any:
     """The phi = 1 network of a candidate at the proxy task's scale."""
-    return compound_config(
-        unit.coefficients, 1, baseline_config(space, num_classes), space.constraint.resolution_multiple
-    )
+    return compound(baseline_config(space, num_classes), unit.coefficients, 1, space.constraint.resolution_multiple)
 
 
 def unit_recipe(space: SearchSpace, epochs: int | None):
@@ -93,7 +56,7 @@ def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRec
 
     model = trial_model(space, unit, num_classes)
     counted = count(model)
-    effective = effective_multipliers(model, baseline_config(space, num_classes))
+    effective = family_of(model).effective(model, baseline_config(space, num_classes))
     return TrialRecord(
         alpha=unit.alpha,
         beta=unit.beta,
@@ -109,9 +72,10 @@ def planned_record(space: SearchSpace, unit: Unit, num_classes: int) -> TrialRec
         macs=counted.macs,
         theoretical_ratio=unit.theoretical_ratio,
         measured_ratio=unit.measured_ratio,
-        effective_alpha=round(effective.depth, 6),
-        effective_beta=round(effective.width, 6),
-        effective_gamma=round(effective.resolution, 6),
+        # The family's real multipliers after rounding; None where it does not say (a user's function).
+        effective_alpha=None if effective is None else round(effective.depth, 6),
+        effective_beta=None if effective is None else round(effective.width, 6),
+        effective_gamma=None if effective is None else round(effective.resolution, 6),
     )
 
 
@@ -174,12 +138,7 @@ def run_unit(
         raise
     except Exception as exc:  # a broken trial must not end a long search
         return ended(TrialState.FAIL, failure=f"unexpected error: {type(exc).__name__}: {exc}")
-    if keep:
-        from ..weights import save_trained, trial_weights_path
-
-        path = trial_weights_path(weights_dir, unit.alpha, unit.beta, unit.gamma, unit.seed)
-        save_trained(path, config, result, {"alpha": unit.alpha, "beta": unit.beta, "gamma": unit.gamma})
-    return ended(
+    record = ended(
         TrialState.COMPLETE,
         accuracy=result.accuracy,
         params=result.params,
@@ -188,6 +147,16 @@ def run_unit(
         wall_seconds=round(result.wall_seconds, 3),
         device=result.device,
     )
+    if keep:
+        from ..atomic import OutputRefused
+        from ..weights import save_trained, trial_weights_path
+
+        path = trial_weights_path(weights_dir, unit.alpha, unit.beta, unit.gamma, unit.seed)
+        try:
+            save_trained(path, config, result, {"alpha": unit.alpha, "beta": unit.beta, "gamma": unit.gamma})
+        except OutputRefused as exc:
+            raise OutputNotSaved(str(exc), record) from None
+    return record
 
 
 def unit_of(record: TrialRecord) -> Unit:

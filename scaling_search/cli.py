@@ -69,6 +69,16 @@ def _positive_float(name: str):
     )
 
 
+def _non_negative_float(name: str):
+    return _number(
+        name,
+        float,
+        lambda v: math.isfinite(v) and v >= 0,
+        "a number",
+        lambda text: f"{name} must be a non-negative number of seconds, got {text!r}",
+    )
+
+
 def _coefficient(name: str):
     return _number(
         name,
@@ -440,6 +450,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="seconds between trial heartbeats; a trial silent for 4 is re-queued (default 10)",
     )
     p.add_argument(
+        "--storage-retry",
+        type=_non_negative_float("storage-retry"),
+        default=60.0,
+        metavar="SECONDS",
+        help=(
+            "how long a run waits for a storage server that stops answering (a restart, a failover) before it "
+            "stops; 0: not at all (default 60)"
+        ),
+    )
+    p.add_argument(
         "--fidelity",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -489,10 +509,12 @@ def _resolve_space(args: argparse.Namespace, console):
         "fidelity": {"enabled": args.fidelity},
     }
     space = space.with_overrides(**overrides).with_model(args.model)
-    if args.seeds:
-        import dataclasses
+    import dataclasses
 
+    if args.seeds:
         space = dataclasses.replace(space, seeds=tuple(range(args.seeds)))
+    if args.precision:
+        space = dataclasses.replace(space, precision=args.precision)
     return space
 
 
@@ -522,6 +544,7 @@ _RUN_OPTIONS = (
     "memory_format",
     "cudnn_benchmark",
     "heartbeat",
+    "storage_retry",
     "ray_address",
     "gpus_per_trial",
     "cpus_per_trial",
@@ -540,8 +563,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     space = _resolve_space(args, console)
     out = Path(args.out) if args.out else Path("runs") / f"{space.name}-{parse_budget(space.constraint.budget):g}x"
     named = {k: getattr(args, k) for k in _RUN_OPTIONS}
-    options = RunOptions(out=out, estimate_only=args.estimate, **named)
+    options = RunOptions(out=out, estimate_only=args.estimate, command=_command_line(args.argv), **named)
     return run(space, options, console)
+
+
+def _command_line(argv: Sequence[str]) -> str:
+    """The command as the user can type it again (passwords in URLs hidden)."""
+    import shlex
+
+    from .search.optuna_backend import redact
+
+    return shlex.join([PROG, *(redact(a) for a in argv)])
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -593,6 +625,13 @@ def _add_curves_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     _add_runtime_options(p)
     p.add_argument("--heartbeat", type=_positive_int("heartbeat"), default=10, help="seconds between heartbeats")
+    p.add_argument(
+        "--storage-retry",
+        type=_non_negative_float("storage-retry"),
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for a storage server that stops answering (as for run; default 60)",
+    )
     p.add_argument("--jobs", type=_positive_int("jobs"), help="trials at once on this machine (as for run)")
     p.add_argument("--ray-address", help="join this Ray cluster (with --backend ray)")
     p.add_argument(
@@ -626,7 +665,13 @@ def _cmd_curves(args: argparse.Namespace) -> int:
         race=args.race,
     )
     named = {k: getattr(args, k) for k in _CURVES_OPTIONS}
-    options = RunOptions(out=folder / CURVES_DIR, estimate_only=args.estimate, keep_weights="none", **named)
+    options = RunOptions(
+        out=folder / CURVES_DIR,
+        estimate_only=args.estimate,
+        keep_weights="none",
+        command=_command_line(args.argv),
+        **named,
+    )
     return run_curves(plan, options, console)
 
 
@@ -638,6 +683,7 @@ _CURVES_OPTIONS = (
     "memory_format",
     "cudnn_benchmark",
     "heartbeat",
+    "storage_retry",
     "ray_address",
     "jobs",
 )
@@ -789,6 +835,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="what the model trains in (default auto, or a space's precision: bf16 on CUDA cards of compute "
+        "capability 8.0 and newer, fp16 with loss scaling on older ones, fp32 on the CPU)",
+    )
+    p.add_argument(
         "--memory-format",
         choices=("auto", "nchw", "channels_last"),
         default="auto",
@@ -834,7 +886,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in _RECIPE_OPTIONS if getattr(args, k) is not None}
     recipe = Recipe(train_subset=args.subset, test_subset=args.test_subset, **options)
     runtime = Runtime(
-        device=args.device or "auto", memory_format=args.memory_format, cudnn_benchmark=args.cudnn_benchmark
+        device=args.device or "auto",
+        precision=args.precision or "auto",
+        memory_format=args.memory_format,
+        cudnn_benchmark=args.cudnn_benchmark,
     )
     trial = TrialSpec(model, spec, recipe, seed=args.seed or 0)
     resolve_device(runtime.device)
@@ -864,7 +919,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     print(
         f"  throughput    {result.images_per_second:,.0f} images/s on {result.device} ({result.device_name}, "
-        f"{result.memory_format})"
+        f"{result.memory_format}, {result.precision})"
     )
     split = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in result.timings.items())
     print(f"  wall time     {result.wall_seconds:.1f} s ({split} s)")
@@ -939,7 +994,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
         args = parser.parse_args(argv)
+        args.argv = argv
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

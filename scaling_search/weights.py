@@ -54,7 +54,7 @@ def save_weights(
     import torch
     from safetensors.torch import save
 
-    from .atomic import atomic_write_bytes
+    from .atomic import atomic_write_bytes, refused
     from .models import config_to_dict
 
     _check_fits(config, state_dict)
@@ -67,8 +67,12 @@ def save_weights(
     if record:
         metadata["record"] = json.dumps(record)
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, save(tensors, metadata=metadata))
+    data = save(tensors, metadata=metadata)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise (refused(target.parent, exc, len(data)) or exc) from None
+    atomic_write_bytes(target, data)
     return target
 
 

@@ -149,7 +149,10 @@ class PostgresServer:
             "UTF8",
         )
         pwfile.unlink()
-        with open(self.log, "wb") as log:
+        self._launch()
+
+    def _launch(self) -> None:
+        with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [
                     str(self.bin / "postgres"),
@@ -185,6 +188,21 @@ class PostgresServer:
                 if time.monotonic() > deadline:
                     raise
 
+    def restart(self, down_seconds: float = 0.0) -> float:
+        """Stop the server (fast shutdown: every client connection is cut, as in ``pg_ctl restart -m fast``),
+        keep it down ``down_seconds``, start it again on the same port and data. Returns the seconds it was down."""
+        stopped = time.monotonic()
+        self.shutdown()
+        time.sleep(down_seconds)
+        self._launch()
+        return time.monotonic() - stopped
+
+    def shutdown(self) -> None:
+        """Stop the server (fast shutdown) and keep its data, for ``restart``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(60)
+
     def create_database(self, name: str) -> str:
         """A new database; returns its SQLAlchemy URL (password included)."""
         self._run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
@@ -209,9 +227,10 @@ class PostgresServer:
 
 
 class RayHead:
-    """``ray start --head --block`` on 127.0.0.1 with its own temp folder, ports and token."""
+    """``ray start --head --block`` on 127.0.0.1 with its own temp folder, ports and token; with ``join``
+    (a head's address), ``ray start --address`` instead: a second node of that cluster on this machine."""
 
-    def __init__(self, *, token: str | None = None, num_cpus: int = 1) -> None:
+    def __init__(self, *, token: str | None = None, num_cpus: int = 1, join: str | None = None) -> None:
         self.token = token if token is not None else secrets.token_hex(32)
         # Unix socket paths under the temp folder must stay short (108 bytes).
         self.temp = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
@@ -227,19 +246,20 @@ class RayHead:
             "--runtime-env-agent-port": free_port(),
             "--metrics-export-port": free_port(),
         }
+        role = ["--head", f"--port={self.port}", "--include-dashboard=false"] if join is None else [f"--address={join}"]
+        if join is not None:
+            self.address = join
         args = [
             sys.executable,
             "-m",
             "ray.scripts.scripts",
             "start",
-            "--head",
+            *role,
             "--block",
             "--node-ip-address=127.0.0.1",
-            f"--port={self.port}",
             f"--temp-dir={self.temp}",
             f"--num-cpus={num_cpus}",
             "--num-gpus=0",
-            "--include-dashboard=false",
             "--disable-usage-stats",
             f"--min-worker-port={low}",
             f"--max-worker-port={low + 40}",
@@ -253,7 +273,8 @@ class RayHead:
                 args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=self.temp
             )
         try:
-            _wait_port(self.port, self.proc, 120, "ray start --head", self.log)
+            if join is None:
+                _wait_port(self.port, self.proc, 120, "ray start --head", self.log)
             self._wait_raylet(started)
         except BaseException:
             self.stop()
@@ -274,8 +295,20 @@ class RayHead:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self) -> None:
-        _stop_group(self.proc, timeout=30)
+    def pids(self) -> list[int]:
+        """Every process of this node: its ``ray start`` session (raylet, workers) and any that left it."""
+        out = set(_pids_mentioning(str(self.temp)))
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getsid(int(entry.name)) == self.proc.pid:
+                        out.add(int(entry.name))
+                except (ProcessLookupError, PermissionError):
+                    pass
+        return sorted(out)
+
+    def stop(self, timeout: float = 30) -> None:
+        _stop_group(self.proc, timeout=timeout)
         for pid in _pids_mentioning(str(self.temp)):  # a process that left the group but runs in our folder
             try:
                 os.kill(pid, signal.SIGKILL)

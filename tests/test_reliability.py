@@ -1138,3 +1138,360 @@ def test_soak_three_workers_one_killed_and_restarted(tmp_path, data_env):
     rows = read_csv(run / "trials.csv")
     assert len(rows) == 15 and {r["state"] for r in rows} == {"COMPLETE"}
     assert len({w for (w,) in db_rows(run, "select value_json from trial_user_attributes where key = 'worker'")}) >= 3
+
+
+# ------------------------------------------------- infrastructure faults (issue 23)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    from services import PostgresServer
+
+    server = PostgresServer()  # fails the test with the reason when it cannot start
+    yield server
+    server.stop()
+
+
+class PgWatch:
+    """One connection that reads the run's study while the server comes and goes (reconnects after a
+    restart); a fresh connection per poll would start a server process each time."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.con = None
+
+    def rows(self, sql: str) -> list[tuple]:
+        import psycopg
+
+        for _ in range(2):  # a connection a restart cut fails once, then a new one answers
+            try:
+                if self.con is None or self.con.closed:
+                    self.con = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+                return self.con.execute(sql).fetchall()
+            except psycopg.Error:  # the server is away, or the table is not there yet
+                if self.con is not None:
+                    self.con.close()
+                self.con = None
+        return []
+
+    def trials(self) -> list[tuple[str, str]]:
+        """(unit, state) of every trial of the study, in trial order."""
+        rows = self.rows(
+            "select a.value_json, t.state from trials t join trial_user_attributes a "
+            "on a.trial_id = t.trial_id where a.key = 'unit' order by t.number"
+        )
+        return [(json.loads(unit), state) for unit, state in rows]
+
+    def studies(self) -> int:
+        rows = self.rows("select count(*) from studies")
+        return rows[0][0] if rows else 0
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+
+
+def test_postgres_restarts_are_waited_for_and_a_longer_outage_stops_clearly(tmp_path, postgres, data_env):
+    """The server restarts (as `pg_ctl restart -m fast` does: every connection cut) once after the study is
+    created and before its units are queued, once while a trial trains: the run waits each time it notices,
+    says so in one line each way, and the trial that was training is stored when the server is back, not
+    trained again. Then the server stays down past --storage-retry: one clear line, exit 2, and the same
+    command resumes, training again only the trial that was under way."""
+    url = postgres.create_database("restart")
+    space = tiny_space(tmp_path, seeds=(0, 1), train=256, epochs=2)
+    args = run_command(space, tmp_path / "run", "--storage", url, "--heartbeat", "2", "--storage-retry", "4")
+    env = clean_env(data_env)
+    watch = PgWatch(url)
+
+    def states() -> list[str]:
+        return [state for _, state in watch.trials()]
+
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: watch.studies() == 1, 300, "the study to be created", proc, poll=0.02)
+        assert states() == []  # set-up: the units are not queued yet
+        postgres.restart()
+        wait_for(lambda: (s := states()).count("COMPLETE") == 1 and "RUNNING" in s, 300, "trial 2", proc, poll=0.05)
+        postgres.restart()
+        wait_for(lambda: (s := states()).count("COMPLETE") == 3 and "RUNNING" in s, 300, "trial 4", proc, poll=0.05)
+        postgres.shutdown()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        postgres.restart()
+    trials = watch.trials()
+    watch.close()
+    assert postgres.password not in out + err
+    waits = out.count("stopped answering (")
+    assert waits >= 2 and out.count("answers again after") == waits - 1, out  # the last wait is the outage
+    assert "waiting for it, up to 4 s (--storage-retry)" in out
+    assert_one_clear_line(
+        proc.returncode,
+        err,
+        (
+            "stopped answering during the run and did not come back within 4 s",
+            "connection refused",
+            f"3 of {2 * SAMPLE_UNITS} trials are finished and kept in the study",
+            "run the same command to resume: scaling-search run --space",
+            "--storage-retry 4",
+        ),
+        never=(postgres.password, "check the URL"),
+    )
+    assert [s for _, s in trials].count("COMPLETE") == 3 and "FAIL" not in [s for _, s in trials], trials
+    resumed = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and resumed.stderr == "", resumed.stderr
+    by_unit: dict[str, list[str]] = {}
+    for unit, state in PgWatch(url).trials():
+        by_unit.setdefault(unit, []).append(state)
+    assert len(by_unit) == 2 * SAMPLE_UNITS and all(s.count("COMPLETE") == 1 for s in by_unit.values()), by_unit
+    # only the trial under way when the server stayed away is trained again; the restarts cost nothing
+    assert sorted(len(s) for s in by_unit.values()) == [1] * (2 * SAMPLE_UNITS - 1) + [2], by_unit
+    assert [r["state"] for r in read_csv(tmp_path / "run" / "trials.csv")] == ["COMPLETE"] * 2 * SAMPLE_UNITS
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 16 MB filesystem (tmpfs) of the test's own, mounted under its folder: filled, or made
+    read-only, while a run writes to it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root (CI runs as root)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True)
+    assert mounted.returncode == 0, f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}"
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """One file that takes all but ``leave`` bytes of the filesystem's free space."""
+    filler = disk / "filler"
+    with open(filler, "ab") as f:
+        f.write(b"\0" * max(0, shutil.disk_usage(disk).free - leave))
+    return filler
+
+
+def test_full_disk_while_saving_weights_keeps_the_result_and_resumes(tmp_path, small_disk, data_env):
+    """The run folder's disk fills up while a trial trains: its weights cannot be written. One line names
+    the file and the space, exit 2; the trial's result is in the study, and the same command resumes
+    without training it (or any finished trial) again."""
+    run = small_disk / "run"
+    args = run_command(tiny_space(tmp_path, seeds=(0, 1), train=256), run, "--keep-weights", "all")
+    env = clean_env(data_env)
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: "COMPLETE" in trial_states(run), 300, "a finished trial", proc, poll=0.05)
+        filler = fill(small_disk, 256 << 10)  # room for the study's few pages, not for a weights file
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_one_clear_line(
+        proc.returncode,
+        err,
+        ("cannot write", "weights/a", ".safetensors: no space left on its device", "KB free", "needed", "is stored"),
+    )
+    (refused,) = re.findall(r"weights/(\S+\.safetensors)", err)
+    states = trial_states(run)
+    done = states.count("COMPLETE")
+    assert set(states) == {"COMPLETE", "WAITING"} and done >= 2, states  # the refused trial's result is stored
+    assert not (run / "weights" / refused).exists() and not list(run.rglob(".*.tmp"))
+    filler.unlink()
+    resumed = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and resumed.stderr == "", resumed.stderr
+    assert f"resuming: {done} of {2 * SAMPLE_UNITS} trials already finished" in resumed.stdout
+    assert all(s == ["COMPLETE"] for s in unit_attempts(run).values()), unit_attempts(run)  # none trained twice
+    assert len(list((run / "weights").glob("*.safetensors"))) == 2 * SAMPLE_UNITS - 1  # all but the refused one
+
+
+def test_full_or_read_only_disk_while_writing_the_report_is_one_line(tmp_path, small_disk, inproc, capsys):
+    """The report of a finished run on a full, then a read-only disk: one line naming the file, exit 2,
+    every earlier file intact; with the space back the same command writes it."""
+    run = small_disk / "run"
+    study = f"sqlite:///{tmp_path / 'study.db'}"  # the study elsewhere: only the folder's disk is at fault
+    rc, _, err = cli(capsys, *run_args(tiny_space(tmp_path), run, "--storage", study, "--keep-weights", "none"))
+    assert rc == 0, err
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    filler = fill(small_disk, 0)
+    rc, _, err = cli(capsys, "report", run)
+    assert_one_clear_line(rc, err, (f"cannot write {run / 'trials.csv'}: no space left on its device", "needed"))
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    filler.unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        rc, _, err = cli(capsys, "report", run)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert_one_clear_line(rc, err, (f"cannot write {run / 'trials.csv'}: read-only file system", "make it writable"))
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    rc, out, err = cli(capsys, "report", run)
+    assert rc == 0 and err == "", err
+    assert (run / "trials.csv").read_bytes() == before["trials.csv"]
+
+
+TERM_GRACE = 60  # seconds the tests give a stopped run to exit (README: a grace period of 30 s on a quiet machine)
+
+
+def sigterm_mid_trial(args: list[str], env: dict, ready: Callable[[], bool], log: Path) -> tuple[int, float]:
+    """Start ``args`` in a session of its own, send SIGTERM to the whole session (as a batch scheduler
+    does to a job's processes) once ``ready``; its exit status and the seconds it took to exit."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for(ready, 300, "a trial under way after a finished one", proc, poll=0.05)
+            sent = time.monotonic()
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=TERM_GRACE)
+            return proc.returncode, time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_sigterm_with_two_jobs_abandons_the_trials_reports_and_exits_143(tmp_path, data_env):
+    """SIGTERM to the parent and its two workers mid-trial: the trials under way are abandoned and
+    queued again at once, the report of what is finished is written, exit 143 within the grace period;
+    the same command resumes and trains each unit to completion once."""
+    run = tmp_path / "run"
+    args = run_command(tiny_space(tmp_path, seeds=(0, 1), train=256), run, "--jobs", "2")
+    env = clean_env(data_env)
+    rc, took = sigterm_mid_trial(
+        args, env, lambda: "COMPLETE" in (s := trial_states(run)) and "RUNNING" in s, tmp_path / "out.txt"
+    )
+    printed = (tmp_path / "out.txt").read_text()
+    assert rc == 143, (rc, printed[-3000:])
+    assert "terminating (SIGTERM)" in printed and "stopped early: run the same command again" in printed
+    assert "Traceback" not in printed and "worker failed" not in printed, printed[-3000:]
+    states = trial_states(run)
+    assert "RUNNING" not in states  # nothing left for a heartbeat to time out: abandoned trials are queued again
+    attempts = unit_attempts(run)
+    abandoned = [k for k, s in attempts.items() if s[0] == "FAIL"]
+    assert 1 <= len(abandoned) <= 2 and all(attempts[k] == ["FAIL", "WAITING"] for k in abandoned), attempts
+    done = states.count("COMPLETE")
+    best = json.loads((run / "best.json").read_text())
+    assert best["units_finished"] == done >= 1 and not best["complete"]
+    assert sorted(r["state"] for r in read_csv(run / "trials.csv")).count("COMPLETE") == done
+    resumed = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    final = unit_attempts(run)
+    assert all(s.count("COMPLETE") == 1 for s in final.values()) and len(final) == 2 * SAMPLE_UNITS, final
+    assert all(final[k] == ["FAIL", "COMPLETE"] for k in abandoned), final  # trained again, once
+    print(f"SIGTERM with --jobs 2: exit 143 {took:.1f} s after the signal")
+
+
+RAY_TOKEN = "7" * 64
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A real two-node Ray cluster on this machine: a head and a second ``ray start --address`` node, one
+    CPU each, with token authentication (Ray 2.60's default)."""
+    pytest.importorskip("ray", reason="the ray extra is part of the test install")
+    from services import RayHead
+
+    head = RayHead(token=RAY_TOKEN, num_cpus=1)
+    try:
+        node = RayHead(token=RAY_TOKEN, num_cpus=1, join=head.address)
+    except BaseException:
+        head.stop()
+        raise
+    yield head, node
+    node.stop(timeout=5)
+    head.stop(timeout=5)
+
+
+def ray_env(data_env: dict, tmp_path: Path) -> dict:
+    env = {**clean_env(data_env), "HOME": str(tmp_path), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": RAY_TOKEN}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def ray_finished(run: Path) -> list[str]:
+    """Units stored in the Ray backend's file of finished records, one line each."""
+    path = run / "ray" / "finished.jsonl"
+    if not path.is_file():
+        return []
+    from scaling_search.records import unit_key
+
+    units = []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:  # the driver is appending this line right now
+            continue
+        units.append(unit_key(r["alpha"], r["beta"], r["gamma"], r["seed"], r.get("rung"), r.get("fidelity")))
+    return units
+
+
+def training_on(node) -> bool:
+    """Whether a Tune trial's actor (Ray titles it ``ray::ImplicitFunc``) runs on ``node``."""
+    for pid in node.pids():
+        try:
+            if "ImplicitFunc" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def test_ray_sigterm_then_a_lost_node_resumes_to_the_undisturbed_decision(
+    tmp_path, two_nodes, data_env, inproc, capsys
+):
+    """On a real two-node cluster: SIGTERM to the run's driver (as Kubernetes sends it, to the main process)
+    while trials train on both nodes: exit 143 within the grace period with the report of what is finished.
+    The same command resumes; while it trains, the second node's processes are killed: its trial is
+    trained again on the head's node, the round completes, every unit is stored once, and the results and
+    the decision are those of an undisturbed run of the same search."""
+    head, node = two_nodes
+    space = tiny_space(tmp_path, seeds=(0, 1), train=512)
+    run = tmp_path / "run"
+    args = run_command(space, run, "--backend", "ray", "--ray-address", head.address, "--cpus-per-trial", "1")
+    env = ray_env(data_env, tmp_path)
+    with open(tmp_path / "stopped.txt", "w") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: len(ray_finished(run)) >= 1 and training_on(node), 300, "trials on both", proc, poll=0.1)
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=TERM_GRACE)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    printed = (tmp_path / "stopped.txt").read_text()
+    assert proc.returncode == 143, (proc.returncode, printed[-3000:])
+    assert "terminating (SIGTERM)" in printed and "Traceback" not in printed, printed[-3000:]
+    done = ray_finished(run)
+    assert len(done) == len(set(done)) < 2 * SAMPLE_UNITS - 1  # two trials were under way: abandoned
+    best = json.loads((run / "best.json").read_text())
+    assert best["units_finished"] == len(done) and not best["complete"]
+
+    with open(tmp_path / "resumed.txt", "w") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: training_on(node), 300, "a trial on the second node", proc, poll=0.1)
+            killed = node.pids()
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    printed = (tmp_path / "resumed.txt").read_text()
+    assert proc.returncode == 0, printed[-3000:]
+    assert not node.alive() and killed
+    stored = ray_finished(run)
+    assert len(stored) == len(set(stored)) == 2 * SAMPLE_UNITS and stored[: len(done)] == done  # each unit once
+
+    rc, _, err = cli(capsys, *run_args(space, tmp_path / "undisturbed", "--keep-weights", "none"))
+    assert rc == 0, err
+    rows = {r["unit"]: r for r in read_csv(run / "trials.csv")}
+    reference = {r["unit"]: r for r in read_csv(tmp_path / "undisturbed" / "trials.csv")}
+    assert {u: r["state"] for u, r in rows.items()} == {u: "COMPLETE" for u in reference}
+    assert {u: r["accuracy"] for u, r in rows.items()} == {u: r["accuracy"] for u, r in reference.items()}
+    best = json.loads((run / "best.json").read_text())
+    same = json.loads((tmp_path / "undisturbed" / "best.json").read_text())
+    decision = ("alpha", "beta", "gamma", "verdict", "accuracy_mean", "confidence_set")
+    assert {k: best.get(k) for k in decision} == {k: same.get(k) for k in decision}
+    print(f"SIGTERM with --backend ray: exit 143 {took:.1f} s after the signal")

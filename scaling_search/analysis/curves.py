@@ -285,11 +285,16 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def csv_rows(points: Sequence[PointInfo], by_unit: dict, seeds: Sequence[int], detail: int | None) -> list[dict]:
+def csv_rows(
+    points: Sequence[PointInfo], by_unit: dict, seeds: Sequence[int], detail: int | None, first: Sequence[int] = ()
+) -> list[dict]:
+    """One row per point x seed it has a unit of (every seed of the first round, and the seeds a race added)."""
     rows = []
     for p in points:
         for seed in seeds:
             r = by_unit.get((p.candidate, seed))
+            if r is None and seed not in first:
+                continue  # a seed a race gave other networks only
             done = r is not None and r.state is TrialState.COMPLETE
             c = p.coefficients
             rows.append(
@@ -351,7 +356,7 @@ def write_curves(
         table7_statement(comparisons),
         rank_agreement_statement(points, comparisons),
     )
-    rows = csv_rows(points, by_unit, seeds, detail)
+    rows = csv_rows(points, by_unit, seeds, detail, info.get("seeds") or seeds)
     atomic_write_text(out / CURVES_CSV, to_csv(rows))
     atomic_write_text(out / "curves.md", _markdown(points, comparisons, statements, baseline, info, rows))
     atomic_write_text(out / "COLUMNS.md", columns_md())
@@ -365,10 +370,20 @@ def write_curves(
     }
     atomic_write_text(out / "curves.json", json.dumps(summary, indent=2, default=_plain) + "\n")
     series = _series(points, rows, base)
-    title = f"{info.get('space', '')}: scaling strategies at equal real MACs"
-    plots.strategy_curves(series, out / "curves.png", title, x="macs", xlabel="real MACs (conv + linear, millions)")
+    name = info.get("space", "")
     plots.strategy_curves(
-        series, out / "speed.png", title, x="images_per_second", xlabel="measured training images/s (this machine)"
+        series,
+        out / "curves.png",
+        f"{name}: scaling strategies at equal real MACs",
+        x="macs",
+        xlabel="real MACs (conv + linear, millions)",
+    )
+    plots.strategy_curves(
+        series,
+        out / "speed.png",
+        f"{name}: the same networks against their measured training speed",
+        x="images_per_second",
+        xlabel=f"measured training images/s ({info.get('device', 'this machine')})",
     )
     return CurveReport(comparisons, statements)
 

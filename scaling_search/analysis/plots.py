@@ -171,7 +171,7 @@ def strategy_curves(series: dict[str, list[dict]], path: Path, title: str, *, x:
         points = [p for p in points if p[x] == p[x]]  # NaN: not measured
         if not points:
             continue
-        points = sorted(points, key=lambda p: p[x])
+        points = sorted(points, key=lambda p: p["s"])  # from the baseline up, whatever the axis
         color = singles.get(name) or next(others)
         style = "--" if name in singles else "-"
         xs, ys = [p[x] for p in points], [p["accuracy"] for p in points]

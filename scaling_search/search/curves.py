@@ -539,9 +539,12 @@ def run_curves(plan: CurvePlan, options, console) -> int:
     from ..flops import count_activations
     from ..train.devices import device_name, resolve_device
     from ..train.recipe import Runtime
+    from . import stopping
+    from .outcome import outcome_of
     from .rounds import run_rounds
     from .runner import (
         RunContext,
+        Tally,
         _cores,
         _estimate,
         _install_stop_handlers,
@@ -552,6 +555,7 @@ def run_curves(plan: CurvePlan, options, console) -> int:
         executor,
         resolve_storage,
     )
+    from .storage_retry import StorageLost, lost_storage_message
     from .trials import trial_model, unit_of
 
     space, out = plan.space, options.out
@@ -613,9 +617,12 @@ def run_curves(plan: CurvePlan, options, console) -> int:
     stop = threading.Event()
     restore = _install_stop_handlers(stop, console)
     problems: list[str] = []
+    tally = Tally()
     started = time.perf_counter()
     try:
-        records, rounds = run_rounds(policy, ctx.plan_of, executor(ctx, stop, console, problems))
+        records, rounds = run_rounds(policy, ctx.plan_of, executor(ctx, stop, console, problems, tally))
+    except StorageLost as exc:
+        raise UsageError(lost_storage_message(exc, tally.before, tally.here, tally.planned, options.command)) from None
     finally:
         restore()
     wall = time.perf_counter() - started
@@ -631,12 +638,11 @@ def run_curves(plan: CurvePlan, options, console) -> int:
     report = write_curves(out, point_infos(plan, activations), records, seeds, info)
     for statement in report.statements:
         console.print(f"  {statement}", highlight=False)
-    done = sum(r.state.finished for r in records)
-    console.print(f"{done} of {len(records)} trials finished; curves in {out}", highlight=False)
-    if stop.is_set():
-        console.print("stopped early: run the same command again to resume")
-        return 130
-    return 1 if problems else 0
+    ended = outcome_of(records, machine=problems, stopped=stop.is_set(), terminated=stopping.requested())
+    console.print(f"{ended.line()}; curves in {out}", highlight=False)
+    if stop.is_set() or ended.waiting:
+        console.print("run the same command again to resume", highlight=False)
+    return ended.status
 
 
 def _open(ctx, plan: CurvePlan) -> None:

@@ -31,7 +31,9 @@ from ..errors import MachineError, UsageError
 from ..records import TrialRecord
 from ..space import SearchSpace
 from ..train.recipe import Runtime
+from . import stopping
 from .backend import Backend, Hooks
+from .storage_retry import StorageLost
 
 MAX_JOBS = 8
 SMS_PER_JOB = 16  # a job of these small networks keeps about this many SMs busy (an H100 has 132)
@@ -115,6 +117,7 @@ class WorkerTask:
 def _worker(task: WorkerTask, stop, results) -> None:
     """A worker's whole life: data, storage, the backend's work loop; every outcome goes to ``results``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards Ctrl-C through ``stop``
+    stopping.install_worker_handler()  # SIGTERM (from a scheduler or the parent): abandon the unit under way
     from ..train.faults import DeviceFault, open_device
 
     try:
@@ -142,6 +145,10 @@ def _worker(task: WorkerTask, stop, results) -> None:
             on_wait=lambda running: results.put(("wait", task.index, running)),
         )
         backend.execute(list(task.plan), train, hooks)
+    except stopping.Abandoned:  # its trial is queued again already
+        results.put(("exit", task.index, None))
+    except StorageLost as exc:
+        results.put(("lost", task.index, (exc.url, exc.waited, exc.reason)))
     except UsageError as exc:
         results.put(("usage", task.index, str(exc)))
     except DeviceFault as exc:  # the unit is left to be trained again; this worker stops
@@ -189,10 +196,16 @@ def execute_jobs(
     ended: set[int] = set()
     problems: list[tuple[str, int, str]] = []
     dead_since: dict[int, float] = {}
+    terminated = False
     try:
         while len(ended) < jobs:
             if hooks.stop.is_set() and not stop.is_set():
                 stop.set()
+            if stopping.requested() and not terminated:
+                terminated = True  # a scheduler may have signalled this process alone: pass it on
+                for i, p in enumerate(procs):
+                    if i not in ended and p.is_alive():
+                        p.terminate()
             try:
                 kind, index, payload = results.get(timeout=0.2)
             except queue_module.Empty:
@@ -212,7 +225,7 @@ def execute_jobs(
                 ended.add(index)
                 if kind != "exit":
                     problems.append((kind, index, payload))
-                    if kind == "usage":
+                    if kind in ("usage", "lost"):
                         stop.set()  # the same input stops every worker: no point in the others going on
     except KeyboardInterrupt:  # the second Ctrl-C: stop at once
         for p in procs:
@@ -227,6 +240,9 @@ def execute_jobs(
                 p.join()
         results.close()
         results.join_thread()
+    lost = [payload for kind, _, payload in problems if kind == "lost"]
+    if lost:
+        raise StorageLost(*lost[0])
     usage = [text for kind, _, text in problems if kind == "usage"]
     if usage:
         raise UsageError(usage[0])

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import re
+import secrets
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -41,11 +44,22 @@ from ..errors import UsageError
 from ..records import TrialRecord, stored_fields, updated
 from ..records import TrialState as State
 from ..train.faults import DeviceFault
+from . import stopping
 from .backend import Hooks, Train, merge
 from .plan import Unit
-from .trials import unit_of
+from .storage_retry import DEFAULT_STORAGE_RETRY, StorageRetry, is_transient
+from .trials import OutputNotSaved, unit_of
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _not_a_lost_connection(record) -> bool:
+    # Optuna falls back to a slower query on a lost connection and warns; the wait for the server is said
+    # in one line of the run's own (storage_retry.py).
+    return not str(record.msg).startswith("Caught an error from sqlalchemy")
+
+
+optuna.logging.get_logger("optuna.storages._rdb.storage").addFilter(_not_a_lost_connection)
 
 DEFAULT_HEARTBEAT = 10  # seconds; a trial is stale after GRACE_FACTOR heartbeats without one
 GRACE_FACTOR = 4
@@ -152,8 +166,9 @@ class _ServerLock:
     _NAME = "scaling-search/queue"
     _KEY = int.from_bytes(hashlib.sha256(_NAME.encode()).digest()[:8], "big", signed=True)
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, retry: StorageRetry | None = None):
         self.url = url
+        self.retry = retry
         self._engine = None
 
     @contextlib.contextmanager
@@ -181,7 +196,9 @@ class _ServerLock:
         except ImportError as exc:
             raise _driver_error(self.url, exc) from None
         except Exception as exc:  # unreachable, refused, bad credentials: all "cannot use this storage"
-            raise storage_error(self.url, exc) from None
+            raise storage_error(self.url, exc) from exc  # the cause says whether waiting may help
+        if self.retry is not None:
+            self.retry.answered = True  # the server answered: from now on a lost connection is waited for
         try:
             yield
         finally:
@@ -241,9 +258,11 @@ class UnitSampler(optuna.samplers.BaseSampler):
 
 def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats; a clear error when it cannot be reached."""
-    engine_kwargs = {}
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": lock_timeout()}}  # wait for a writer rather than fail at once
+    else:
+        # A pooled connection cut by a server restart is noticed before use and replaced.
+        engine_kwargs = {"pool_pre_ping": True}
     try:
         with warnings.catch_warnings():
             # Heartbeats are what makes a dead worker's trial come back; Optuna
@@ -259,7 +278,7 @@ def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT) -> optuna.storage
     except ImportError as exc:
         raise _driver_error(url, exc) from None
     except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use this storage"
-        raise storage_error(url, exc) from None
+        raise storage_error(url, exc) from exc  # the cause says whether waiting may help
 
 
 def _driver_error(url: str, exc: ImportError) -> UsageError:
@@ -276,6 +295,9 @@ def storage_error(url: str, exc: BaseException) -> UsageError:
     """One line for a storage that failed: locked, unreachable or refused."""
     text = _scrub(str(exc).strip(), url)
     first = text.splitlines()[0] if text else type(exc).__name__
+    db = sqlite_path(url)
+    if db is not None and ("database or disk is full" in text or "readonly database" in text):
+        return _study_refused(db, full="disk is full" in text)
     if "database is locked" in text:
         return UsageError(
             f"study storage {redact(url)!r} stayed locked by another program for over {lock_timeout():g} s: "
@@ -289,6 +311,35 @@ def storage_error(url: str, exc: BaseException) -> UsageError:
     return UsageError(f"cannot use study storage {redact(url)!r}: {first}: {hint}")
 
 
+def _retried(method):
+    """A storage operation that is whole or not done: run again while the server is away (``StorageRetry``)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        return self.retry(lambda: method(self, *args, **kwargs))
+
+    return wrapper
+
+
+def _study_refused(db: Path, *, full: bool) -> UsageError:
+    """A SQLite study on a disk that filled up or turned read-only during the run."""
+    from ..atomic import OutputRefused, free_bytes, human_bytes
+
+    if full:
+        size = db.stat().st_size if db.is_file() else 0
+        return OutputRefused(
+            f"cannot write the study {db}: no space left on its device ({human_bytes(free_bytes(db.parent))} free, "
+            f"up to {human_bytes(size + 2**20)} needed for its journal): free space there and run the same command "
+            "again; every result stored before is intact",
+            db,
+        )
+    return OutputRefused(
+        f"cannot write the study {db}: its folder stopped taking writes (read-only): make it writable and run the "
+        "same command again; every result stored before is intact",
+        db,
+    )
+
+
 class OptunaStudy:
     """One study on one storage, shared by any number of worker processes."""
 
@@ -298,6 +349,7 @@ class OptunaStudy:
         study_name: str,
         *,
         heartbeat: int = DEFAULT_HEARTBEAT,
+        storage_retry: float = DEFAULT_STORAGE_RETRY,
         seeds: Sequence[int] = (),
     ):
         self.url = url
@@ -305,11 +357,18 @@ class OptunaStudy:
         self.seeds = tuple(seeds)  # every seed the study may train: the seed parameter's choices
         _check_sqlite(url)
         db = sqlite_path(url)
+        # A SQLite file is never waited for: its errors (a full disk) stay; its lock has its own wait.
+        self.retry = StorageRetry(redact(url), 0.0 if db is not None else storage_retry)
         self._lock_path = db.with_name(db.name + ".lock") if db is not None else None
-        self._server_lock = _ServerLock(url) if db is None else None
+        self._server_lock = _ServerLock(url, self.retry) if db is None else None
+        self._calm_until = 0.0  # no stale trials are failed before then: the beats of a server outage's trials
+        self.retry(lambda: self._open(study_name))
+
+    def _open(self, study_name: str) -> None:
+        url = self.url
         try:
             with self.lock():  # two workers creating the SQLite schema at once collide
-                self.storage = open_storage(url, heartbeat)
+                self.storage = open_storage(url, self.heartbeat)
                 self.study = optuna.create_study(
                     storage=self.storage,
                     study_name=study_name,
@@ -320,7 +379,7 @@ class OptunaStudy:
                     sampler=UnitSampler(),
                 )
         except optuna.exceptions.StorageInternalError as exc:
-            raise storage_error(url, exc.__cause__ or exc) from None
+            raise storage_error(url, exc.__cause__ or exc) from exc
         except OSError as exc:  # the lock file beside a SQLite study
             raise UsageError(f"cannot use study storage {redact(url)!r}: {exc.strerror}: {exc.filename}") from None
 
@@ -332,6 +391,7 @@ class OptunaStudy:
 
     # ---------------------------------------------------------------- queue
 
+    @_retried
     def ensure_units(self, units: list[Unit]) -> int:
         """Queue every unit that has no trial yet (or only interrupted ones). Returns how many.
 
@@ -374,11 +434,22 @@ class OptunaStudy:
         worker claims, so a WAITING trial seen here is the one ask() pops
         (``test_ask_pops_the_first_waiting_trial`` fails if Optuna changes that).
         The heartbeat goes in before the claim, so a worker killed in between
-        leaves a trial that can go stale, never one that runs forever.
+        leaves a trial that can go stale, never one that runs forever. The claimed
+        trial carries a token of this claim before ask() pops it, so a claim whose
+        answer a server restart cut off is found again when it is retried, not
+        left RUNNING for its heartbeat to go stale (and be trained twice).
         Trial ids have no public accessor: ``_trial_id`` is read for the heartbeat.
         """
+        token = secrets.token_hex(8)
+        return self.retry(lambda: self._claim_once(units, token))
+
+    def _claim_once(self, units: set[str], token: str) -> optuna.trial.FrozenTrial | None:
         space = self.search_space()
         with self.lock():
+            running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            lost = [t for t in running if t.user_attrs.get("claim") == token]
+            if lost:  # this very claim went through, only its answer was lost with the connection
+                return self.storage.get_trial(lost[0]._trial_id)
             waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
             if not waiting:
                 return None
@@ -386,6 +457,7 @@ class OptunaStudy:
             if first.user_attrs.get("unit") not in units:
                 return None
             self.storage.record_heartbeat(first._trial_id)
+            self.storage.set_trial_user_attr(first._trial_id, "claim", token)  # finds a lost claim again (above)
             with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": _beat does it
                 warnings.simplefilter("ignore", UserWarning)
                 trial = self.study.ask(fixed_distributions=space)
@@ -393,6 +465,7 @@ class OptunaStudy:
                 self.storage.record_heartbeat(trial._trial_id)
             return self.storage.get_trial(trial._trial_id)
 
+    @_retried
     def fail_stale(self) -> None:
         with self.lock(), warnings.catch_warnings():
             warnings.simplefilter(
@@ -405,6 +478,7 @@ class OptunaStudy:
         """Seconds without a heartbeat after which a RUNNING trial is stale."""
         return self.heartbeat * GRACE_FACTOR
 
+    @_retried
     def stale_units(self) -> list[str]:
         """Units of RUNNING trials whose worker stopped beating (a killed or stopped process).
 
@@ -421,12 +495,17 @@ class OptunaStudy:
         """Claim and run units until none is left (waiting out other workers' trials)."""
         planned = {p.unit: p for p in plan}
         while not hooks.stop.is_set():
-            self.fail_stale()
+            outages = self.retry.outages
+            if time.monotonic() >= self._calm_until:
+                self.fail_stale()
             frozen = self._claim(set(planned))
+            if self.retry.outages != outages:
+                # Every worker's beats stopped with the server: give theirs time to resume before calling any stale.
+                self._calm_until = time.monotonic() + self.grace_seconds
             if frozen is None:
                 if set(planned) <= self.finished_units():
                     return
-                running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                running = self.retry(lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
                 if not running:
                     return
                 hooks.on_wait(len(running))
@@ -435,17 +514,34 @@ class OptunaStudy:
             self._run_one(frozen, planned[frozen.user_attrs["unit"]], train, hooks)
 
     def _run_one(self, frozen, planned: TrialRecord, train: Train, hooks: Hooks) -> None:
-        trial = optuna.trial.Trial(self.study, frozen._trial_id)
-        trial.set_user_attr("worker", worker_tag())
+        trial = self.retry(lambda: self._started(frozen._trial_id))
         beating = threading.Event()
         beat = threading.Thread(target=self._beat, args=(frozen._trial_id, beating), daemon=True)
         beat.start()
+        pending: list[tuple[int, float]] = []  # intermediate values not stored yet (the server was away)
 
         def report(epoch: int, loss: float, acc: float) -> None:
-            trial.report(acc, step=epoch + 1)  # the dashboard's intermediate values
+            # The dashboard's intermediate values: never a reason to stop training. What the storage
+            # does not take now is stored with the result.
+            pending.append((epoch + 1, acc))
+            try:
+                while pending:
+                    trial.report(pending[0][1], step=pending[0][0])
+                    pending.pop(0)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
 
+        unsaved = None
         try:
-            record = train(planned, report)
+            with stopping.abandonable():
+                record = train(planned, report)
+        except OutputNotSaved as exc:  # the result is whole, a file of it was refused: keep the result
+            record, unsaved = exc.record, exc
+        except stopping.Abandoned:  # SIGTERM: back to the queue now, not after its heartbeat goes stale
+            beating.set()
+            self.retry(lambda: self._release(frozen._trial_id))
+            raise
         except DeviceFault as exc:
             beating.set()
             beat.join()
@@ -456,6 +552,38 @@ class OptunaStudy:
         finally:
             beating.set()
             beat.join()
+        # Trained and in memory: stored once the server answers, never trained again for a lost connection.
+        self.retry(lambda: self._store(trial, record, pending))
+        hooks.on_done(record)
+        if unsaved is not None:
+            raise unsaved
+
+    def _release(self, trial_id: int) -> None:
+        """An abandoned unit's trial: ended as interrupted (a FAIL without a reason) and queued again."""
+        with self.lock():
+            if self.storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                _requeue_stale(self.study, self.storage.get_trial(trial_id))
+
+    def _started(self, trial_id: int) -> optuna.trial.Trial:
+        trial = optuna.trial.Trial(self.study, trial_id)
+        trial.set_user_attr("worker", worker_tag())
+        return trial
+
+    def _store(self, trial: optuna.trial.Trial, record: TrialRecord, pending: list[tuple[int, float]]) -> None:
+        """The finished record into the trial; again after a lost connection, it finds what is already there."""
+        stored = self.storage.get_trial(trial._trial_id)
+        if _interrupted(stored):
+            # Failed as stale while the server was away (no beats reached it) and queued again:
+            # the result goes into that queued copy, unless another worker has started it.
+            trial = self._adopt(stored)
+            if trial is None:
+                return
+            stored = self.storage.get_trial(trial._trial_id)
+        if stored.state.is_finished():
+            return  # the earlier try was committed, only its answer was lost
+        for step, value in pending:
+            if step not in stored.intermediate_values:
+                trial.report(value, step=step)
         for key, value in stored_fields(record).items():
             if key not in ("state", "attempts"):  # the trial's own state and count say these
                 trial.set_user_attr(key, value)
@@ -463,7 +591,24 @@ class OptunaStudy:
             self.study.tell(trial, record.accuracy)
         else:
             self.study.tell(trial, state=TrialState.PRUNED if record.state is State.PRUNED else TrialState.FAIL)
-        hooks.on_done(record)
+
+    def _adopt(self, lost: optuna.trial.FrozenTrial) -> optuna.trial.Trial | None:
+        """The queued copy of ``lost``'s unit, claimed for a result already trained; None if another worker has it."""
+        unit = lost.user_attrs.get("unit")
+        space = self.search_space()
+        with self.lock():
+            waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            copy = next((t for t in waiting if t.user_attrs.get("unit") == unit), None)
+            if copy is None:
+                return None
+            self.storage.record_heartbeat(copy._trial_id)  # beats first, as in _claim: never RUNNING forever
+            if not self.storage.set_trial_state_values(copy._trial_id, TrialState.RUNNING):
+                return None
+        for name in PARAMS:  # what ask() would have set from the queued copy's fixed parameters
+            if name in copy.user_attrs and name in space:
+                value = space[name].to_internal_repr(copy.user_attrs[name])
+                self.storage.set_trial_param(copy._trial_id, name, value, space[name])
+        return self._started(copy._trial_id)
 
     def _beat(self, trial_id: int, done: threading.Event) -> None:
         while not done.wait(self.heartbeat):
@@ -474,6 +619,7 @@ class OptunaStudy:
 
     # -------------------------------------------------------------- results
 
+    @_retried
     def unit_records(self, plan: Sequence[TrialRecord]) -> list[TrialRecord]:
         """Per planned unit, the trial that speaks for it (finished beats running beats queued)."""
         order = {
@@ -503,6 +649,7 @@ class OptunaStudy:
             found[p.unit] = updated(p, {**t.user_attrs, "state": state, "attempts": attempts.get(p.unit, 0)})
         return merge(plan, found)
 
+    @_retried
     def finished_units(self) -> set[str]:
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         return {

@@ -20,7 +20,8 @@ from ..records import TrialRecord, TrialState
 EXIT_OK = 0
 EXIT_NO_CANDIDATE = 1  # no candidate completed: every trial failed as the candidate's own result
 EXIT_MACHINE = 3  # failures that are not the candidate's: resume, or look at the machine
-EXIT_STOPPED = 130  # Ctrl-C or SIGTERM
+EXIT_STOPPED = 130  # Ctrl-C: the trials under way finished
+EXIT_TERMINATED = 143  # SIGTERM (a scheduler): the trials under way abandoned (stopping.py)
 
 DIVERGED = "diverged"
 OUT_OF_MEMORY = "out of memory"
@@ -50,6 +51,7 @@ class Outcome:
     machine: tuple[str, ...]  # the machine's failures this run met (a stopped worker, a device error)
     candidate_completed: bool  # some unit of the full schedule is COMPLETE
     stopped: bool
+    terminated: bool = False  # stopped by SIGTERM
 
     @property
     def finished(self) -> int:
@@ -63,7 +65,7 @@ class Outcome:
     @property
     def status(self) -> int:
         if self.stopped:
-            return EXIT_STOPPED
+            return EXIT_TERMINATED if self.terminated else EXIT_STOPPED
         if self.machine or self.not_the_candidates:
             return EXIT_MACHINE
         if not self.candidate_completed:
@@ -76,6 +78,8 @@ class Outcome:
         status = self.status
         if status == EXIT_STOPPED:
             return "stopped early"
+        if status == EXIT_TERMINATED:
+            return "terminated by SIGTERM"
         if status == EXIT_MACHINE:
             parts = []
             if self.not_the_candidates:
@@ -111,7 +115,9 @@ class Outcome:
         }
 
 
-def outcome_of(records: Sequence[TrialRecord], *, machine: Sequence[str] = (), stopped: bool = False) -> Outcome:
+def outcome_of(
+    records: Sequence[TrialRecord], *, machine: Sequence[str] = (), stopped: bool = False, terminated: bool = False
+) -> Outcome:
     """Count ``records`` (every unit of every rung reached) and read the exit status from them."""
     states = Counter(r.state for r in records)
     reasons = Counter(failure_reason(r.failure) for r in records if r.state is TrialState.FAIL)
@@ -125,4 +131,5 @@ def outcome_of(records: Sequence[TrialRecord], *, machine: Sequence[str] = (), s
         machine=tuple(machine),
         candidate_completed=any(r.state is TrialState.COMPLETE and r.rung is None for r in records),
         stopped=stopped,
+        terminated=terminated,
     )

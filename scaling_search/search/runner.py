@@ -28,12 +28,13 @@ from ..progress import progress_bar
 from ..records import TRIALS_CSV, TrialRecord, TrialState, read_trials, updated
 from ..scaling import parse_budget
 from ..space import SearchSpace, dump_space
-from ..train.devices import device_name, resolve_device
+from ..train.devices import device_name, precision_for, resolve_device
 from ..train.faults import DeviceFault
 from ..train.recipe import Runtime
 from ..version import __version__
+from . import stopping
 from .backend import Backend, Hooks, Train, merge
-from .estimate import Calibration
+from .estimate import Calibration, process_age, worker_startup
 from .fidelity import decision_of, run_fidelity
 from .halving import rung_schedule
 from .jobs import execute_jobs, retry_alone
@@ -41,6 +42,7 @@ from .outcome import outcome_of
 from .plan import Unit, space_plan, units_for
 from .policies import policy_for
 from .rounds import RoundResult, run_rounds
+from .storage_retry import StorageLost, lost_storage_message
 from .trials import planned_record, run_unit
 
 RUN_JSON = "run.json"
@@ -61,6 +63,8 @@ class RunOptions:
     jobs: int | None = None  # trials at once on this machine; None: chosen from the device
     estimate_only: bool = False
     keep_weights: str = "best"  # best | all | none: the final weights kept in the run folder (weights.KEEP_MODES)
+    storage_retry: float = 60.0  # seconds a run waits for a storage server that stopped answering
+    command: str | None = None  # the command line that resumes this run (for messages)
     extra_info: dict = field(default_factory=dict)
 
 
@@ -152,6 +156,7 @@ def estimate_seconds(
     num_classes: int,
     image_size: int,
     jobs: int = 1,
+    startup_seconds: float | None = None,
 ) -> tuple[float, Calibration]:
     """Seconds for ``plan`` with ``jobs`` workers, from timed steps of its cheapest and dearest candidate.
 
@@ -165,7 +170,7 @@ def estimate_seconds(
     if not plan:
         return 0.0, None
     try:
-        cal = calibrate(space, plan, num_classes, runtime, image_size)
+        cal = calibrate(space, plan, num_classes, runtime, image_size, startup_seconds)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         from ..train.loop import is_out_of_memory
 
@@ -258,6 +263,7 @@ class RunContext:
     jobs: int = 1
     estimate: Estimate | None = None
     stale: list[str] = field(default_factory=list)
+    startup_seconds: float | None = None  # a fresh worker's, before its first trial (estimate.worker_startup)
 
     @property
     def candidates(self) -> list:
@@ -289,7 +295,8 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     stop = threading.Event()
     restore = _install_stop_handlers(stop, console)
     problems: list[str] = []
-    execute = executor(ctx, stop, console, problems)
+    tally = Tally()
+    execute = executor(ctx, stop, console, problems, tally)
     fidelity: list[TrialRecord] | None = None  # None: the check did not run
     try:
         records, rounds = run_rounds(
@@ -299,12 +306,15 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
             fidelity = run_fidelity(
                 ctx.space, ctx.candidates, records, ctx.plan_of, execute, console, decision_of(rounds)
             )
+    except StorageLost as exc:
+        raise UsageError(lost_storage_message(exc, tally.before, tally.here, tally.planned, options.command)) from None
     finally:
         restore()
     wall = time.perf_counter() - started
     info = {
         "wall_seconds_this_run": round(wall, 1),
         "device": device_name(ctx.device),
+        "precision": precision_for(ctx.runtime, ctx.device),
         "backend": ctx.options.backend,
         "jobs": ctx.jobs,
     }
@@ -333,6 +343,7 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
         classes=ctx.plan_of_space.classes,
         fidelity=fidelity,
         machine=problems,
+        terminated=stopping.requested(),
     )
 
 
@@ -346,9 +357,11 @@ def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
 
     Nothing is written: every bad input is a UsageError before the run folder is touched.
     """
+    born = process_age()  # interpreter and imports: what a fresh worker spends before its data
     device = resolve_device(options.device)
     runtime = Runtime(
         device=device,
+        precision=space.precision,
         memory_format=options.memory_format,
         cudnn_benchmark=options.cudnn_benchmark,
         jobs=options.jobs or 1,
@@ -359,12 +372,13 @@ def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
     # A resumed study keeps its name, whichever release hashed the space.
     study_name = (earlier or {}).get("study_name") or study_name_for(space)
     if options.backend == "ray":
-        from .ray_backend import check_ray_available
+        from .ray_backend import check_ray_available, trial_resources
 
+        trial_resources(device, options.jobs, options.gpus_per_trial, options.cpus_per_trial, _cores())  # agree?
         check_ray_available(options.ray_address)
-        if options.jobs is not None and (options.gpus_per_trial is not None or options.cpus_per_trial is not None):
-            raise UsageError("--jobs sets the Ray trial resources: give --jobs or --gpus-per-trial/--cpus-per-trial")
+    loading = time.perf_counter()
     data, n_train, n_test = _load_data(space, console)
+    startup = worker_startup(born, time.perf_counter() - loading, data.from_cache)
     storage_url = None
     if options.backend == "optuna":
         storage_url = options.storage or (resolve_storage(earlier["storage"], out) if earlier else None)
@@ -382,13 +396,14 @@ def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
         study_name=study_name,
         storage_url=storage_url,
         earlier=earlier,
+        startup_seconds=startup,
     )
     first = list(policy_for(space, ctx.candidates).first())
     policy_line = _policy_line(space, len(ctx.candidates), len(first))
     console.print(
         f"{space.name}: {len(ctx.candidates)} candidates, {policy_line}, on {space.data.name} ({n_train} train / "
         f"{n_test} held-out images, {ctx.num_classes} classes), {space.proxy.epochs} epochs each, device {device} "
-        f"({device_name(device)})"
+        f"({device_name(device)}), precision {precision_for(runtime, device)}"
     )
     _print_coarseness(plan_of_space, space, console)
     if options.backend == "optuna" and (options.storage or earlier is not None):
@@ -399,12 +414,11 @@ def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
         ctx.backend = _ray_backend(space, out, device, options)
     ctx.stale = _report_stale(ctx.backend, console)
     _estimate(ctx, [ctx.plan_of(u) for u in first], console)
-    if options.backend == "ray" and (ctx.jobs > 1 or options.jobs is not None):
-        # Ray packs the trials itself: a fraction of the GPU each, or a share of the CPUs.
-        if device.startswith("cuda"):
-            ctx.options = dataclasses.replace(options, gpus_per_trial=1 / ctx.jobs)
-        else:
-            ctx.options = dataclasses.replace(options, cpus_per_trial=max(0.01, _cores() / ctx.jobs))
+    if options.backend == "ray":
+        from .ray_backend import packed_options
+
+        # Ray packs the trials itself: a fraction of the GPU each, or a share of the CPUs (an explicit one wins).
+        ctx.options = packed_options(options, device, ctx.jobs, _cores())
         ctx.backend = _ray_backend(space, out, device, ctx.options)
     return ctx
 
@@ -475,10 +489,22 @@ def _estimate(ctx: RunContext, first: list[TrialRecord], console) -> None:
     finished = ctx.backend.finished(first) if ctx.backend is not None else set()
     left = [p for p in first if p.unit not in finished]
     seconds, cal = estimate_seconds(
-        space, left, ctx.n_train, ctx.n_test, ctx.runtime, num_classes=ctx.num_classes, image_size=ctx.data.image_size
+        space,
+        left,
+        ctx.n_train,
+        ctx.n_test,
+        ctx.runtime,
+        num_classes=ctx.num_classes,
+        image_size=ctx.data.image_size,
+        startup_seconds=ctx.startup_seconds,
     )
     data_bytes = _data_bytes(ctx.data, ctx.n_train, ctx.n_test)
-    jobs, why = choose_jobs(options.jobs, ctx.runtime, cal, data_bytes)
+    implied = None
+    if options.backend == "ray" and options.jobs is None:  # an explicit Ray fraction sets the trials at once
+        from .ray_backend import trial_resources
+
+        implied = trial_resources(ctx.device, None, options.gpus_per_trial, options.cpus_per_trial, _cores())
+    jobs, why = implied or choose_jobs(options.jobs, ctx.runtime, cal, data_bytes)
     # No more jobs than trials to run: the first round's left, and a race's later rounds (a resumed race may
     # have nothing left of its first round and all of its later ones).
     jobs = min(jobs, max(1, len(left) + (_later_bound(space, len(first)) or 0)))
@@ -501,7 +527,7 @@ def _estimate(ctx: RunContext, first: list[TrialRecord], console) -> None:
     console.print(
         f"estimate: about {format_duration(seconds)} for the {len(left)} trials left of the first round's "
         f"{len(first)} at {jobs} job(s) (cheapest candidate trains at {ips:,.0f} img/s here, the dearest at "
-        f"{1 / cal.train_seconds_per_image[1]:,.0f})"
+        f"{1 / cal.train_seconds_per_image[1]:,.0f}){_estimate_notes(ctx, jobs)}"
     )
     if later_trials:
         console.print(
@@ -509,6 +535,17 @@ def _estimate(ctx: RunContext, first: list[TrialRecord], console) -> None:
             f"every candidate), at most {format_duration(later_seconds)} more at the dearest candidate's cost; "
             "it stops sooner once it has decided"
         )
+
+
+def _estimate_notes(ctx: RunContext, jobs: int) -> str:
+    """What the estimate line assumes beyond the timed steps: the jobs' gain, cuDNN autotuning."""
+    from .estimate import CUDNN_AUTOTUNE_SECONDS, autotune_seconds, gain_note
+
+    kind = ctx.device.split(":")[0]
+    notes = [gain_note(kind, jobs)]
+    if autotune_seconds(kind, ctx.runtime.cudnn_benchmark):
+        notes.append(f"cuDNN autotuning counted at {CUDNN_AUTOTUNE_SECONDS:g} s a trial (20-50 s measured)")
+    return "".join(f"; {n}" for n in notes if n)
 
 
 def _later_bound(space: SearchSpace, first: int) -> int | None:
@@ -561,8 +598,17 @@ def open_folder(ctx: RunContext) -> None:
     ctx.backend = ctx.backend or _optuna_backend(options, ctx.storage_url, ctx.study_name, space)
 
 
+@dataclass
+class Tally:
+    """Trials of the rounds entered so far: planned, finished before this command, finished by it."""
+
+    planned: int = 0
+    before: int = 0
+    here: int = 0
+
+
 def executor(
-    ctx: RunContext, stop: threading.Event, console, problems: list[str]
+    ctx: RunContext, stop: threading.Event, console, problems: list[str], tally: Tally | None = None
 ) -> Callable[[list[TrialRecord]], list[TrialRecord]]:
     """What the rounds driver calls with each round's plan: the backend runs it (or --jobs worker processes do)."""
     space, options, backend, jobs = ctx.space, ctx.options, ctx.backend, ctx.jobs
@@ -587,9 +633,9 @@ def executor(
                 problems.extend(retry_alone(backend, plan, ended, hooks, console.print, train_alone))
                 return backend.records(plan)
 
-            return _execute(backend, plan, None, stop, console, run_with=in_workers)
+            return _execute(backend, plan, None, stop, console, run_with=in_workers, tally=tally)
         try:
-            return _execute(backend, plan, train, stop, console)
+            return _execute(backend, plan, train, stop, console, tally=tally)
         except DeviceFault as exc:  # the machine's failure: the unit waits for a resume, the run reports
             problems.append(f"stopped by {exc.reason} in trial {exc.unit}, which a resume trains again")
             return backend.records(plan)
@@ -609,7 +655,10 @@ def _optuna_backend(options: RunOptions, url: str, name: str, space: SearchSpace
     from .optuna_backend import OptunaBackend, OptunaStudy
 
     # No Optuna pruner: halving is synchronous, rung by rung (halving.py), the same on every backend.
-    return OptunaBackend(OptunaStudy(url, name, heartbeat=options.heartbeat, seeds=study_seeds(space)), url)
+    study = OptunaStudy(
+        url, name, heartbeat=options.heartbeat, seeds=study_seeds(space), storage_retry=options.storage_retry
+    )
+    return OptunaBackend(study, url)
 
 
 def study_seeds(space: SearchSpace) -> list[int]:
@@ -628,6 +677,8 @@ def _ray_backend(space: SearchSpace, out: Path, device: str, options: RunOptions
 
 
 def _install_stop_handlers(stop: threading.Event, console):
+    stopping.reset()
+
     def handler(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
@@ -637,7 +688,22 @@ def _install_stop_handlers(stop: threading.Event, console):
             "trial will re-run on resume)"
         )
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    def terminate(signum, frame):
+        # A scheduler's SIGTERM: its grace period may be shorter than a trial. Abandon the trials under way
+        # (queued again at once), write the report of what is finished, exit 143.
+        first = not stopping.requested()
+        stop.set()
+        if first:
+            console.print(
+                "terminating (SIGTERM): the trial(s) under way are abandoned and queued again, the report of what "
+                "is finished is written next; the same command resumes"
+            )
+        stopping.request()  # raises Abandoned inside a trial under way in this process
+
+    old = {
+        signal.SIGINT: signal.signal(signal.SIGINT, handler),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),
+    }
 
     def restore() -> None:
         for s, h in old.items():
@@ -653,11 +719,15 @@ def _execute(
     stop: threading.Event,
     console,
     run_with: Callable[[Hooks], list[TrialRecord]] | None = None,
+    tally: Tally | None = None,
 ) -> list:
     """The backend runs the plan (or ``run_with`` does, through worker processes); the runner prints
     one line per finished trial, whichever backend or worker finished it."""
     total = len(plan)
     done = len(backend.finished(plan) & {p.unit for p in plan})  # a backend may name units of other rounds too
+    if tally is not None:
+        tally.planned += total
+        tally.before += done
     if done:
         console.print(f"resuming: {done} of {total} trials already finished")
     best: list[TrialRecord] = []
@@ -666,6 +736,8 @@ def _execute(
     with progress_bar(console.is_terminal, "trials", total, completed=done) as advance:
 
         def on_done(r: TrialRecord) -> None:
+            if tally is not None:
+                tally.here += 1
             ran[0] += 1
             ran[1] += 1
             advance()
@@ -696,7 +768,10 @@ def _execute(
                 )
 
         hooks = Hooks(stop=stop, on_done=on_done, on_wait=on_wait)
-        return run_with(hooks) if run_with is not None else backend.execute(plan, train, hooks)
+        try:
+            return run_with(hooks) if run_with is not None else backend.execute(plan, train, hooks)
+        except stopping.Abandoned:  # SIGTERM: what is finished is reported
+            return backend.records(plan)
 
 
 def finish(
@@ -712,6 +787,7 @@ def finish(
     classes: tuple = (),
     fidelity: list[TrialRecord] | None = None,
     machine: Sequence[str] = (),
+    terminated: bool = False,
 ) -> int:
     """Write the report of ``records`` (every unit of every round reached), print the decision and how the
     run ended; returns the exit status (``outcome.py``).
@@ -720,7 +796,7 @@ def finish(
     ``machine`` the machine's failures this run met."""
     from ..analysis.report import race_statements, write_report
 
-    ended = outcome_of(records, machine=machine, stopped=stopped)
+    ended = outcome_of(records, machine=machine, stopped=stopped, terminated=terminated)
     info = {**info, "outcome": ended.to_json()}
     epochs_run = sum(r.epochs_run for r in records)
     # The full grid: every trained candidate x seed at the full schedule.
@@ -802,6 +878,7 @@ def rebuild(out: Path, console) -> int:
         "estimate_later_rounds_at_most_seconds",
         "jobs",
         "device",
+        "precision",
         "backend",
         "held_out_images",
     )

@@ -18,6 +18,15 @@ from ..train.recipe import Runtime
 from .plan import Unit, baseline_config
 
 
+class OutputNotSaved(UsageError):
+    """A unit trained to its end whose weights file the disk refused: the record is whole and is stored
+    (a resumed run does not train it again); the run stops with the disk's message."""
+
+    def __init__(self, message: str, record: TrialRecord):
+        super().__init__(f"{message} (the trial's result is stored; its weights file is not)")
+        self.record = record
+
+
 def trial_model(space: SearchSpace, unit: Unit, num_classes: int) -> Any:
     """The phi = 1 network of a candidate at the proxy task's scale."""
     return compound(baseline_config(space, num_classes), unit.coefficients, 1, space.constraint.resolution_multiple)
@@ -129,12 +138,7 @@ def run_unit(
         raise
     except Exception as exc:  # a broken trial must not end a long search
         return ended(TrialState.FAIL, failure=f"unexpected error: {type(exc).__name__}: {exc}")
-    if keep:
-        from ..weights import save_trained, trial_weights_path
-
-        path = trial_weights_path(weights_dir, unit.alpha, unit.beta, unit.gamma, unit.seed)
-        save_trained(path, config, result, {"alpha": unit.alpha, "beta": unit.beta, "gamma": unit.gamma})
-    return ended(
+    record = ended(
         TrialState.COMPLETE,
         accuracy=result.accuracy,
         params=result.params,
@@ -143,6 +147,16 @@ def run_unit(
         wall_seconds=round(result.wall_seconds, 3),
         device=result.device,
     )
+    if keep:
+        from ..atomic import OutputRefused
+        from ..weights import save_trained, trial_weights_path
+
+        path = trial_weights_path(weights_dir, unit.alpha, unit.beta, unit.gamma, unit.seed)
+        try:
+            save_trained(path, config, result, {"alpha": unit.alpha, "beta": unit.beta, "gamma": unit.gamma})
+        except OutputRefused as exc:
+            raise OutputNotSaved(str(exc), record) from None
+    return record
 
 
 def unit_of(record: TrialRecord) -> Unit:

@@ -84,7 +84,7 @@ MUTANTS = (
         "scaling_search/search/ray_backend.py",
         "failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),",
         "failure_config=tune.FailureConfig(max_failures=0),",
-        ("tests/test_reliability.py::test_a_lost_ray_node_has_its_trials_trained_on_the_other",),
+        ("tests/test_reliability.py::test_ray_sigterm_then_a_lost_node_resumes_to_the_undisturbed_decision",),
     ),
     Mutant(
         "drop-path",

@@ -68,6 +68,7 @@ FIELDS = (
     "train_images",
     "test_images",
     "load",
+    "trained",
 )
 
 
@@ -113,7 +114,10 @@ def read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["trained"] = r.get("trained") or "yes"  # files written before the column: every row was trained
+    return rows
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -138,9 +142,11 @@ def table(rows: list[dict], nets: dict, seeds: list[int]) -> str:
                 continue
             accs = [float(got[s]["accuracy"]) for s in seeds if s in got]
             any_row = next(iter(got.values()))
+            same = all(r.get("trained", "yes") != "yes" for r in got.values())
             lines.append(
                 f"| {name} ({factor}) | {config.width:.4g} | {config.depth:.4g} | {config.resolution} | "
-                f"{any_row['blocks']} ({any_row['residual_blocks']}) | {ratio:.2f}x | {init} | "
+                f"{any_row['blocks']} ({any_row['residual_blocks']}) | {ratio:.2f}x | "
+                f"{init + (' (= standard: no residual block)' if same else '')} | "
                 + " / ".join(f"{float(got[s]['accuracy']):.3f}" if s in got else "-" for s in seeds)
                 + f" | {statistics.mean(accs):.3f} | "
                 + " / ".join(f"{float(got[s]['final_loss']):.2f}" if s in got else "-" for s in seeds)
@@ -168,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         help="results.csv files of other runs of this script (e.g. one trained beside this one) to merge in",
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    ap.add_argument(
+        "--warmup-epochs", type=float, default=None, help="another recipe detail: the warmup (default: the preset's)"
+    )
     args = ap.parse_args(argv)
 
     nets = networks()
@@ -193,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"before      {load()}", flush=True)
     recipe = load_space(preset_path("cpu")).proxy
     recipe = dataclasses.replace(recipe, train_subset=args.train_subset, test_subset=args.test_subset)
+    if args.warmup_epochs is not None:
+        recipe = dataclasses.replace(recipe, warmup_epochs=args.warmup_epochs)
+    print(f"recipe      {recipe}", flush=True)
     data_spec = DataSpec("imagenette", data_dir=args.data_dir)
     dataset = load_dataset(data_spec)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -218,6 +230,18 @@ def main(argv: list[str] | None = None) -> int:
                 if (name, init, seed) in done:
                     continue
                 factor, config, ratio = nets[name]
+                blocks = [b for stage in block_specs(config) for b in stage]
+                standard = next(
+                    (x for x in rows if (x["network"], x["init"], int(x["seed"])) == (name, "standard", seed)), None
+                )
+                if init == "zero" and not any(b.residual for b in blocks) and standard is not None:
+                    # No residual block: the init changes no weight (tests/test_residual_init.py), so the
+                    # training is the standard one, bit for bit (width only shows it: trained both ways).
+                    rows.append({**standard, "init": "zero", "trained": "no: no residual block, = standard"})
+                    write_rows(csv_path, rows)
+                    atomic_write_text(md_path, table(rows, nets, args.seeds))
+                    print(f"{name} / zero / seed {seed}: no residual block, the standard run's result", flush=True)
+                    continue
                 r = dataclasses.replace(recipe, zero_init_residual=init == "zero")
                 started = time.strftime("%H:%M:%S")
 
@@ -226,7 +250,6 @@ def main(argv: list[str] | None = None) -> int:
 
                 spec = TrialSpec(config, data_spec, r, seed)
                 result = train_trial(spec, Runtime(device="cpu"), dataset=dataset, on_epoch=epoch)
-                blocks = [b for stage in block_specs(config) for b in stage]
                 row = {
                     "network": name,
                     "init": init,
@@ -245,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                     "train_images": result.train_images,
                     "test_images": result.test_images,
                     "load": round(os.getloadavg()[1], 2),
+                    "trained": "yes",
                 }
                 rows.append(row)
                 write_rows(csv_path, rows)

@@ -50,8 +50,8 @@ import protocol  # noqa: E402
 
 from scaling_search.data.sources import DataSpec, balanced_subset, load_dataset  # noqa: E402
 from scaling_search.models import EfficientNetConfig, build  # noqa: E402
-from scaling_search.train.devices import resolve_device  # noqa: E402
-from scaling_search.train.loop import CROP_PADDING, TrialSpec, make_optimizer, train_trial  # noqa: E402
+from scaling_search.train.devices import AMP_DTYPES, precision_for, resolve_device  # noqa: E402
+from scaling_search.train.loop import CROP_PADDING, TrialSpec, amp, make_optimizer, train_trial  # noqa: E402
 from scaling_search.train.recipe import Recipe, Runtime  # noqa: E402
 
 
@@ -115,7 +115,7 @@ def dataloader_loop(
     model = build(spec.model).to(device, memory_format=fmt)
     optimizer = make_optimizer(model, recipe)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    autocast = device.type == "cuda"
+    autocast = _amp_dtype(device)
     model.train()
     images, seconds = 0, 0.0
     for _ in range(recipe.epochs):
@@ -123,7 +123,7 @@ def dataloader_loop(
         for xb, yb in loader:
             xb = xb.to(device, non_blocking=True).contiguous(memory_format=fmt)
             yb = yb.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            with amp(device.type, autocast):
                 loss = criterion(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -133,6 +133,11 @@ def dataloader_loop(
         _sync(device)
         seconds += time.perf_counter() - start
     return images / seconds
+
+
+def _amp_dtype(device: torch.device):
+    """The autocast dtype the trainer uses on ``device`` (precision auto), None for fp32."""
+    return AMP_DTYPES.get(precision_for(Runtime(device=str(device)), str(device)))
 
 
 def bare_train_step(spec: TrialSpec, steps: int, device: torch.device, channels_last: bool) -> float:
@@ -146,12 +151,12 @@ def bare_train_step(spec: TrialSpec, steps: int, device: torch.device, channels_
     r = spec.model.resolution
     x = torch.randn(recipe.batch_size, 3, r, r, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, spec.model.num_classes, (recipe.batch_size,), device=device)
-    autocast = device.type == "cuda"
+    autocast = _amp_dtype(device)
     model.train()
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with amp(device.type, autocast):
             loss = criterion(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -167,6 +172,7 @@ def main() -> None:
         "--data-dir",
         default=os.environ.get("SCALING_SEARCH_DATA") or str(Path(__file__).resolve().parents[2] / "shared" / "data"),
     )
+    ap.add_argument("--data", default="cifar10", help="cifar10 (default) or imagenette, in --data-dir")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--depth", type=float, default=1.0)
@@ -190,7 +196,7 @@ def main() -> None:
     resolution = args.resolution or (64 if gpu else 32)
     batch = args.batch_size or (512 if gpu else 64)
     images = args.images or (20000 if gpu else 2000)
-    data = DataSpec("cifar10", data_dir=args.data_dir)
+    data = DataSpec(args.data, data_dir=args.data_dir)
     dataset = load_dataset(data, progress=sys.stderr.isatty())
     model = EfficientNetConfig(
         width=args.width, depth=args.depth, resolution=resolution, num_classes=dataset.num_classes
@@ -204,7 +210,8 @@ def main() -> None:
 
     protocol.header("training throughput: proxy trainer against the DataLoader loop, NCHW against channels_last")
     print(
-        f"workload    {device}, EfficientNet w={args.width:g} d={args.depth:g} at {resolution} px, batch {batch}, "
+        f"workload    {device}, {args.data}, EfficientNet w={args.width:g} d={args.depth:g} at {resolution} px, "
+        f"batch {batch}, "
         f"{steps * batch:,} images x {args.epochs} epoch(s), {args.workers} DataLoader workers"
         f"{', subnormals flushed' if flushed and not gpu else ''}",
         flush=True,

@@ -124,9 +124,9 @@ def main() -> None:
                     make = _partial(folder, study)
                     run_many = dataclasses.replace(runtime, jobs=jobs)
                     threads = worker_threads(torch.get_num_threads(), jobs)
-                    problems = execute_jobs(space, subset, run_many, make, jobs, hooks, threads)
-                    if problems:
-                        raise SystemExit(f"workers failed: {problems}")
+                    ended = execute_jobs(space, subset, run_many, make, jobs, hooks, threads)
+                    if ended.problems or ended.retry_alone:
+                        raise SystemExit(f"workers failed: {ended}")
                 wall = time.perf_counter() - started
                 finished = [r for r in backend.records(subset) if r.state.finished]
                 if len(finished) != len(subset) or len(done) != len(subset):

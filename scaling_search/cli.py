@@ -509,10 +509,12 @@ def _resolve_space(args: argparse.Namespace, console):
         "fidelity": {"enabled": args.fidelity},
     }
     space = space.with_overrides(**overrides).with_model(args.model)
-    if args.seeds:
-        import dataclasses
+    import dataclasses
 
+    if args.seeds:
         space = dataclasses.replace(space, seeds=tuple(range(args.seeds)))
+    if args.precision:
+        space = dataclasses.replace(space, precision=args.precision)
     return space
 
 
@@ -833,6 +835,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="what the model trains in (default auto, or a space's precision: bf16 on CUDA cards of compute "
+        "capability 8.0 and newer, fp16 with loss scaling on older ones, fp32 on the CPU)",
+    )
+    p.add_argument(
         "--memory-format",
         choices=("auto", "nchw", "channels_last"),
         default="auto",
@@ -878,7 +886,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in _RECIPE_OPTIONS if getattr(args, k) is not None}
     recipe = Recipe(train_subset=args.subset, test_subset=args.test_subset, **options)
     runtime = Runtime(
-        device=args.device or "auto", memory_format=args.memory_format, cudnn_benchmark=args.cudnn_benchmark
+        device=args.device or "auto",
+        precision=args.precision or "auto",
+        memory_format=args.memory_format,
+        cudnn_benchmark=args.cudnn_benchmark,
     )
     trial = TrialSpec(model, spec, recipe, seed=args.seed or 0)
     resolve_device(runtime.device)
@@ -908,7 +919,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     print(
         f"  throughput    {result.images_per_second:,.0f} images/s on {result.device} ({result.device_name}, "
-        f"{result.memory_format})"
+        f"{result.memory_format}, {result.precision})"
     )
     split = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in result.timings.items())
     print(f"  wall time     {result.wall_seconds:.1f} s ({split} s)")

@@ -23,7 +23,7 @@ import yaml
 
 from .errors import UsageError
 from .scaling import CONSTRAINT_MODES, GRID_KINDS, parse_budget
-from .train.recipe import Recipe
+from .train.recipe import PRECISIONS, Recipe
 
 # The shipped spaces live at the top of the repository (installed editable).
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -131,6 +131,8 @@ class SearchSpace:
     racing: RacingSpec = field(default_factory=RacingSpec)
     fidelity: FidelitySpec = field(default_factory=FidelitySpec)
     extrapolation: ExtrapolationSpec = field(default_factory=ExtrapolationSpec)
+    # The trials' precision (train.recipe.Runtime): auto picks per card; another value is part of the search.
+    precision: str = "auto"
 
     def to_dict(self) -> dict:
         return _to_plain(dataclasses.asdict(self))
@@ -148,6 +150,8 @@ class SearchSpace:
         plain = {k: v for k, v in self.to_dict().items() if k not in skip}
         if not self.racing.enabled:  # no race, no extra units: folders made before racing existed keep their hash
             plain.pop("racing")
+        if self.precision == "auto":  # chosen per card; folders made before the key existed keep their hash
+            plain.pop("precision")
         # Hashed where dropout and drop_path used to live (baseline), so that run
         # folders made before they joined the proxy recipe still resume.
         proxy = dict(plain["proxy"])
@@ -294,6 +298,7 @@ def _check(ok: bool, message: str) -> None:
 
 def _validate(space: SearchSpace) -> None:
     b, c, g = space.baseline, space.constraint, space.grid  # the proxy Recipe validates itself
+    _check(space.precision in PRECISIONS, f"precision {space.precision!r} must be one of {', '.join(PRECISIONS)}")
     parse_budget(c.budget)
     _check(c.mode in CONSTRAINT_MODES, f"constraint.mode {c.mode!r} must be one of {', '.join(CONSTRAINT_MODES)}")
     _check(0 < c.tolerance < 1, f"constraint.tolerance {c.tolerance} must be in (0, 1)")

@@ -84,7 +84,7 @@ MUTANTS = (
         "scaling_search/search/ray_backend.py",
         "failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),",
         "failure_config=tune.FailureConfig(max_failures=0),",
-        ("tests/test_reliability.py::test_a_lost_ray_node_has_its_trials_trained_on_the_other",),
+        ("tests/test_reliability.py::test_ray_sigterm_then_a_lost_node_resumes_to_the_undisturbed_decision",),
     ),
     Mutant(
         "drop-path",
@@ -132,6 +132,46 @@ MUTANTS = (
         alternatives=(
             ("return self.storage.get_trial(trial._trial_id)", "return self.storage.get_trial(first._trial_id)"),
         ),
+    ),
+    Mutant(
+        "no-candidate-exit",
+        "a run in which no candidate completed exits non-zero",
+        "scaling_search/search/outcome.py",
+        "if not self.candidate_completed:",
+        "if False:",
+        ("tests/test_faults.py::test_the_exit_status_says_whose_failure_it_was",),
+    ),
+    Mutant(
+        "preset-follows-device",
+        "the preset follows the device asked for, not the GPU found",
+        "scaling_search/cli.py",
+        "device = resolve_device(asked)",
+        'device = resolve_device("auto")',
+        ("tests/test_faults.py::test_the_preset_follows_the_device_asked_for",),
+    ),
+    Mutant(
+        "precision-by-card",
+        "auto precision is fp16 with loss scaling on cards before compute capability 8.0",
+        "scaling_search/train/recipe.py",
+        'return "bf16" if capability is None or tuple(capability) >= BF16_CAPABILITY else "fp16"',
+        'return "bf16"',
+        ("tests/test_gpu.py::test_auto_precision_follows_the_cards_compute_capability",),
+    ),
+    Mutant(
+        "jobs-gain-cap",
+        "the estimate's gain from GPU jobs is capped at what was measured",
+        "scaling_search/search/estimate.py",
+        "return min(1.0 + (jobs - 1) * CUDA_JOB_EFFICIENCY, MEASURED_GAIN[0])",
+        "return 1.0 + (jobs - 1) * CUDA_JOB_EFFICIENCY",
+        ("tests/test_gpu.py::test_the_jobs_gain_on_a_gpu_is_capped_at_what_was_measured",),
+    ),
+    Mutant(
+        "ray-explicit-fraction",
+        "an explicit --gpus-per-trial wins over the automatic job count",
+        "scaling_search/search/ray_backend.py",
+        "        if options.gpus_per_trial is not None:\n            return options\n",
+        "",
+        ("tests/test_gpu.py::test_an_explicit_gpu_fraction_wins_over_the_job_count",),
     ),
 )
 

@@ -307,8 +307,8 @@ class RayHead:
                     pass
         return sorted(out)
 
-    def stop(self) -> None:
-        _stop_group(self.proc, timeout=30)
+    def stop(self, timeout: float = 30) -> None:
+        _stop_group(self.proc, timeout=timeout)
         for pid in _pids_mentioning(str(self.temp)):  # a process that left the group but runs in our folder
             try:
                 os.kill(pid, signal.SIGKILL)

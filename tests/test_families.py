@@ -170,3 +170,17 @@ def test_detector_table_refuses_a_family_without_an_efficientnet_backbone(capsys
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "needs an EfficientNet backbone" in err[0]
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2", "resnet34"])
+def test_configs_and_kept_weights_round_trip(tmp_path, name):
+    from scaling_search.models import config_from_dict, config_to_dict
+    from scaling_search.weights import load_model, save_weights
+
+    config = get_config(name, width=0.25, depth=0.5, resolution=32, num_classes=7)
+    assert config_from_dict(config_to_dict(config)) == config
+    torch.manual_seed(0)
+    model = build(config).eval()
+    loaded = load_model(save_weights(tmp_path / "w.safetensors", config, model.state_dict()))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(x), loaded(x))

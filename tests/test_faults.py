@@ -95,6 +95,8 @@ def test_all_failed_run_exits_non_zero_with_the_counts(tmp_path, inproc, capsys,
         "failures_by_reason": {"out of memory": n},
         "machine_failures": [],
     }
+    assert best["precision"] == "fp32" and ", precision fp32" in out.splitlines()[0]  # the CPU's auto
+    assert "precision fp32 (asked: auto)" in (tmp_path / "run" / "coefficients.md").read_text()
 
 
 def test_out_of_memory_beside_other_jobs_is_retried_alone_before_it_counts(tmp_path, cifar10, monkeypatch):

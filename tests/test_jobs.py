@@ -82,7 +82,7 @@ def test_bad_job_counts_are_refused_before_anything_is_written(tmp_path, data_en
     out = tmp_path / "run"
     assert_usage_error(_run(tmp_path, data_env, out, "--jobs", "0"), "jobs")
     assert_usage_error(
-        _run(tmp_path, data_env, out, "--backend", "ray", "--jobs", "2", "--gpus-per-trial", "0.5"), "--jobs"
+        _run(tmp_path, data_env, out, "--backend", "ray", "--jobs", "4", "--cpus-per-trial", "0.25"), "--jobs 4"
     )
     assert not out.exists()
 

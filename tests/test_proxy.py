@@ -156,7 +156,8 @@ def test_runtime_resolves_the_memory_format_per_device():
     assert Runtime().uses_channels_last("cpu") is CPU_CHANNELS_LAST
     assert Runtime(memory_format="channels_last").uses_channels_last("cuda") is True
     assert Runtime(memory_format="nchw").uses_channels_last("cpu") is False
-    assert Runtime().autocast("cuda") and not Runtime().autocast("cpu") and Runtime(precision="bf16").autocast("cpu")
+    assert Runtime().precision_on("cuda") == "bf16" and Runtime().precision_on("cuda", (7, 5)) == "fp16"
+    assert Runtime().precision_on("cpu") == "fp32" and Runtime(precision="bf16").precision_on("cpu") == "bf16"
     with pytest.raises(UsageError, match="memory format"):
         Runtime(memory_format="nhwc")
     with pytest.raises(UsageError, match="cudnn_benchmark"):

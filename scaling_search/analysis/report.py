@@ -542,6 +542,8 @@ def _coefficients_md(
         f"{p.schedule} schedule, label smoothing {p.label_smoothing:g}, dropout {p.dropout:g}, drop path "
         f"{p.drop_path:g}, train subset {p.train_subset or 'all'}, test subset {p.test_subset or 'all'}",
         f"- initialisation: {init_description(p)}",
+        f"- runtime: {best.get('device') or 'device not recorded'}, precision {best.get('precision') or 'not recorded'}"
+        f" (asked: {space.precision}), {best.get('jobs') or 1} job(s)",
         f"- seeds: {', '.join(str(s) for s in space.seeds)}; run order interleaved by seed, shuffled with order "
         f"seed {space.order_seed}",
         "- allocation: "

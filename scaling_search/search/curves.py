@@ -568,8 +568,9 @@ def run_curves(plan: CurvePlan, options, console) -> int:
     )
     earlier = _earlier(out, space)
     if options.backend == "ray":
-        from .ray_backend import check_ray_available
+        from .ray_backend import check_ray_available, trial_resources
 
+        trial_resources(device, options.jobs, options.gpus_per_trial, options.cpus_per_trial, _cores())  # agree?
         check_ray_available(options.ray_address)
     data, n_train, n_test = _load_data(space, console)
     storage = None
@@ -607,11 +608,11 @@ def run_curves(plan: CurvePlan, options, console) -> int:
     _estimate(ctx, [ctx.plan_of(u) for u in first], console)
     if options.estimate_only:
         return 0
-    if options.backend == "ray" and (ctx.jobs > 1 or options.jobs is not None):
-        # Ray packs the trials itself: a fraction of the GPU each, or a share of the CPUs.
-        share = {"gpus_per_trial": 1 / ctx.jobs} if device.startswith("cuda") else {}
-        share = share or {"cpus_per_trial": max(0.01, _cores() / ctx.jobs)}
-        ctx.options = dataclasses.replace(options, **share)
+    if options.backend == "ray":
+        from .ray_backend import packed_options
+
+        # Ray packs the trials itself: a fraction of the GPU each, or a share of the CPUs (an explicit one wins).
+        ctx.options = packed_options(options, device, ctx.jobs, _cores())
         ctx.backend = _ray_backend(space, out, device, ctx.options)
     _open(ctx, plan)
     stop = threading.Event()

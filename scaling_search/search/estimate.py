@@ -5,7 +5,8 @@ and memory format) and evaluation batches of the two candidates at the ends of
 the plan's MACs range, at the study's batch size, and on a GPU records the
 dearest one's peak memory (what the default job count is sized from).
 ``estimate_from`` is pure: every other unit is interpolated by its MACs, and
-the sum is divided by what running ``jobs`` trials at once gains.
+the sum is divided by what running ``jobs`` trials at once gains, never more
+than was measured (``concurrency``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ from ..records import TrialRecord
 from ..space import SearchSpace
 from ..train.recipe import Runtime
 
-# What each extra concurrent job adds on a GPU, as a fraction of one job's speed: four
-# processes of B0 at 64 px (bf16, batch 512, channels_last) on one H200 trained 26,000 img/s
-# together against 6,900-8,000 for one alone, 0.81-0.94 a job. An assumption until a run
-# measures its own; every run prints its wall time beside the estimate.
-CUDA_JOB_EFFICIENCY = 0.85
+# What concurrent jobs gain on a GPU: four processes of B0 at 64 px (bf16, batch 512,
+# channels_last) on one H200 trained 26,000 img/s together against 6,900-8,000 for one alone,
+# 3.25-3.8x. No other count was measured, and without MPS the processes take turns on the GPU,
+# so the estimate assumes the low end: each extra job adds (3.25 - 1) / 3 = 0.75 of one, and
+# no count gains more than 3.25x. Every run prints its wall time beside the estimate.
+MEASURED_JOBS = 4
+MEASURED_GAIN = (3.25, 3.8)  # at MEASURED_JOBS, one H200
+CUDA_JOB_EFFICIENCY = (MEASURED_GAIN[0] - 1) / (MEASURED_JOBS - 1)
+# cuDNN autotuning (--cudnn-benchmark) times every new set of shapes, 20-50 s each a worker
+# (Runtime.cudnn_benchmark); a trial is a new network to its worker: the middle, per trial.
+CUDNN_AUTOTUNE_SECONDS = 35.0
 BN_RECALIBRATION_BATCHES = 4  # forward passes per epoch before each evaluation (the trainer's default)
 TIMED_STEPS = 3
 
@@ -35,7 +42,7 @@ class Calibration:
     macs: tuple[int, int]  # cheapest, dearest
     train_seconds_per_image: tuple[float, float]
     eval_seconds_per_image: tuple[float, float]
-    setup_seconds: float  # per trial: the dearest model built, moved and given an optimizer
+    setup_seconds: float  # per trial: the dearest model built, moved and given an optimizer (autotuning included)
     peak_bytes: int  # the dearest candidate's peak device memory in its train steps (0 on the CPU)
     threads: int  # torch CPU threads the steps ran with
     startup_seconds: float = (
@@ -67,14 +74,39 @@ def concurrency(device_type: str, jobs: int, threads: int, cores: int) -> float:
 
     On a CPU the cores bound it: each job gets threads // jobs threads, and the
     jobs together use at most the machine's cores (one job's calibration ran
-    with ``threads``). On a GPU each extra job adds ``CUDA_JOB_EFFICIENCY``.
+    with ``threads``). On a GPU each extra job adds ``CUDA_JOB_EFFICIENCY``, up to
+    the gain measured (``MEASURED_GAIN``'s low end) and no further.
     """
     if jobs <= 1:
         return 1.0
     if device_type == "cuda":
-        return 1.0 + (jobs - 1) * CUDA_JOB_EFFICIENCY
+        return min(1.0 + (jobs - 1) * CUDA_JOB_EFFICIENCY, MEASURED_GAIN[0])
     per_job = max(1, threads // jobs)
     return max(1.0, min(jobs * per_job, cores) / max(1, threads))
+
+
+def gain_note(device_type: str, jobs: int) -> str:
+    """What the estimate assumes the jobs gain, and on what it rests (empty for one job or a CPU)."""
+    if jobs <= 1 or device_type != "cuda":
+        return ""
+    gain = concurrency(device_type, jobs, 1, 1)
+    capped = " (capped: no more jobs were measured)" if jobs > MEASURED_JOBS else ""
+    return (
+        f"{jobs} jobs assumed to train {gain:.2f}x one{capped}; measured {MEASURED_GAIN[0]:g}-{MEASURED_GAIN[1]:g}x "
+        f"at {MEASURED_JOBS} jobs on one H200"
+    )
+
+
+def autotune_seconds(device_type: str, cudnn_benchmark: bool) -> float:
+    """Seconds of cuDNN autotuning a trial adds: only on CUDA with --cudnn-benchmark."""
+    return CUDNN_AUTOTUNE_SECONDS if cudnn_benchmark and device_type == "cuda" else 0.0
+
+
+def worker_startup(age_before_data: float, load_seconds: float, from_cache: bool) -> float:
+    """What a fresh worker spends before its first trial: this process's start-up before the data
+    (interpreter, imports), and the data load when it came from the decode cache, as a worker's does;
+    a first decode of the images is the parent's alone (workers read the cache it wrote)."""
+    return age_before_data + (load_seconds if from_cache else 0.0)
 
 
 def estimate_from(
@@ -117,14 +149,21 @@ def process_age() -> float:
 
 
 def calibrate(
-    space: SearchSpace, plan: Sequence[TrialRecord], num_classes: int, runtime: Runtime, image_size: int
+    space: SearchSpace,
+    plan: Sequence[TrialRecord],
+    num_classes: int,
+    runtime: Runtime,
+    image_size: int,
+    startup_seconds: float | None = None,
 ) -> Calibration:
-    """Time the cheapest and the dearest candidate of ``plan`` on ``runtime.device`` (raises torch's OOM)."""
+    """Time the cheapest and the dearest candidate of ``plan`` on ``runtime.device`` (raises torch's OOM).
+
+    ``startup_seconds``: a fresh worker's start-up (``worker_startup``); None: this process's age."""
     import torch
 
     from .trials import trial_model, unit_of
 
-    startup = process_age()
+    startup = process_age() if startup_seconds is None else startup_seconds
     cheap = min(plan, key=lambda p: p.macs or 0)
     dear = max(plan, key=lambda p: p.macs or 0)
     # Seconds per image hardly depend on the batch on a CPU, where a big one is slow to time.
@@ -142,7 +181,7 @@ def calibrate(
         macs=(int(cheap.macs or 0), int(dear.macs or 0)),
         train_seconds_per_image=(t0, t1),
         eval_seconds_per_image=(e0, e1),
-        setup_seconds=setup,
+        setup_seconds=setup + autotune_seconds(torch.device(runtime.device).type, runtime.cudnn_benchmark),
         peak_bytes=peak,
         threads=torch.get_num_threads(),
         startup_seconds=startup,
@@ -155,10 +194,14 @@ def _time_steps(config, batch: int, runtime: Runtime, image_size: int) -> tuple[
 
     from ..models import build
     from ..train.augment import crop_flip, to_input
+    from ..train.devices import AMP_DTYPES, precision_for
+    from ..train.loop import amp
 
     device = torch.device(runtime.device)
     cuda = device.type == "cuda"
-    autocast = runtime.autocast(device.type)
+    precision = precision_for(runtime, str(device))
+    autocast = AMP_DTYPES.get(precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     channels_last = runtime.uses_channels_last(device.type)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -185,15 +228,16 @@ def _time_steps(config, batch: int, runtime: Runtime, image_size: int) -> tuple[
     def step() -> None:
         cropped = crop_flip(images, order, pad=pad, flip=True)
         x = to_input(cropped, config.resolution, mean, std, channels_last=channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with amp(device.type, autocast):
             loss = torch.nn.functional.cross_entropy(model(x), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     def infer() -> None:
         x = to_input(images.permute(0, 3, 1, 2), config.resolution, mean, std, channels_last=channels_last)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.no_grad(), amp(device.type, autocast):
             model(x).argmax(1)
 
     step()  # first-shape costs (allocator, kernels) are not a step's

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import secrets
 import shutil
@@ -53,6 +54,59 @@ def check_ray_available(address: str | None = None) -> None:
         ) from None
     if address:
         _probe_cluster(address)
+
+
+def trial_resources(
+    device: str, jobs: int | None, gpus_per_trial: float | None, cpus_per_trial: float | None, cores: int
+) -> tuple[int, str] | None:
+    """Check the Ray trial resources asked for; returns the trials at once that an explicit fraction
+    implies, and why (None: none was given, the job count is chosen as for the other backends).
+
+    ``--jobs N`` means 1/N of the GPU a trial on CUDA (of the CPUs on a CPU); a fraction given
+    explicitly wins, and one that disagrees with ``--jobs`` is a usage error. A run without a GPU
+    cannot give its trials one: Ray would never schedule them.
+    """
+    cuda = device.startswith("cuda")
+    for name, value in (("--gpus-per-trial", gpus_per_trial), ("--cpus-per-trial", cpus_per_trial)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"{name} must be a number >= 0, got {value!r}")
+    if gpus_per_trial and not cuda:
+        raise UsageError(
+            f"--gpus-per-trial {gpus_per_trial:g} asks for a GPU, but the run is on {device}: drop it, or run with "
+            "--device cuda on a machine with a GPU"
+        )
+    given, fraction, share = (
+        ("--gpus-per-trial", gpus_per_trial, 1.0) if cuda else ("--cpus-per-trial", cpus_per_trial, float(cores))
+    )
+    if not fraction:
+        return None
+    implied = max(1, math.floor(share / fraction + 1e-9))
+    if jobs is not None and not math.isclose(fraction, _jobs_fraction(share, jobs), rel_tol=1e-6):
+        raise UsageError(
+            f"--jobs {jobs} gives each Ray trial {_jobs_fraction(share, jobs):g} of the {'GPU' if cuda else 'CPUs'} "
+            f"but {given} is {fraction:g}: give one of them (or values that agree)"
+        )
+    return implied, f"{share / fraction:g} trials fit at {given} {fraction:g}"
+
+
+def _jobs_fraction(share: float, jobs: int) -> float:
+    """What ``--jobs`` gives each trial of ``share`` (the GPU, or the CPUs)."""
+    return max(0.01, share / jobs)
+
+
+def packed_options(options, device: str, jobs: int, cores: int):
+    """The run options with the fraction ``jobs`` packs the trials at, where none was given explicitly."""
+    import dataclasses
+
+    if jobs <= 1 and options.jobs is None:
+        return options
+    if device.startswith("cuda"):
+        if options.gpus_per_trial is not None:
+            return options
+        return dataclasses.replace(options, gpus_per_trial=_jobs_fraction(1.0, jobs))
+    if options.cpus_per_trial is not None:
+        return options
+    return dataclasses.replace(options, cpus_per_trial=_jobs_fraction(float(cores), jobs))
 
 
 PROBE_TIMEOUT = 10.0  # seconds for the cluster to answer one call
@@ -172,7 +226,13 @@ def _trainable(config: dict, plan: dict[str, TrialRecord], train: Train, flag) -
     def on_epoch(epoch: int, loss: float, acc: float) -> None:
         tune.report({"epoch": epoch + 1, "accuracy": acc, "loss": loss})
 
-    record = train(plan[config["unit"]["unit"]], on_epoch)
+    from ..train.faults import DeviceFault
+
+    try:
+        record = train(plan[config["unit"]["unit"]], on_epoch)
+    except DeviceFault as exc:  # the machine's failure: nothing stored, the unit is trained again on resume
+        tune.report({"epoch": 0, "accuracy": 0.0, "device_fault": exc.reason})
+        return
     # Tune checks every result for the metric; a failed trial has no accuracy to give.
     accuracy = record.accuracy if record.accuracy is not None else 0.0
     tune.report({"epoch": record.epochs_run, "accuracy": accuracy, "record": json.dumps(stored_fields(record))})
@@ -259,6 +319,7 @@ class RayBackend:
         gpus = options.gpus_per_trial if options.gpus_per_trial is not None else (1.0 if cuda else 0.0)
         cpus = options.cpus_per_trial if options.cpus_per_trial is not None else 1.0
         flag = _stop_flag()
+        collector = _collector(self.folder / FINISHED, {p.unit: p for p in left}, hooks, flag)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, plan={p.unit: p for p in left}, train=train, flag=flag),
             {"cpu": cpus, "gpu": gpus},
@@ -277,7 +338,7 @@ class RayBackend:
                 # A trial whose node died (or whose actor was lost) is trained again from its start on a node
                 # that is up; a unit's result is stored once (the collector keeps the first).
                 failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-                callbacks=[_collector(self.folder / FINISHED, {p.unit: p for p in left}, hooks, flag)],
+                callbacks=[collector],
             ),
         )
         hooks.on_wait(0)
@@ -286,6 +347,11 @@ class RayBackend:
             ray.kill(flag)
         except Exception:  # the cluster may already be going down; the actor dies with it
             pass
+        if collector.faults:
+            from ..train.faults import DeviceFault
+
+            (unit, reason), more = collector.faults[0], len(collector.faults) - 1
+            raise DeviceFault(reason + (f" (and {more} more trial(s))" if more else ""), unit=unit)
         return self.records(plan)
 
 
@@ -299,6 +365,7 @@ def _collector(path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
         def __init__(self, path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
             self.path, self.planned, self.hooks, self.flag = path, planned, hooks, flag
             self.flagged = False
+            self.faults: list[tuple[str, str]] = []  # (unit, reason): the machine's failures, nothing stored
             self.stored: set[str] = set()  # units stored by this run: a trial started again never adds one twice
 
         def __getstate__(self) -> dict:
@@ -319,6 +386,8 @@ def _collector(path: Path, planned: dict[str, TrialRecord], hooks: Hooks, flag):
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
             key = trial.config["unit"]["unit"]
+            if "device_fault" in result:
+                self.faults.append((key, result["device_fault"]))
             if "record" in result:
                 self._store(updated(self.planned[key], json.loads(result["record"])))
 

@@ -28,13 +28,13 @@ from ..progress import progress_bar
 from ..records import TRIALS_CSV, TrialRecord, TrialState, read_trials, updated
 from ..scaling import parse_budget
 from ..space import SearchSpace, dump_space
-from ..train.devices import device_name, resolve_device
+from ..train.devices import device_name, precision_for, resolve_device
 from ..train.faults import DeviceFault
 from ..train.recipe import Runtime
 from ..version import __version__
 from . import stopping
 from .backend import Backend, Hooks, Train, merge
-from .estimate import Calibration
+from .estimate import Calibration, process_age, worker_startup
 from .fidelity import decision_of, run_fidelity
 from .halving import rung_schedule
 from .jobs import execute_jobs, retry_alone
@@ -156,6 +156,7 @@ def estimate_seconds(
     num_classes: int,
     image_size: int,
     jobs: int = 1,
+    startup_seconds: float | None = None,
 ) -> tuple[float, Calibration]:
     """Seconds for ``plan`` with ``jobs`` workers, from timed steps of its cheapest and dearest candidate.
 
@@ -169,7 +170,7 @@ def estimate_seconds(
     if not plan:
         return 0.0, None
     try:
-        cal = calibrate(space, plan, num_classes, runtime, image_size)
+        cal = calibrate(space, plan, num_classes, runtime, image_size, startup_seconds)
     except (torch.OutOfMemoryError, RuntimeError) as exc:
         from ..train.loop import is_out_of_memory
 
@@ -262,6 +263,7 @@ class RunContext:
     jobs: int = 1
     estimate: Estimate | None = None
     stale: list[str] = field(default_factory=list)
+    startup_seconds: float | None = None  # a fresh worker's, before its first trial (estimate.worker_startup)
 
     @property
     def candidates(self) -> list:
@@ -312,6 +314,7 @@ def run(space: SearchSpace, options: RunOptions, console) -> int:
     info = {
         "wall_seconds_this_run": round(wall, 1),
         "device": device_name(ctx.device),
+        "precision": precision_for(ctx.runtime, ctx.device),
         "backend": ctx.options.backend,
         "jobs": ctx.jobs,
     }
@@ -354,9 +357,11 @@ def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
 
     Nothing is written: every bad input is a UsageError before the run folder is touched.
     """
+    born = process_age()  # interpreter and imports: what a fresh worker spends before its data
     device = resolve_device(options.device)
     runtime = Runtime(
         device=device,
+        precision=space.precision,
         memory_format=options.memory_format,
         cudnn_benchmark=options.cudnn_benchmark,
         jobs=options.jobs or 1,
@@ -367,12 +372,13 @@ def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
     # A resumed study keeps its name, whichever release hashed the space.
     study_name = (earlier or {}).get("study_name") or study_name_for(space)
     if options.backend == "ray":
-        from .ray_backend import check_ray_available
+        from .ray_backend import check_ray_available, trial_resources
 
+        trial_resources(device, options.jobs, options.gpus_per_trial, options.cpus_per_trial, _cores())  # agree?
         check_ray_available(options.ray_address)
-        if options.jobs is not None and (options.gpus_per_trial is not None or options.cpus_per_trial is not None):
-            raise UsageError("--jobs sets the Ray trial resources: give --jobs or --gpus-per-trial/--cpus-per-trial")
+    loading = time.perf_counter()
     data, n_train, n_test = _load_data(space, console)
+    startup = worker_startup(born, time.perf_counter() - loading, data.from_cache)
     storage_url = None
     if options.backend == "optuna":
         storage_url = options.storage or (resolve_storage(earlier["storage"], out) if earlier else None)
@@ -390,13 +396,14 @@ def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
         study_name=study_name,
         storage_url=storage_url,
         earlier=earlier,
+        startup_seconds=startup,
     )
     first = list(policy_for(space, ctx.candidates).first())
     policy_line = _policy_line(space, len(ctx.candidates), len(first))
     console.print(
         f"{space.name}: {len(ctx.candidates)} candidates, {policy_line}, on {space.data.name} ({n_train} train / "
         f"{n_test} held-out images, {ctx.num_classes} classes), {space.proxy.epochs} epochs each, device {device} "
-        f"({device_name(device)})"
+        f"({device_name(device)}), precision {precision_for(runtime, device)}"
     )
     _print_coarseness(plan_of_space, space, console)
     if options.backend == "optuna" and (options.storage or earlier is not None):
@@ -407,12 +414,11 @@ def prepare(space: SearchSpace, options: RunOptions, console) -> RunContext:
         ctx.backend = _ray_backend(space, out, device, options)
     ctx.stale = _report_stale(ctx.backend, console)
     _estimate(ctx, [ctx.plan_of(u) for u in first], console)
-    if options.backend == "ray" and (ctx.jobs > 1 or options.jobs is not None):
-        # Ray packs the trials itself: a fraction of the GPU each, or a share of the CPUs.
-        if device.startswith("cuda"):
-            ctx.options = dataclasses.replace(options, gpus_per_trial=1 / ctx.jobs)
-        else:
-            ctx.options = dataclasses.replace(options, cpus_per_trial=max(0.01, _cores() / ctx.jobs))
+    if options.backend == "ray":
+        from .ray_backend import packed_options
+
+        # Ray packs the trials itself: a fraction of the GPU each, or a share of the CPUs (an explicit one wins).
+        ctx.options = packed_options(options, device, ctx.jobs, _cores())
         ctx.backend = _ray_backend(space, out, device, ctx.options)
     return ctx
 
@@ -483,10 +489,22 @@ def _estimate(ctx: RunContext, first: list[TrialRecord], console) -> None:
     finished = ctx.backend.finished(first) if ctx.backend is not None else set()
     left = [p for p in first if p.unit not in finished]
     seconds, cal = estimate_seconds(
-        space, left, ctx.n_train, ctx.n_test, ctx.runtime, num_classes=ctx.num_classes, image_size=ctx.data.image_size
+        space,
+        left,
+        ctx.n_train,
+        ctx.n_test,
+        ctx.runtime,
+        num_classes=ctx.num_classes,
+        image_size=ctx.data.image_size,
+        startup_seconds=ctx.startup_seconds,
     )
     data_bytes = _data_bytes(ctx.data, ctx.n_train, ctx.n_test)
-    jobs, why = choose_jobs(options.jobs, ctx.runtime, cal, data_bytes)
+    implied = None
+    if options.backend == "ray" and options.jobs is None:  # an explicit Ray fraction sets the trials at once
+        from .ray_backend import trial_resources
+
+        implied = trial_resources(ctx.device, None, options.gpus_per_trial, options.cpus_per_trial, _cores())
+    jobs, why = implied or choose_jobs(options.jobs, ctx.runtime, cal, data_bytes)
     # No more jobs than trials to run: the first round's left, and a race's later rounds (a resumed race may
     # have nothing left of its first round and all of its later ones).
     jobs = min(jobs, max(1, len(left) + (_later_bound(space, len(first)) or 0)))
@@ -509,7 +527,7 @@ def _estimate(ctx: RunContext, first: list[TrialRecord], console) -> None:
     console.print(
         f"estimate: about {format_duration(seconds)} for the {len(left)} trials left of the first round's "
         f"{len(first)} at {jobs} job(s) (cheapest candidate trains at {ips:,.0f} img/s here, the dearest at "
-        f"{1 / cal.train_seconds_per_image[1]:,.0f})"
+        f"{1 / cal.train_seconds_per_image[1]:,.0f}){_estimate_notes(ctx, jobs)}"
     )
     if later_trials:
         console.print(
@@ -517,6 +535,17 @@ def _estimate(ctx: RunContext, first: list[TrialRecord], console) -> None:
             f"every candidate), at most {format_duration(later_seconds)} more at the dearest candidate's cost; "
             "it stops sooner once it has decided"
         )
+
+
+def _estimate_notes(ctx: RunContext, jobs: int) -> str:
+    """What the estimate line assumes beyond the timed steps: the jobs' gain, cuDNN autotuning."""
+    from .estimate import CUDNN_AUTOTUNE_SECONDS, autotune_seconds, gain_note
+
+    kind = ctx.device.split(":")[0]
+    notes = [gain_note(kind, jobs)]
+    if autotune_seconds(kind, ctx.runtime.cudnn_benchmark):
+        notes.append(f"cuDNN autotuning counted at {CUDNN_AUTOTUNE_SECONDS:g} s a trial (20-50 s measured)")
+    return "".join(f"; {n}" for n in notes if n)
 
 
 def _later_bound(space: SearchSpace, first: int) -> int | None:
@@ -849,6 +878,7 @@ def rebuild(out: Path, console) -> int:
         "estimate_later_rounds_at_most_seconds",
         "jobs",
         "device",
+        "precision",
         "backend",
         "held_out_images",
     )

@@ -38,6 +38,21 @@ def resolve_device(name: str) -> str:
     return f"cuda:{index}"
 
 
+def compute_capability(device: str) -> tuple[int, int] | None:
+    """A CUDA device's compute capability (major, minor); None for any other device."""
+    if torch.device(device).type != "cuda":
+        return None
+    return tuple(torch.cuda.get_device_capability(torch.device(device)))
+
+
+def precision_for(runtime, device: str) -> str:
+    """The precision ``runtime`` runs in on ``device`` (a resolved name): bf16, fp16 or fp32."""
+    return runtime.precision_on(torch.device(device).type, compute_capability(device))
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # fp32: no autocast
+
+
 def device_name(device: str) -> str:
     """What the device is, in words, for logs and run.json."""
     kind = torch.device(device).type

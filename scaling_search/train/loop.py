@@ -7,7 +7,9 @@ The images go to the device as uint8 once per process (``device_data``) and
 stay there for every trial; each trial gathers its subset there, and
 cropping, flipping, resizing to the trial's resolution and normalisation run
 on the device in batches (``augment``), so a small model is not starved by a
-CPU data loader. On CUDA the model runs in bf16 autocast, in the memory
+CPU data loader. The model runs in the precision ``Runtime.precision`` resolves
+(``auto``: bf16 autocast on CUDA cards of compute capability 8.0 and newer, fp16
+autocast with loss scaling on older ones, fp32 on the CPU), in the memory
 format ``Runtime.uses_channels_last`` picks, with cuDNN autotuning off by
 default (``Runtime.cudnn_benchmark``).
 
@@ -57,7 +59,7 @@ from ..models import build
 from ..models.residual import zero_init_residual
 from ..progress import progress_bar
 from .augment import channel_stats, crop_flip, to_input
-from .devices import device_name, resolve_device
+from .devices import AMP_DTYPES, device_name, precision_for, resolve_device
 from .faults import ENV_INJECT_DEVICE_ERROR, DeviceFault, device_error, first_line, is_device_error
 from .recipe import Recipe, Runtime
 
@@ -129,6 +131,8 @@ class TrialResult:
     resolution: int = 0
     device_name: str = ""
     memory_format: str = ""  # the layout the model ran in: nchw | channels_last
+    precision: str = ""  # what the model ran in: bf16 | fp16 | fp32
+    loss_scale: float | None = None  # fp16: the loss scale after the last step; None without loss scaling
     # Seconds per phase: data (load, upload, subset, statistics), model (count, build,
     # optimizer), train (the steps), recalibrate (BN), evaluate, state (keep_state copy).
     timings: dict[str, float] = field(default_factory=dict, compare=False)
@@ -301,7 +305,13 @@ UPLOADS = UploadCache()
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches, autocast: bool, device_type: str) -> None:
+def amp(device_type: str, autocast) -> torch.autocast:
+    """Autocast to ``autocast``: a dtype (bf16, fp16), True for bf16, False or None for none (fp32)."""
+    dtype = torch.bfloat16 if autocast is True else (autocast or None)
+    return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def recalibrate_bn(model: nn.Module, batches, autocast, device_type: str) -> None:
     """Replace BN running statistics by their exact average over ``batches`` (inputs
     ready for the model), computed with the current weights; dropout and drop
     path stay off, as at evaluation."""
@@ -315,7 +325,7 @@ def recalibrate_bn(model: nn.Module, batches, autocast: bool, device_type: str) 
         m.momentum = None  # cumulative average over the batches below
         m.train()
     for x in batches:
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+        with amp(device_type, autocast):
             model(x)
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
@@ -333,7 +343,7 @@ def evaluate(
     std: torch.Tensor,
     batch_size: int,
     channels_last: bool,
-    autocast: bool,
+    autocast,
 ) -> float:
     """Top-1 of ``model`` (eval mode, no augmentation) on uint8 NHWC ``images``."""
     model.eval()
@@ -342,7 +352,7 @@ def evaluate(
         x = to_input(
             images[start : start + batch_size].permute(0, 3, 1, 2), resolution, mean, std, channels_last=channels_last
         )
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast):
+        with amp(images.device.type, autocast):
             logits = model(x)
         correct += (logits.argmax(1) == labels[start : start + batch_size]).sum()
     return correct.item() / max(1, images.shape[0])
@@ -469,8 +479,11 @@ def _run(
         model = prepared_model(spec.model, recipe)
         channels_last = runtime.uses_channels_last(device.type)
         model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        autocast = runtime.autocast(device.type)
+        precision = precision_for(runtime, str(device))
+        autocast = AMP_DTYPES.get(precision)  # None: fp32
         optimizer = make_optimizer(model, recipe)
+        # fp16 needs its gradients scaled up (and checked) to keep small ones from flushing to zero.
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     batch = min(recipe.batch_size, n)
     steps = n // batch  # the incomplete last batch is dropped: equal-size steps, no 1-image BN batch
@@ -505,15 +518,16 @@ def _run(
                 for step in range(steps):
                     index = order[step * batch : (step + 1) * batch]
                     x = prepared(crop_flip(train_x, index, pad=pad, flip=True, generator=generator))
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    with amp(device.type, autocast):
                         loss = criterion(model(x), train_y[index])
                     if oom_at == epoch * steps + step + 1:
                         raise torch.OutOfMemoryError(f"injected by {ENV_INJECT_OOM} at step {oom_at}")
                     if fault_at == epoch * steps + step + 1:
                         raise device_error(f"unspecified launch failure (injected by {ENV_INJECT_DEVICE_ERROR})")
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)  # skipped by fp16 loss scaling when a gradient overflowed
+                    scaler.update()
                     scheduler.step()
                     loss_sum += loss.detach().float()
                     if (step + 1) % check_every == 0 or step + 1 == steps:
@@ -564,6 +578,8 @@ def _run(
         resolution=resolution,
         device_name=device_name(str(device)),
         memory_format="channels_last" if channels_last else "nchw",
+        precision=precision,
+        loss_scale=scaler.get_scale() if scaler.is_enabled() else None,
         timings=timings,
         state=state,
     )

@@ -14,7 +14,10 @@ from ..errors import UsageError
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("cosine", "constant", "step")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# bf16 autocast pays on CUDA cards of compute capability 8.0 (Ampere) and newer; older cards (T4, the
+# RTX 20 series) have no fast bf16 convolutions and run fp16 with loss scaling instead.
+BF16_CAPABILITY = (8, 0)
 MEMORY_FORMATS = ("auto", "channels_last", "nchw")
 # channels_last on the CPU: benchmarks/proxy_throughput.py, EfficientNet w=0.25 d=0.25 (the
 # CPU preset's baseline) at 32 px, batch 64, on a 2-core AMD EPYC (torch 2.13 CPU, 1 thread,
@@ -110,10 +113,17 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how fast: none of it changes what a trial means."""
+    """Where and how fast: none of it changes which network a trial trains or on what.
+
+    Precision is the one setting that touches the numerics (bf16 and fp16 round the
+    activations), yet it lives here: it exists for speed and is chosen per card
+    (``auto``: ``resolve_precision``). A search space that names one other than
+    ``auto`` hashes it into its fingerprint, so a study never mixes precisions by
+    request, and every run names the precision it ran in.
+    """
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16
+    precision: str = "auto"  # auto (resolve_precision) | bf16 | fp16 (with loss scaling) | fp32
     memory_format: str = "auto"  # auto (measured per device: see uses_channels_last) | channels_last | nchw
     jobs: int = 1
     # cuDNN autotuning. Off: every trial of a search is a new set of shapes, and
@@ -140,6 +150,17 @@ class Runtime:
         # MPS: not measured; PyTorch's default layout.
         return device_type == "cpu" and CPU_CHANNELS_LAST
 
-    def autocast(self, device_type: str) -> bool:
-        """Whether the forward pass runs in bf16 autocast."""
-        return self.precision == "bf16" or (self.precision == "auto" and device_type == "cuda")
+    def precision_on(self, device_type: str, capability: tuple[int, int] | None = None) -> str:
+        """The precision a trial runs in on a device of this type (and CUDA compute capability)."""
+        return resolve_precision(self.precision, device_type, capability)
+
+
+def resolve_precision(asked: str, device_type: str, capability: tuple[int, int] | None = None) -> str:
+    """``auto``: bf16 on CUDA cards of compute capability 8.0 and newer (or unknown), fp16 with loss
+    scaling on older ones, fp32 on the CPU and MPS (bf16 autocast ran at 0.49-0.60x of fp32 on a
+    2-core x86 CPU); anything else as asked."""
+    if asked != "auto":
+        return asked
+    if device_type != "cuda":
+        return "fp32"
+    return "bf16" if capability is None or tuple(capability) >= BF16_CAPABILITY else "fp16"

@@ -59,7 +59,9 @@ def test_curves_over_a_search_resume_after_kill_9_and_train_nothing_twice(tmp_pa
     search = run_cli(*run_args(space, run), env=data_env)
     assert search.returncode == 0, search.stderr + search.stdout
     best = json.loads((run / "best.json").read_text())
-    args = cli_command("curves", str(run), "--s", "2", "--strategies", "resolution", "paper", "winner", "set")
+    args = cli_command(
+        "curves", str(run), "--s", "2", "--strategies", "resolution", "paper", "winner", "set", "--heartbeat", "1"
+    )
     env = {**os.environ, **data_env, "PYTHONWARNINGS": "ignore"}
     db = run / "curves" / "study.db"
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

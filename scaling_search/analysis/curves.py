@@ -215,10 +215,15 @@ def fig3_statement(points: Sequence[PointInfo], comparisons: Sequence[AtS], base
     text = f"{head} accuracy gained at each step (95% Welch intervals): " + "; ".join(parts) + "."
     if flattening:
         slower = [n for n, f in flattening if f]
+        said = (
+            f"The last step gains less than the one before for {', '.join(slower)} ({len(slower)} of "
+            f"{len(flattening)} dimensions)"
+            if slower
+            else f"None of the {len(flattening)} dimensions gains less at its last step than at the one before"
+        )
         text += (
-            f" The last step gains less than the one before for {', '.join(slower) or 'none'} of the "
-            f"{len(flattening)} dimensions; a proxy this short and small sees the start of the curves, not the "
-            "plateau near 80% the paper reports on ImageNet."
+            f" {said}; a proxy this short and small sees the start of the curves, not the plateau near 80% the "
+            "paper reports on ImageNet."
         )
     return text
 

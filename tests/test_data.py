@@ -604,6 +604,9 @@ def test_imagenette_space_validates_and_its_smoke_run_writes_every_output(imagen
     raw["constraint"].update(tolerance=0.1, resolution_multiple=4)
     raw["proxy"].update(epochs=1, batch_size=32, lr=0.1, train_subset=128, test_subset=128)
     raw["extrapolation"].update(max_phi=2, detection=False)
+    # One round of the space's two seeds: the race and the fidelity check have tests of their own.
+    raw["racing"]["enabled"] = False
+    raw["fidelity"]["enabled"] = False
     small = tmp_path / "smoke.yaml"
     small.write_text(yaml.safe_dump(raw))
     out = tmp_path / "run"

@@ -15,7 +15,7 @@ from scaling_search.records import TrialRecord, TrialState
 from scaling_search.search.racing import BEST, EQUIVALENT, pooled_variance, seed_sequence, simulate
 from scaling_search.space import RacingSpec, parse_space
 
-# Candidate means of the committed cpu-preset run (results/cifar10-cpu-2x, 22 networks, 2 seeds): the winner
+# Candidate means of the uniform two-seed cpu-preset run (AMD EPYC, 22 networks, 2 seeds, before racing): the winner
 # leads the second by 0.0235, more than delta. Index 6 is the paper's triple.
 MEASURED = [
     0.4828, 0.4593, 0.4538, 0.4505, 0.4470, 0.4448, 0.4435, 0.4208, 0.4188, 0.4188, 0.4182,

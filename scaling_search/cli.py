@@ -781,6 +781,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         help="side of the stored square images in pixels (default: the dataset's native size, 32 for cifar10 and "
         "imagefolder, 128 for imagenette)",
     )
+    _add_family_option(p)
     p.add_argument("--width", type=_positive_float("width"), default=1.0, help="width multiplier (default 1.0)")
     p.add_argument("--depth", type=_positive_float("depth"), default=1.0, help="depth multiplier (default 1.0)")
     p.add_argument(
@@ -871,7 +872,6 @@ _RECIPE_OPTIONS = (
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .data.sources import DataSpec, load_dataset
-    from .models import get_config
     from .progress import stderr_is_terminal
     from .train.faults import DeviceFault
     from .train.loop import TrialFailed, TrialSpec, resolve_device, train_trial
@@ -880,9 +880,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     progress = stderr_is_terminal() if args.progress is None else args.progress
     spec = DataSpec(args.data, data_dir=args.data_dir, storage_size=args.storage_size, allow_download=args.download)
     # Settings are checked before the (possibly long) data load.
-    model = get_config(
-        "efficientnet", width=args.width, depth=args.depth, resolution=args.resolution or spec.image_size
-    )
+    base = _baseline(args.model, args.resolution or spec.image_size)
+    model = base.with_(width=base.width * args.width, depth=base.depth * args.depth)
     options = {k: getattr(args, k) for k in _RECIPE_OPTIONS if getattr(args, k) is not None}
     recipe = Recipe(train_subset=args.subset, test_subset=args.test_subset, **options)
     runtime = Runtime(
@@ -907,8 +906,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     print(
-        f"efficientnet(w={model.width:g},d={model.depth:g}) at {result.resolution} px on {args.data}: top-1 "
-        f"{result.accuracy:.4f}"
+        f"{args.model or 'efficientnet'}(w={args.width:g},d={args.depth:g}) at {result.resolution} px on "
+        f"{args.data}: top-1 {result.accuracy:.4f}"
     )
     print(
         f"  epochs        {result.epochs}  ({result.train_images:,} training, {result.test_images:,} held-out images)"

@@ -12,7 +12,7 @@ from conftest import SHARED_DATA, assert_usage_error, run_cli
 from scaling_search.data.sources import DataSpec
 from scaling_search.errors import UsageError
 from scaling_search.flops import count_meta
-from scaling_search.models import EfficientNetConfig, build
+from scaling_search.models import EfficientNetConfig, build, get_config
 from scaling_search.train.augment import channel_stats, crop_flip, to_input
 from scaling_search.train.loop import (
     UPLOADS,
@@ -318,6 +318,22 @@ def test_cli_train_json(cifar10, data_cache):
     assert result["epoch_losses"] == list(same.epoch_losses) and result["accuracy"] == same.accuracy
 
 
+@pytest.mark.parametrize("model", ["resnet18", "mobilenetv2"])
+def test_cli_train_other_family(model, data_cache):
+    """``train --model`` trains the named family's network scaled by --width/--depth, not EfficientNet."""
+    proc = run_cli(
+        "train", "--model", model, "--data", "cifar10", "--data-dir", str(SHARED_DATA),
+        "--width", "0.25", "--depth", "0.5", "--resolution", "32", "--epochs", "1",
+        "--subset", "64", "--test-subset", "20", "--batch-size", "32", "--device", "cpu", "--json",
+        env={"SCALING_SEARCH_CACHE": str(data_cache)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    expected = count_meta(get_config(model, width=0.25, depth=0.5, resolution=32, num_classes=10))
+    effnet = count_meta(EfficientNetConfig(width=0.25, depth=0.5, resolution=32, num_classes=10))
+    assert (result["params"], result["macs"]) == (expected.params, expected.macs) != (effnet.params, effnet.macs)
+
+
 @pytest.mark.parametrize(
     "args, fragments",
     [
@@ -329,8 +345,21 @@ def test_cli_train_json(cifar10, data_cache):
         (("--device", "toaster"), ("device",)),
         (("--width", "abc"), ("width",)),
         (("--memory-format", "nhwc"), ("memory-format", "nhwc")),
+        (("--model", "vgg16"), ("unknown model", "vgg16")),
+        (("--model", "efficientdet-d0"), ("efficientdet-d0", "not a network family that scales")),
     ],
-    ids=["missing-dir", "unknown-dataset", "resolution-0", "epochs", "optimizer", "device", "width", "memory-format"],
+    ids=[
+        "missing-dir",
+        "unknown-dataset",
+        "resolution-0",
+        "epochs",
+        "optimizer",
+        "device",
+        "width",
+        "memory-format",
+        "unknown-model",
+        "detector",
+    ],
 )
 def test_cli_train_bad_inputs(args, fragments, data_cache):
     base = {

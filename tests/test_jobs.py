@@ -92,9 +92,9 @@ def test_bad_job_counts_are_refused_before_anything_is_written(tmp_path, data_en
 
 def test_default_job_count_follows_memory_sms_and_the_cap():
     assert default_jobs("cpu").jobs == 1
-    # 80 GiB free at 4 GiB a job would hold 17, 132 SMs hold 8, the cap is 8
+    # 80 GiB free at 4 GiB a job would hold 17, 132 SMs hold 8, the cap is the 4 measured together
     full = default_jobs("cuda", free_bytes=80 * GiB, per_job_bytes=4 * GiB, sm_count=132)
-    assert full.jobs == MAX_JOBS and "132 SMs" in full.why
+    assert full.jobs == MAX_JOBS == 4 and "132 SMs" in full.why and "at most 4" in full.why
     assert default_jobs("cuda", free_bytes=10 * GiB, per_job_bytes=4 * GiB, sm_count=132).jobs == 2  # memory
     assert default_jobs("cuda", free_bytes=80 * GiB, per_job_bytes=1 * GiB, sm_count=40).jobs == 2  # SMs
     assert default_jobs("cuda", free_bytes=1 * GiB, per_job_bytes=4 * GiB, sm_count=132).jobs == 1  # never 0

@@ -35,7 +35,7 @@ from . import stopping
 from .backend import Backend, Hooks
 from .storage_retry import StorageLost
 
-MAX_JOBS = 8
+MAX_JOBS = 4  # the default's ceiling: four jobs on one H200 is the most measured together (estimate.py)
 SMS_PER_JOB = 16  # a job of these small networks keeps about this many SMs busy (an H100 has 132)
 MEMORY_HEADROOM = 0.85  # of the free memory: the allocator's cache and fragmentation need the rest
 CUDA_CONTEXT_BYTES = 600 * 2**20  # each process's own CUDA context, outside the allocator's count

@@ -19,7 +19,7 @@ from conftest import (
 
 from scaling_search.records import TrialRecord
 from scaling_search.search.estimate import Calibration, concurrency, estimate_from, interpolate, unit_seconds
-from scaling_search.search.jobs import MAX_JOBS, default_jobs, worker_threads
+from scaling_search.search.jobs import MAX_JOBS, busy_cpu_hint, default_jobs, worker_threads
 
 GiB = 2**30
 REPORT_FILES = set(RUN_OUTPUTS)
@@ -162,3 +162,10 @@ def test_gpu_check_script_parses_and_its_limits_fit_one_call():
     # every step at its limit, plus the run's Ctrl-C grace before a kill, under the 9 minutes of one call
     grace = int(re.search(r"--kill-after=(\d+)", text).group(1))
     assert sum(limits.values()) + grace < 9 * 60, limits
+
+
+def test_a_busy_cpu_is_named_only_when_threads_can_collide():
+    line = busy_cpu_hint(load=2.6, cores=2, threads=2)
+    assert line is not None and "load 2.6 on 2 cores" in line and "OMP_NUM_THREADS=1" in line
+    assert busy_cpu_hint(load=2.6, cores=2, threads=1) is None  # one thread a trial: nothing to collide
+    assert busy_cpu_hint(load=1.9, cores=2, threads=2) is None  # the cores are not oversubscribed

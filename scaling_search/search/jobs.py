@@ -93,6 +93,22 @@ def cuda_facts(device: str) -> tuple[int, int]:
     return int(free), int(torch.cuda.get_device_properties(torch.device(device)).multi_processor_count)
 
 
+def busy_cpu_hint(load: float, cores: int, threads: int) -> str | None:
+    """A line for a CPU run that starts on a machine already busier than its cores, or None.
+
+    Measured on 2 shared cores: with torch's default of one thread a core, a trial that took 30 s
+    alone took 25 min an epoch once other work held the cores (the threads wait on each other);
+    one thread a process kept it near 35 s. Thread counts are not changed here: a different count
+    sums in another order and changes a seed's accuracy, so the user chooses."""
+    if threads <= 1 or load <= cores:
+        return None
+    return (
+        f"the CPU is busy before this run (load {load:.1f} on {cores} cores) and each trial uses {threads} threads: "
+        "shared cores can slow every trial many times over; OMP_NUM_THREADS=1 keeps one thread a trial "
+        "(accuracies then differ from a run with more threads)"
+    )
+
+
 def worker_threads(parent_threads: int, jobs: int) -> int:
     """CPU threads for each of ``jobs`` workers: the parent's share, so the jobs do not oversubscribe the cores."""
     return max(1, parent_threads // max(1, jobs))

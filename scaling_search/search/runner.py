@@ -509,6 +509,14 @@ def _estimate(ctx: RunContext, first: list[TrialRecord], console) -> None:
     # have nothing left of its first round and all of its later ones).
     jobs = min(jobs, max(1, len(left) + (_later_bound(space, len(first)) or 0)))
     console.print(f"jobs: {jobs} ({why})")
+    if ctx.device == "cpu" and hasattr(os, "getloadavg"):
+        import torch
+
+        from .jobs import busy_cpu_hint, worker_threads
+
+        hint = busy_cpu_hint(os.getloadavg()[0], _cores(), worker_threads(torch.get_num_threads(), jobs))
+        if hint:
+            console.print(f"note: {hint}")
     ctx.jobs = jobs
     ctx.runtime = dataclasses.replace(ctx.runtime, jobs=jobs)
     later_trials = later_seconds = None

@@ -98,8 +98,8 @@ def busy_cpu_hint(load: float, cores: int, threads: int) -> str | None:
 
     Measured on 2 shared cores: with torch's default of one thread a core, a trial that took 30 s
     alone took 25 min an epoch once other work held the cores (the threads wait on each other);
-    one thread a process kept it near 35 s. Thread counts are not changed here: a different count
-    sums in another order and changes a seed's accuracy, so the user chooses."""
+    with one thread a process trials took 30-35 s at load 2 and 140 s at load 12. Thread counts
+    are not changed here: another count sums in another order and changes a seed's accuracy."""
     if threads <= 1 or load <= cores:
         return None
     return (

@@ -203,3 +203,31 @@ def test_one_look_without_a_race_and_the_runs_decision_set(tmp_path):
     (run / "best.json").write_text(json.dumps({**best, "race": {**race, "decision": None}}))
     with pytest.raises(UsageError, match="has not decided yet"):
         load_run(run)
+
+
+def test_strategies_that_train_the_same_networks_are_one_line_named_for_all():
+    """The plot draws a curve once when two strategies share every network (a winner (1, 1, 1.3) at equal cost
+    is resolution only), labelled with both names, the single dimension first so it keeps its colour."""
+    from scaling_search.analysis.curves import PointInfo, _series
+
+    def point(strategy, role, s, key):
+        return PointInfo(strategy, role, "", s, 1.0, 1.0, 1.0, 32, s, None, None), key
+
+    base, _ = point("baseline", "baseline", 1.0, "b")
+    planned = [
+        point("resolution", "single", 2.0, "r2"),
+        point("winner", "winner", 2.0, "r2"),
+        point("width", "single", 2.0, "w2"),
+    ]
+    rows = [
+        {"strategy": "baseline", "s": 1.0, "unit": "b-s0", "accuracy": 0.40},
+        *[
+            {"strategy": p.strategy, "s": p.s, "unit": f"{key}-s0", "accuracy": 0.5 if key == "r2" else 0.45}
+            for p, key in planned
+        ],
+    ]
+    for r in rows:
+        r.update(macs=1e6 * r["s"], images_per_second=100.0, upsampled=False)
+    series = _series([base] + [p for p, _ in planned], rows, base)
+    assert list(series) == ["resolution = winner", "width"]
+    assert [p["accuracy"] for p in series["resolution = winner"]] == [0.40, 0.5]

@@ -423,8 +423,10 @@ def _series(points: Sequence[PointInfo], rows: Sequence[dict], base: PointInfo |
     """Per strategy, its points from the baseline up: mean accuracy with its spread, MACs, measured img/s."""
     series: dict[str, list[dict]] = {}
     names = list(dict.fromkeys(p.strategy for p in points if p.role != "baseline"))
+    networks: dict[tuple, str] = {}  # the units a line trains -> its label: one line per distinct curve
     for name in names:
         line = []
+        units = tuple(sorted(r["unit"] for r in rows if r["strategy"] == name and r["unit"]))
         for p in [base] + [q for q in points if q.strategy == name] if base is not None else []:
             here = [r for r in rows if r["strategy"] == p.strategy and r["s"] == p.s and r["accuracy"] is not None]
             if not here:
@@ -442,6 +444,12 @@ def _series(points: Sequence[PointInfo], rows: Sequence[dict], base: PointInfo |
                     "upsampled": bool(here[0]["upsampled"]),
                 }
             )
+        if units and units in networks:  # the same networks at every s: drawn once, labelled with both names
+            first = networks[units]
+            networks[units] = f"{first} = {name}"
+            series[networks[units]] = series.pop(first)
+            continue
+        networks[units] = name
         series[name] = line
     return series
 

@@ -38,13 +38,17 @@ def _mark_paper(ax, ranked: pd.DataFrame, x: str, y: str, *, size: float, label:
         )
 
 
-def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str, *, legend: bool) -> None:
-    """Axis labels, title, grid and (``legend``) the legend of a candidate plot, then the file."""
+def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str, *, legend: bool, outside: bool = False) -> None:
+    """Axis labels, title, grid and (``legend``) the legend of a candidate plot, then the file.
+
+    ``outside`` puts the legend right of the axes, where a dozen lines' labels cover no point."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if legend:
+    if legend and outside:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    elif legend:
         ax.legend(fontsize=8, loc="best")
     _save(fig, path)
 
@@ -166,14 +170,18 @@ def strategy_curves(series: dict[str, list[dict]], path: Path, title: str, *, x:
     baseline up (the paper's Fig. 8 in form); the seeds' range as bars, upsampled networks hollow."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
     singles = {"depth": "tab:blue", "width": "tab:orange", "resolution": "tab:green"}
-    others = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"][3:] * 4)
+    # a line that is a single dimension keeps its colour whatever else it is equal to
+    first = {name: name.split(" = ")[0] for name in series}
+    palette = [c for c in plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]]
+    palette = [c for i, c in enumerate(palette) if i % 10 not in (0, 1, 2)]  # not the singles' hues
+    others = iter(palette * 4)
     for name, points in series.items():
         points = [p for p in points if p[x] == p[x]]  # NaN: not measured
         if not points:
             continue
         points = sorted(points, key=lambda p: p["s"])  # from the baseline up, whatever the axis
-        color = singles.get(name) or next(others)
-        style = "--" if name in singles else "-"
+        color = singles.get(first[name]) or next(others)
+        style = "--" if first[name] in singles else "-"
         xs, ys = [p[x] for p in points], [p["accuracy"] for p in points]
         ax.plot(xs, ys, style, color=color, lw=1.5, label=name)
         ax.errorbar(
@@ -195,4 +203,5 @@ def strategy_curves(series: dict[str, list[dict]], path: Path, title: str, *, x:
         ax.scatter([], [], s=36, color="white", edgecolors="0.3", label="upsampled (above native size)")
     if x == "images_per_second":
         ax.invert_xaxis()  # slower to the right, as cost grows
-    _finish(fig, ax, path, title, xlabel, "held-out top-1 accuracy (mean; bars: seeds' range)", legend=bool(series))
+    ylabel = "held-out top-1 accuracy (mean; bars: seeds' range)"
+    _finish(fig, ax, path, title, xlabel, ylabel, legend=bool(series), outside=True)

@@ -231,3 +231,23 @@ def test_strategies_that_train_the_same_networks_are_one_line_named_for_all():
     series = _series([base] + [p for p, _ in planned], rows, base)
     assert list(series) == ["resolution = winner", "width"]
     assert [p["accuracy"] for p in series["resolution = winner"]] == [0.40, 0.5]
+
+
+def test_rank_agreement_counts_triples_that_train_one_network_once():
+    """Two triples that build the same network at every s tie at every s; counted as two, that tie would pass for
+    agreement. Three distinct networks whose order reverses give tau-b -1, whatever the duplicates."""
+    from scaling_search.analysis.curves import AtS, PointInfo, rank_agreement_statement
+
+    def point(strategy, role, s, width):
+        return PointInfo(strategy, role, "", s, 1.0, width, 1.0, 32, s, None, None, (1.0, width, 1.0))
+
+    nets = {"winner": 1.1, "compound(1,1.1,1)": 1.1, "paper": 1.2, "compound(1,1.3,1)": 1.3}
+    points = [
+        point(t, "winner" if t == "winner" else "compound", s * 1.0, w * s) for t, w in nets.items() for s in (2, 4)
+    ]
+    at2 = {"winner": 0.5, "compound(1,1.1,1)": 0.5, "paper": 0.4, "compound(1,1.3,1)": 0.3}
+    at4 = {"winner": 0.3, "compound(1,1.1,1)": 0.3, "paper": 0.4, "compound(1,1.3,1)": 0.5}
+    comparisons = [AtS(s, {}, None, means, {}, None, {}) for s, means in ((2.0, at2), (4.0, at4))]
+    text = rank_agreement_statement(points, comparisons)
+    assert "over 3 distinct compound networks, Kendall tau-b -1.00" in text, text
+    assert "compound(1,1.1,1) = winner" in text and "winner ranks 1 then 3 of 3" in text, text

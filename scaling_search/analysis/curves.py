@@ -255,25 +255,37 @@ def rank_agreement_statement(points: Sequence[PointInfo], comparisons: Sequence[
     triples = sorted({p.strategy for p in points if p.role in COMPOUND_ROLES})
     if len(comparisons) < 2:
         return "Rank agreement of the compound triples across s: needs at least two cost multiples."
+    # Triples that round to the same network at every s are one entry: counted twice, their tie at
+    # every s would pass for agreement.
+    networks = {t: tuple(p.candidate for p in sorted(points, key=lambda q: q.s) if p.strategy == t) for t in triples}
     out = []
     for a, b in zip(comparisons, comparisons[1:]):
-        shared = [
+        both = [
             t for t in triples if math.isfinite(a.means.get(t, math.nan)) and math.isfinite(b.means.get(t, math.nan))
         ]
+        groups: dict[tuple, list[str]] = {}
+        for t in both:
+            groups.setdefault(networks[t], []).append(t)
+        label = {members[0]: " = ".join(members) for members in groups.values()}
+        shared = list(label)
         if len(shared) < 2:
-            out.append(f"between {a.s:g}x and {b.s:g}x: fewer than two compound triples trained at both")
+            out.append(f"between {a.s:g}x and {b.s:g}x: fewer than two distinct compound networks trained at both")
             continue
         order_a = sorted(shared, key=lambda t: -a.means[t])
         order_b = sorted(shared, key=lambda t: -b.means[t])
-        text = f"between {a.s:g}x and {b.s:g}x over {len(shared)} compound triples"
+        text = f"between {a.s:g}x and {b.s:g}x over {len(shared)} distinct compound networks"
         if len(shared) >= 3:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 tau = sps.kendalltau([a.means[t] for t in shared], [b.means[t] for t in shared], variant="b").statistic
             text += f", Kendall tau-b {tau:.2f}" if math.isfinite(tau) else ", Kendall tau-b undefined (ties)"
-        text += f" (order at {a.s:g}x: {', '.join(order_a)}; at {b.s:g}x: {', '.join(order_b)})"
-        if "winner" in shared:
-            ra, rb = order_a.index("winner") + 1, order_b.index("winner") + 1
+        text += (
+            f" (order at {a.s:g}x: {', '.join(label[t] for t in order_a)};"
+            f" at {b.s:g}x: {', '.join(label[t] for t in order_b)})"
+        )
+        winner = next((t for t in shared if "winner" in label[t].split(" = ")), None)
+        if winner is not None:
+            ra, rb = order_a.index(winner) + 1, order_b.index(winner) + 1
             text += f"; the search's winner ranks {ra} then {rb} of {len(shared)}"
         out.append(text)
     return "Rank agreement of the compound triples: " + "; ".join(out) + "."

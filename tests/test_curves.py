@@ -251,3 +251,22 @@ def test_rank_agreement_counts_triples_that_train_one_network_once():
     text = rank_agreement_statement(points, comparisons)
     assert "over 3 distinct compound networks, Kendall tau-b -1.00" in text, text
     assert "compound(1,1.1,1) = winner" in text and "winner ranks 1 then 3 of 3" in text, text
+
+
+def test_table7_says_when_a_triple_is_the_best_single_dimensions_network():
+    """A winner (1, 1, gamma) at equal cost is resolution only: its difference of 0 is not "cannot tell"."""
+    from scaling_search.analysis.curves import AtS, table7_statement
+
+    c = AtS(
+        2.0,
+        {"a1-b1-g1.375": "resolution = winner", "a1.15-b1.07-g1.125": "paper"},
+        None,
+        {},
+        {},
+        "resolution",
+        {"winner": (0.0, -0.04, 0.04), "paper": (-0.05, -0.09, -0.01)},
+    )
+    text = table7_statement([c])
+    assert "the winner's triple builds the best single dimension's network (resolution only)" in text, text
+    assert "the paper's triple is -0.0500 [95% -0.0900, -0.0100]" in text, text
+    assert "winner's triple is +0.0000" not in text, text

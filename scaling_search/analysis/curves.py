@@ -239,6 +239,13 @@ def table7_statement(comparisons: Sequence[AtS]) -> str:
         for name in ("paper", "winner"):
             if name in c.versus_single and c.best_single is not None:
                 d, lo, hi = c.versus_single[name]
+                if any({name, c.best_single} <= set(label.split(" = ")) for label in c.labels.values()):
+                    # an interval around 0 here would read as "cannot tell" about a network compared with itself
+                    parts.append(
+                        f"at {c.s:g}x the {name}'s triple builds the best single dimension's network "
+                        f"({c.best_single} only): one network, nothing to compare"
+                    )
+                    continue
                 parts.append(
                     f"at {c.s:g}x the {name}'s triple is {d:+.4f} [95% {lo:+.4f}, {hi:+.4f}] against the best single "
                     f"dimension ({c.best_single}): {_verdict_word(lo, hi)}"

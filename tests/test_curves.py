@@ -210,8 +210,9 @@ def test_strategies_that_train_the_same_networks_are_one_line_named_for_all():
     is resolution only), labelled with both names, the single dimension first so it keeps its colour."""
     from scaling_search.analysis.curves import PointInfo, _series
 
-    def point(strategy, role, s, key):
-        return PointInfo(strategy, role, "", s, 1.0, 1.0, 1.0, 32, s, None, None), key
+    def point(strategy, role, s, key):  # key: the network built, resolution (r2) or width (w2) scaling
+        width, gamma = {"b": (1.0, 1.0), "r2": (1.0, 1.375), "w2": (1.4, 1.0)}[key]
+        return PointInfo(strategy, role, "", s, 1.0, width, gamma, round(32 * gamma), s, None, None), key
 
     base, _ = point("baseline", "baseline", 1.0, "b")
     planned = [

@@ -255,6 +255,15 @@ def table7_statement(comparisons: Sequence[AtS]) -> str:
     return f"{head} " + "; ".join(parts) + "."
 
 
+def _one_network_groups(points: Sequence[PointInfo], names: Sequence[str]) -> dict[str, list[str]]:
+    """``names`` grouped by the networks they build at every s, in their order: {"a = b": ["a", "b"], ...}."""
+    networks: dict[tuple[str, ...], list[str]] = {}
+    for name in names:
+        key = tuple(p.candidate for p in sorted(points, key=lambda q: q.s) if p.strategy == name)
+        networks.setdefault(key, []).append(name)
+    return {" = ".join(members): members for members in networks.values()}
+
+
 def rank_agreement_statement(points: Sequence[PointInfo], comparisons: Sequence[AtS]) -> str:
     """Do the compound triples keep their order from one s to the next (does the phi = 1 winner stay best)?"""
     from scipy import stats as sps
@@ -262,18 +271,14 @@ def rank_agreement_statement(points: Sequence[PointInfo], comparisons: Sequence[
     triples = sorted({p.strategy for p in points if p.role in COMPOUND_ROLES})
     if len(comparisons) < 2:
         return "Rank agreement of the compound triples across s: needs at least two cost multiples."
-    # Triples that round to the same network at every s are one entry: counted twice, their tie at
-    # every s would pass for agreement.
-    networks = {t: tuple(p.candidate for p in sorted(points, key=lambda q: q.s) if p.strategy == t) for t in triples}
     out = []
     for a, b in zip(comparisons, comparisons[1:]):
         both = [
             t for t in triples if math.isfinite(a.means.get(t, math.nan)) and math.isfinite(b.means.get(t, math.nan))
         ]
-        groups: dict[tuple, list[str]] = {}
-        for t in both:
-            groups.setdefault(networks[t], []).append(t)
-        label = {members[0]: " = ".join(members) for members in groups.values()}
+        # Triples that round to the same network at every s are one entry: counted twice, their tie at
+        # every s would pass for agreement.
+        label = {members[0]: joined for joined, members in _one_network_groups(points, both).items()}
         shared = list(label)
         if len(shared) < 2:
             out.append(f"between {a.s:g}x and {b.s:g}x: fewer than two distinct compound networks trained at both")
@@ -442,10 +447,9 @@ def _series(points: Sequence[PointInfo], rows: Sequence[dict], base: PointInfo |
     """Per strategy, its points from the baseline up: mean accuracy with its spread, MACs, measured img/s."""
     series: dict[str, list[dict]] = {}
     names = list(dict.fromkeys(p.strategy for p in points if p.role != "baseline"))
-    networks: dict[tuple, str] = {}  # the units a line trains -> its label: one line per distinct curve
-    for name in names:
+    for label, members in _one_network_groups(points, names).items():  # a curve shared by strategies drawn once
+        name = members[0]
         line = []
-        units = tuple(sorted(r["unit"] for r in rows if r["strategy"] == name and r["unit"]))
         for p in [base] + [q for q in points if q.strategy == name] if base is not None else []:
             here = [r for r in rows if r["strategy"] == p.strategy and r["s"] == p.s and r["accuracy"] is not None]
             if not here:
@@ -463,13 +467,7 @@ def _series(points: Sequence[PointInfo], rows: Sequence[dict], base: PointInfo |
                     "upsampled": bool(here[0]["upsampled"]),
                 }
             )
-        if units and units in networks:  # the same networks at every s: drawn once, labelled with both names
-            first = networks[units]
-            networks[units] = f"{first} = {name}"
-            series[networks[units]] = series.pop(first)
-            continue
-        networks[units] = name
-        series[name] = line
+        series[label] = line
     return series
 
 

@@ -172,9 +172,8 @@ def strategy_curves(series: dict[str, list[dict]], path: Path, title: str, *, x:
     singles = {"depth": "tab:blue", "width": "tab:orange", "resolution": "tab:green"}
     # a line that is a single dimension keeps its colour whatever else it is equal to
     first = {name: name.split(" = ")[0] for name in series}
-    palette = [c for c in plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]]
-    palette = [c for i, c in enumerate(palette) if i % 10 not in (0, 1, 2)]  # not the singles' hues
-    others = iter(palette * 4)
+    tab20 = plt.get_cmap("tab20").colors  # pairs: a hue, then its light shade
+    others = iter([tab20[2 * hue + light] for light in (0, 1) for hue in range(3, 10)] * 4)  # not the singles' hues
     for name, points in series.items():
         points = [p for p in points if p[x] == p[x]]  # NaN: not measured
         if not points:
